@@ -1,0 +1,373 @@
+//! `tollgate.toml` and its `TOLLGATE_<SECTION>_<KEY>` overrides (DESIGN §8).
+//!
+//! Reading files and the environment is kept apart from parsing: tests build
+//! a [`Config`] from a string and an environment map, with no files and no
+//! `set_var`. Every error names the key (or variable) at fault.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::UnknownFields;
+
+/// The whole configuration. Every section and key has a default, so an
+/// absent file means built-in defaults.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The gateway listener.
+    pub listen: Listen,
+    /// The tenant tollgate forwards to.
+    pub upstream: Upstream,
+    /// What happens to requests that are not governed.
+    pub routes: Routes,
+    /// Request limits.
+    pub limits: Limits,
+    /// Schema validation of governed bodies.
+    pub schema: Schema,
+}
+
+/// `[listen]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Address the gateway listens on.
+    pub addr: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[upstream]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// Base URL of the tenant, e.g. `https://example.eu.auth0.com`. Required
+    /// unless `serve --sandbox` supplies its own.
+    pub url: Option<String>,
+    /// Deadline for one upstream call: connecting, sending and receiving the
+    /// answer's headers (and, on governed routes, its body).
+    pub timeout: HumanDuration,
+    /// PEM file of extra CA certificates trusted for the tenant, on top of the
+    /// built-in web PKI roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            url: None,
+            timeout: HumanDuration(Duration::from_secs(10)),
+            ca_file: None,
+        }
+    }
+}
+
+/// `[routes]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routes {
+    /// `forward`, `audit` or `deny` for requests that are not governed.
+    /// Unset: `audit` for methods that change state, `forward` for reads.
+    pub other: Option<OtherRoutes>,
+}
+
+/// The policy for ungoverned requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherRoutes {
+    /// Forward unchanged.
+    Forward,
+    /// Forward unchanged and record.
+    Audit,
+    /// Refuse with 403.
+    Deny,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest governed request body, in bytes (413 past it).
+    pub max_body: u64,
+    /// Most client connections served at once; further ones wait in the
+    /// kernel's accept queue.
+    pub max_connections: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 64 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// `[schema]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Schema {
+    /// `reject` (default) or `forward` fields the schema does not know.
+    pub unknown_fields: UnknownFields,
+}
+
+/// A configuration that could not be used; says which key and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{source_name}: {message}")]
+    Parse {
+        source_name: String,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Environment variables with the prefix that are not configuration keys.
+const NOT_KEYS: &[&str] = &["TOLLGATE_CONFIG", "TOLLGATE_LOG_FORMAT"];
+
+impl Config {
+    /// Parses a TOML document; `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            source_name: source_name.to_owned(),
+            message: e.to_string(),
+        })?;
+        Config::from_table(table, source_name)
+    }
+
+    /// Parses a TOML document, applies `TOLLGATE_<SECTION>_<KEY>` variables
+    /// from `env` over it, and validates the result.
+    pub fn load(
+        text: &str,
+        source_name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            source_name: source_name.to_owned(),
+            message: e.to_string(),
+        })?;
+        apply_env(&mut table, env)?;
+        let config = Config::from_table(table, source_name)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_table(table: toml::Table, source_name: &str) -> Result<Config, ConfigError> {
+        Config::deserialize(table).map_err(|e| ConfigError::Parse {
+            source_name: source_name.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.upstream.url {
+            parse_upstream_url(url).map_err(|message| ConfigError::Invalid {
+                key: "upstream.url",
+                message,
+            })?;
+        }
+        if self.upstream.timeout.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "upstream.timeout",
+                message: "must be greater than zero".into(),
+            });
+        }
+        if !(1..=16 * 1024 * 1024).contains(&self.limits.max_body) {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_body",
+                message: "must be between 1 and 16777216 bytes".into(),
+            });
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_connections",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The policy for ungoverned requests with this method.
+    pub fn other_routes(&self, method: &http::Method) -> OtherRoutes {
+        self.routes.other.unwrap_or(if method.is_safe() {
+            OtherRoutes::Forward
+        } else {
+            OtherRoutes::Audit
+        })
+    }
+}
+
+/// Checks an upstream base URL: `http` or `https`, a host, no query or
+/// fragment. Returns it without a trailing slash.
+pub fn parse_upstream_url(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err("must start with https:// (or http:// for a local tenant)".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("must name a host".into());
+    }
+    if uri.query().is_some() {
+        return Err("must not carry a query string".into());
+    }
+    Ok(uri)
+}
+
+/// Applies `TOLLGATE_<SECTION>_<KEY>` variables to a parsed document. A
+/// value's type is the default's type for that key, so `TOLLGATE_LIMITS_MAX_BODY=1024`
+/// is a number and `TOLLGATE_ADMIN_TOKEN=1234` stays a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+        source_name: "defaults".into(),
+        message: e.to_string(),
+    })?;
+    let sections = section_names();
+    let vars: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("TOLLGATE_") && !NOT_KEYS.contains(&k.as_str()))
+        .collect();
+    for (var, raw) in vars {
+        let rest = &var["TOLLGATE_".len()..];
+        let env_err = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        let (section, key) = sections
+            .iter()
+            .find_map(|s| {
+                let upper = s.to_ascii_uppercase();
+                rest.strip_prefix(&upper)
+                    .and_then(|r| r.strip_prefix('_'))
+                    .map(|k| (s.as_str(), k.to_ascii_lowercase()))
+            })
+            .ok_or_else(|| env_err("not a configuration key (TOLLGATE_<SECTION>_<KEY>)".into()))?;
+        let default = defaults
+            .get(section)
+            .and_then(|s| s.as_table())
+            .and_then(|s| s.get(&key));
+        let value = match default {
+            Some(toml::Value::Integer(_)) => raw
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| env_err("expected an integer".into()))?,
+            Some(toml::Value::Boolean(_)) => {
+                raw.trim()
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| env_err("expected true or false".into()))?
+            }
+            Some(toml::Value::Array(_)) => {
+                let doc: toml::Table = toml::from_str(&format!("v = {raw}"))
+                    .map_err(|e| env_err(format!("expected a TOML array: {e}")))?;
+                doc.get("v")
+                    .cloned()
+                    .unwrap_or(toml::Value::Array(Vec::new()))
+            }
+            _ => toml::Value::String(raw),
+        };
+        let entry = table
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(env_err(format!("[{section}] in the file is not a table")));
+        };
+        section_table.insert(key, value);
+    }
+    Ok(())
+}
+
+/// The sections of the configuration, longest first so that a section whose
+/// name prefixes another's never captures its variables.
+fn section_names() -> Vec<String> {
+    let mut names: Vec<String> = toml::Table::try_from(Config::default())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    names
+}
+
+/// A duration written as `250ms`, `30s`, `5m`, `12h` or `30d` (a bare number
+/// is seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 24h"))?;
+        let secs = |mult: u64| Duration::from_secs(n.saturating_mul(mult));
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => secs(1),
+            "m" => secs(60),
+            "h" => secs(3600),
+            "d" => secs(86400),
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+                ));
+            }
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if !ms.is_multiple_of(1000) {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(HumanDuration(Duration::from_secs(n))),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+use super::*;
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn an_empty_file_means_defaults() {
+    let c = Config::load("", "t", env(&[])).expect("defaults");
+    assert_eq!(c.listen.addr.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.limits.max_body, 65536);
+    assert_eq!(c.upstream.timeout, HumanDuration(Duration::from_secs(10)));
+    assert_eq!(c.schema.unknown_fields, UnknownFields::Reject);
+    assert_eq!(c.other_routes(&http::Method::GET), OtherRoutes::Forward);
+    assert_eq!(c.other_routes(&http::Method::POST), OtherRoutes::Audit);
+}
+
+#[test]
+fn the_file_sets_keys() {
+    let c = Config::load(
+        r#"
+        [listen]
+        addr = "0.0.0.0:9000"
+        [upstream]
+        url = "https://example.eu.auth0.com"
+        timeout = "1500ms"
+        [routes]
+        other = "deny"
+        [limits]
+        max_body = 1024
+        [schema]
+        unknown_fields = "forward"
+        "#,
+        "t",
+        env(&[]),
+    )
+    .expect("valid");
+    assert_eq!(c.listen.addr.port(), 9000);
+    assert_eq!(c.upstream.timeout.0, Duration::from_millis(1500));
+    assert_eq!(c.other_routes(&http::Method::GET), OtherRoutes::Deny);
+    assert_eq!(c.limits.max_body, 1024);
+    assert_eq!(c.schema.unknown_fields, UnknownFields::Forward);
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let c = Config::load(
+        "[limits]\nmax_body = 1024\n",
+        "t",
+        env(&[
+            ("TOLLGATE_LIMITS_MAX_BODY", "2048"),
+            ("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0"),
+            ("TOLLGATE_UPSTREAM_URL", "http://127.0.0.1:1"),
+            ("TOLLGATE_ROUTES_OTHER", "forward"),
+            ("TOLLGATE_CONFIG", "ignored.toml"),
+            ("PATH", "/bin"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(c.limits.max_body, 2048);
+    assert_eq!(c.listen.addr.port(), 0);
+    assert_eq!(c.upstream.url.as_deref(), Some("http://127.0.0.1:1"));
+}
+
+fn error(text: &str, vars: &[(&str, &str)]) -> String {
+    match Config::load(text, "tollgate.toml", env(vars)) {
+        Err(e) => e.to_string(),
+        Ok(c) => panic!("accepted: {c:?}"),
+    }
+}
+
+#[test]
+fn errors_name_the_key() {
+    let e = error("[listen]\nadr = \"x\"\n", &[]);
+    assert!(e.contains("adr"), "{e}");
+    let e = error("[limits]\nmax_body = \"big\"\n", &[]);
+    assert!(e.contains("max_body"), "{e}");
+    let e = error("[upstream]\nurl = \"ftp://x\"\n", &[]);
+    assert!(e.contains("upstream.url"), "{e}");
+    let e = error("[upstream]\ntimeout = \"5 fortnights\"\n", &[]);
+    assert!(e.contains("timeout"), "{e}");
+    let e = error("[limits]\nmax_body = 0\n", &[]);
+    assert!(e.contains("limits.max_body"), "{e}");
+    let e = error("[routes]\nother = \"maybe\"\n", &[]);
+    assert!(e.contains("other") || e.contains("maybe"), "{e}");
+    let e = error("[nope]\n", &[]);
+    assert!(e.contains("nope"), "{e}");
+    let e = error("", &[("TOLLGATE_LIMITS_MAX_BODY", "lots")]);
+    assert!(e.contains("TOLLGATE_LIMITS_MAX_BODY"), "{e}");
+    let e = error("", &[("TOLLGATE_LISTN_ADDR", "x")]);
+    assert!(e.contains("TOLLGATE_LISTN_ADDR"), "{e}");
+    let e = error("", &[("TOLLGATE_LISTEN_PORT", "1")]);
+    assert!(e.contains("port"), "{e}");
+}
+
+#[test]
+fn durations() {
+    for (s, d) in [
+        ("250ms", Duration::from_millis(250)),
+        ("30s", Duration::from_secs(30)),
+        ("5m", Duration::from_secs(300)),
+        ("24h", Duration::from_secs(86400)),
+        ("30d", Duration::from_secs(30 * 86400)),
+        ("7", Duration::from_secs(7)),
+    ] {
+        assert_eq!(s.parse::<HumanDuration>(), Ok(HumanDuration(d)), "{s}");
+    }
+    assert!("".parse::<HumanDuration>().is_err());
+    assert!("5y".parse::<HumanDuration>().is_err());
+    assert!("-5s".parse::<HumanDuration>().is_err());
+}

@@ -1,0 +1,138 @@
+//! Every answer tollgate writes itself, in the Management API's error shape
+//! (DESIGN §3), so SDKs and scripts show it like any tenant error.
+//!
+//! Modules report what happened as named errors; this is the one place that
+//! turns them into a status, an `errorCode` and a message. Classification:
+//! the caller's fault is 4xx, the tenant's 502/504, tollgate's own 503/500.
+//! Internal error text (database, TLS) never reaches a response body; it is
+//! logged instead.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use crate::body::BodyError;
+use crate::route::RouteError;
+use crate::schema::{JsonError, SchemaError};
+use crate::upstream::UpstreamError;
+
+/// Why tollgate answered a request itself instead of forwarding it.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("the {0} header is not accepted: it could change the method the tenant applies")]
+    MethodOverride(&'static str),
+    #[error("this gateway forwards only organization-connection calls (routes.other = \"deny\")")]
+    OtherRouteDenied,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// The parts of an answer.
+struct Answer {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Map<String, Value>,
+}
+
+impl Refusal {
+    fn answer(&self) -> Answer {
+        let plain = |status, code| Answer {
+            status,
+            code,
+            message: self.to_string(),
+            extra: Map::new(),
+        };
+        match self {
+            Refusal::Route(RouteError::MethodNotAllowed { .. }) => {
+                plain(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            Refusal::Route(_) => plain(StatusCode::BAD_REQUEST, "invalid_uri"),
+            Refusal::Body(BodyError::TooLarge { .. }) => {
+                plain(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            Refusal::Body(BodyError::Encoded(_) | BodyError::MediaType(_)) => {
+                plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Refusal::Body(_) | Refusal::Json(_) => plain(StatusCode::BAD_REQUEST, "invalid_body"),
+            Refusal::Schema(e) => {
+                let mut a = plain(StatusCode::BAD_REQUEST, "invalid_body");
+                a.extra
+                    .insert("field".into(), Value::String(e.pointer.clone()));
+                a
+            }
+            Refusal::MethodOverride(_) => plain(StatusCode::BAD_REQUEST, "invalid_headers"),
+            Refusal::OtherRouteDenied => plain(StatusCode::FORBIDDEN, "tollgate_route_denied"),
+            Refusal::Upstream(e) => {
+                let status = match e {
+                    UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                Answer {
+                    status,
+                    code: "tollgate_upstream_error",
+                    message: e.public_message(),
+                    extra: Map::new(),
+                }
+            }
+        }
+    }
+
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        self.answer().status
+    }
+
+    /// The answer, with the exchange's audit id in the body.
+    pub fn into_response(self, audit_id: &str) -> Response<Bytes> {
+        let a = self.answer();
+        let mut resp = error_response(a.status, a.code, &a.message, a.extra, audit_id);
+        if let Refusal::Route(RouteError::MethodNotAllowed { allow, .. }) = self {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+/// An error body in the Management API's shape:
+/// `{"statusCode","error","errorCode","message",…,"audit_id"}`.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    extra: Map<String, Value>,
+    audit_id: &str,
+) -> Response<Bytes> {
+    let mut body = json!({
+        "statusCode": status.as_u16(),
+        "error": status.canonical_reason().unwrap_or("Error"),
+        "errorCode": code,
+        "message": message,
+    });
+    if let Value::Object(map) = &mut body {
+        map.extend(extra);
+        map.insert("audit_id".into(), Value::String(audit_id.to_owned()));
+    }
+    json_response(status, &body)
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Bytes> {
+    let bytes = Bytes::from(body.to_string());
+    let mut resp = Response::new(bytes);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}

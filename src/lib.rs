@@ -1,0 +1,51 @@
+//! tollgate: a policy-enforcing audit gateway for the Auth0 Management API.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line; [`config`]: `tollgate.toml` and its
+//!   environment overrides.
+//! - [`server`]: accepting connections (HTTP/1.1, HTTP/2), graceful shutdown.
+//! - [`proxy`]: the request pipeline, stage by stage. A governed request is
+//!   classified by [`route`], its body read by [`body`] and validated by
+//!   [`schema`], then forwarded as judged by [`upstream`]; everything else
+//!   passes through under `routes.other`.
+//! - [`error`]: every answer tollgate writes itself, in the tenant's shape.
+//! - [`sandbox`]: the simulated tenant behind `serve --sandbox`.
+//! - [`telemetry`] sets up logging.
+//!
+//! A request's path: client → `server` → `proxy` (screen → classify → read
+//! body → validate → forward → answer) → tenant.
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod route;
+pub mod sandbox;
+pub mod schema;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+/// An error inside a body stream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response tollgate handles.
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A body of known bytes.
+pub fn full(bytes: Bytes) -> BoxBody {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+impl server::Handler for proxy::Gateway {
+    async fn handle(&self, req: http::Request<hyper::body::Incoming>) -> http::Response<BoxBody> {
+        proxy::Gateway::handle(self, req).await
+    }
+}

@@ -1,0 +1,20 @@
+//! The `tollgate` binary: parse the command line, start logging, call the library.
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+use tollgate::cli::{self, Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let matches = Cli::command().get_matches();
+    // A --config the user named must exist; the default may be absent.
+    let explicit = matches
+        .value_source("config")
+        .is_some_and(|s| s != ValueSource::DefaultValue);
+    let cli = Cli::from_arg_matches(&matches)?;
+    tollgate::telemetry::init(cli.log_format);
+    let config = cli::load_config(&cli.config, explicit)?;
+    match cli.command {
+        Command::Serve { sandbox } => cli::serve(config, sandbox).await,
+    }
+}

@@ -1,0 +1,211 @@
+use super::*;
+
+fn gov(method: Method, path: &str) -> Governed {
+    match classify(&method, path, None) {
+        Ok(Route::Governed(g)) => g,
+        other => panic!("{method} {path}: expected governed, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_operation_is_classified() {
+    let cases = [
+        (
+            Method::POST,
+            "/api/v2/organizations/org_1/connections",
+            "organization_connection.create",
+        ),
+        (
+            Method::PATCH,
+            "/api/v2/organizations/org_1/connections/con_1",
+            "organization_connection.update",
+        ),
+        (
+            Method::DELETE,
+            "/api/v2/organizations/org_1/connections/con_1",
+            "organization_connection.delete",
+        ),
+        (
+            Method::POST,
+            "/api/v2/organizations/org_1/enabled_connections",
+            "organization_enabled_connection.create",
+        ),
+        (
+            Method::PATCH,
+            "/api/v2/organizations/org_1/enabled_connections/con_1",
+            "organization_enabled_connection.update",
+        ),
+        (
+            Method::DELETE,
+            "/api/v2/organizations/org_1/enabled_connections/con_1",
+            "organization_enabled_connection.delete",
+        ),
+        (Method::POST, "/api/v2/organizations", "organization.create"),
+        (
+            Method::POST,
+            "/api/v2/self-service-profiles/ssp_1/sso-ticket",
+            "sso_ticket.create",
+        ),
+    ];
+    for (method, path, op) in cases {
+        let g = gov(method, path);
+        assert_eq!(g.operation.id(), op);
+        assert_eq!(g.path, path, "canonical path of {op}");
+    }
+}
+
+#[test]
+fn tenant_routing_semantics_are_reproduced() {
+    let g = gov(
+        Method::PATCH,
+        "/API/V2/Organizations/org_1/CONNECTIONS/con_1/",
+    );
+    assert_eq!(g.operation, Operation::OrganizationConnectionUpdate);
+    assert_eq!(g.path, "/api/v2/organizations/org_1/connections/con_1");
+    assert_eq!(g.connection_id.as_deref(), Some("con_1"));
+
+    let g = gov(
+        Method::PATCH,
+        "/api/v2/organizations/%6Frg_1/connections/con%5F1",
+    );
+    assert_eq!(g.id.as_deref(), Some("org_1"));
+    assert_eq!(g.path, "/api/v2/organizations/org_1/connections/con_1");
+
+    let g = gov(Method::POST, "/api/v2/%6Frganizations/");
+    assert_eq!(g.operation, Operation::OrganizationCreate);
+    assert_eq!(g.path, "/api/v2/organizations");
+}
+
+#[test]
+fn parameters_are_reencoded_canonically() {
+    let g = gov(
+        Method::DELETE,
+        "/api/v2/organizations/acme%20corp/connections/con%7C1",
+    );
+    assert_eq!(g.id.as_deref(), Some("acme corp"));
+    assert_eq!(
+        g.path,
+        "/api/v2/organizations/acme%20corp/connections/con|1"
+    );
+}
+
+#[test]
+fn dangerous_segments_are_refused_everywhere() {
+    let m = Method::PATCH;
+    let refused = [
+        ("/api/v2/organizations/org_1/connections/..", "dot"),
+        (
+            "/api/v2/users/../organizations/org_1/connections/con_1",
+            "dot",
+        ),
+        ("/api/v2/organizations/org_1/connections/%2e%2E", "dot"),
+        ("/api/v2/organizations/org_1/./connections/con_1", "dot"),
+        ("/api/v2/organizations/org_1%2Fconnections/con_1", "slash"),
+        (
+            "/api/v2/organizations/org_1%5cconnections/con_1",
+            "backslash",
+        ),
+        ("/api/v2//organizations/org_1/connections/con_1", "empty"),
+        ("/api/v2/organizations/org_1/connections/con_1//", "empty"),
+        ("/api/v2/organizations/%ff/connections/con_1", "utf8"),
+        ("/api/v2/organizations/org%00/connections/con_1", "control"),
+        ("api/v2/organizations", "origin"),
+    ];
+    for (path, why) in refused {
+        assert!(
+            classify(&m, path, None).is_err(),
+            "{why}: {path} was accepted"
+        );
+    }
+    assert!(classify(&Method::GET, "/api/v2/users/%2e%2e/x", None).is_err());
+}
+
+#[test]
+fn unlisted_methods_on_association_paths_are_405() {
+    for (m, path) in [
+        (Method::PUT, "/api/v2/organizations/o/connections/c"),
+        (
+            Method::POST,
+            "/api/v2/organizations/o/enabled_connections/c",
+        ),
+        (Method::PATCH, "/api/v2/organizations/o/connections"),
+        (
+            Method::DELETE,
+            "/api/v2/organizations/o/enabled_connections",
+        ),
+    ] {
+        assert!(
+            matches!(
+                classify(&m, path, None),
+                Err(RouteError::MethodNotAllowed { .. })
+            ),
+            "{m} {path}"
+        );
+    }
+}
+
+#[test]
+fn reads_and_unrelated_routes_are_other() {
+    for (m, path) in [
+        (Method::GET, "/api/v2/organizations/o/connections/c"),
+        (Method::GET, "/api/v2/organizations/o/connections"),
+        (Method::GET, "/api/v2/organizations"),
+        (Method::PATCH, "/api/v2/organizations/o"),
+        (Method::PATCH, "/api/v2/clients/abc"),
+        (Method::GET, "/api/v2/self-service-profiles/p/sso-ticket"),
+        (Method::PATCH, "/api/v2/organizations/o/members/c"),
+        (Method::GET, "/"),
+    ] {
+        assert_eq!(classify(&m, path, None), Ok(Route::Other), "{m} {path}");
+    }
+}
+
+#[test]
+fn query_strings_are_refused_on_governed_routes_only() {
+    assert_eq!(
+        classify(
+            &Method::PATCH,
+            "/api/v2/organizations/o/connections/c",
+            Some("x=1")
+        ),
+        Err(RouteError::QueryString)
+    );
+    assert_eq!(
+        classify(&Method::GET, "/api/v2/organizations", Some("page=1")),
+        Ok(Route::Other)
+    );
+}
+
+#[test]
+fn path_parameter_lengths() {
+    let long = "a".repeat(51);
+    let ok = "a".repeat(50);
+    assert!(
+        classify(
+            &Method::PATCH,
+            &format!("/api/v2/organizations/{long}/connections/c"),
+            None
+        )
+        .is_err()
+    );
+    assert!(
+        classify(
+            &Method::PATCH,
+            &format!("/api/v2/organizations/o/connections/{long}"),
+            None
+        )
+        .is_err()
+    );
+    gov(
+        Method::PATCH,
+        &format!("/api/v2/organizations/{ok}/connections/{ok}"),
+    );
+}
+
+#[test]
+fn operation_ids_round_trip() {
+    for op in Operation::ALL {
+        assert_eq!(Operation::from_id(op.id()), Some(op));
+    }
+    assert_eq!(Operation::from_id("nope"), None);
+}

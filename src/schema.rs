@@ -1,0 +1,493 @@
+//! Strict JSON and the seed's field rules: bytes → a judged body, or a 400
+//! that names the field.
+//!
+//! Strictness is about agreement: a duplicate key, a BOM or trailing data is
+//! a body two JSON parsers may read differently, so the value tollgate judged
+//! might not be the value the tenant applies. Such bodies are refused; what
+//! is forwarded is the judged value re-serialised, never the bytes as sent.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::route::{Governed, Operation};
+
+/// How deep objects and arrays may nest. The seed's bodies are two levels
+/// deep; organization bodies carry metadata and branding a few more.
+pub const MAX_DEPTH: usize = 32;
+
+/// The access levels of the organization-connection family.
+pub const ACCESS_LEVELS: [&str; 4] = ["none", "readonly", "limited", "full"];
+
+/// What to do with a field the schema does not know (`schema.unknown_fields`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownFields {
+    /// Refuse with 400: a field nobody reviewed is a capability nobody governs.
+    #[default]
+    Reject,
+    /// Forward it and record it.
+    Forward,
+}
+
+/// A body that is not strict JSON.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JsonError {
+    #[error("the body starts with a byte-order mark; send plain UTF-8 JSON")]
+    ByteOrderMark,
+    #[error("the body is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+    #[error("the body is empty; send a JSON object")]
+    Empty,
+    #[error("invalid JSON: {0}")]
+    Syntax(String),
+}
+
+/// A body that breaks a field rule of DESIGN §1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Payload validation error: '{message}' on property {pointer}")]
+pub struct SchemaError {
+    /// JSON pointer of the offending field (`/organization_access_level`).
+    pub pointer: String,
+    pub message: String,
+}
+
+/// Parses a body as one strict JSON object: no BOM, valid UTF-8, no
+/// duplicate keys at any depth (after unescaping, so `"a"` and `"\u0061"`
+/// collide), nesting at most [`MAX_DEPTH`], nothing after the value.
+pub fn parse_strict(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        return Err(JsonError::ByteOrderMark);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| JsonError::InvalidUtf8)?;
+    if text.trim().is_empty() {
+        return Err(JsonError::Empty);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = Strict { depth: 0 }
+        .deserialize(&mut de)
+        .map_err(|e| JsonError::Syntax(e.to_string()))?;
+    de.end().map_err(|e| JsonError::Syntax(e.to_string()))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(JsonError::NotAnObject),
+    }
+}
+
+/// A JSON value that refuses duplicate keys and deep nesting.
+struct Strict {
+    depth: usize,
+}
+
+impl Strict {
+    fn nested<E: de::Error>(&self) -> Result<Strict, E> {
+        if self.depth >= MAX_DEPTH {
+            return Err(E::custom(format_args!(
+                "nesting deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        Ok(Strict {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(self.nested()?)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+            let value = map.next_value_seed(self.nested()?)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Where an association change takes place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OrgRef {
+    /// An existing organization, by id or name as the request named it.
+    Existing(String),
+    /// The organization `POST /organizations` is creating, by its `name`.
+    New(Option<String>),
+}
+
+/// One association change a request asks for: a single one for the
+/// association routes, one per array element for `organization.create` and
+/// `sso_ticket.create`. Each is judged on its own; one violation denies all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The association operation this change is judged as.
+    pub operation: Operation,
+    pub org: OrgRef,
+    /// The connection, where the request names one.
+    pub connection_id: Option<String>,
+    /// The association fields the request sets (without the id fields).
+    pub fields: Map<String, Value>,
+    /// JSON pointer of this change in the body ("" for the whole body).
+    pub pointer: String,
+}
+
+/// A governed request that passed the schema.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validated {
+    /// The judged body, forwarded re-serialised (`None`: no body, a delete).
+    pub body: Option<Map<String, Value>>,
+    pub changes: Vec<Change>,
+    /// JSON pointers of fields the schema does not know, let through by
+    /// `schema.unknown_fields = "forward"`.
+    pub unknown_fields: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A string of 1–50 characters without NUL, or null.
+    Name,
+    Bool,
+    /// One of [`ACCESS_LEVELS`]; null only on update.
+    AccessLevel,
+    /// A boolean; null only on update.
+    NullableOnUpdateBool,
+}
+
+/// The organization-connection family's fields (DESIGN §1).
+const ORG_CONNECTION_FIELDS: &[(&str, Kind)] = &[
+    ("organization_connection_name", Kind::Name),
+    ("assign_membership_on_login", Kind::Bool),
+    ("show_as_button", Kind::Bool),
+    ("is_signup_enabled", Kind::Bool),
+    ("organization_access_level", Kind::AccessLevel),
+    ("organization_member_access_level", Kind::AccessLevel),
+    ("is_enabled", Kind::NullableOnUpdateBool),
+];
+
+/// The legacy `enabled_connections` family's fields.
+const ENABLED_CONNECTION_FIELDS: &[(&str, Kind)] = &[
+    ("assign_membership_on_login", Kind::Bool),
+    ("is_signup_enabled", Kind::Bool),
+    ("show_as_button", Kind::Bool),
+];
+
+/// Longest id accepted in a body (`connection_id`, `organization_id`).
+const MAX_ID: usize = 50;
+
+/// Validates a governed request's body against DESIGN §1.
+pub fn validate(
+    route: &Governed,
+    body: Option<Map<String, Value>>,
+    unknown: UnknownFields,
+) -> Result<Validated, SchemaError> {
+    use Operation::*;
+    let mut v = Validator {
+        unknown,
+        unknown_fields: Vec::new(),
+    };
+    let id = route.id.clone().unwrap_or_default();
+    let op = route.operation;
+    if op.is_delete() {
+        if body.is_some() {
+            return Err(err("", "a delete takes no body"));
+        }
+        let change = Change {
+            operation: op,
+            org: OrgRef::Existing(id),
+            connection_id: route.connection_id.clone(),
+            fields: Map::new(),
+            pointer: String::new(),
+        };
+        return Ok(Validated {
+            body: None,
+            changes: vec![change],
+            unknown_fields: Vec::new(),
+        });
+    }
+    let body = body.ok_or_else(|| err("", "a JSON object body is required"))?;
+    let changes = match op {
+        OrganizationConnectionCreate | OrganizationEnabledConnectionCreate => {
+            let (cid, fields) = v.association(&body, "", op, Some("connection_id"))?;
+            vec![change(op, OrgRef::Existing(id), cid, fields, "")]
+        }
+        OrganizationConnectionUpdate | OrganizationEnabledConnectionUpdate => {
+            let (_, fields) = v.association(&body, "", op, None)?;
+            let cid = route.connection_id.clone();
+            vec![change(op, OrgRef::Existing(id), cid, fields, "")]
+        }
+        OrganizationCreate => {
+            let name = body.get("name").and_then(Value::as_str).map(str::to_owned);
+            v.elements(&body, "enabled_connections", "connection_id", |cid, _| {
+                (OrgRef::New(name.clone()), Some(cid))
+            })?
+        }
+        SsoTicketCreate => {
+            let cid = match body.get("connection_id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => return Err(err("/connection_id", "Expected type string")),
+            };
+            v.elements(
+                &body,
+                "enabled_organizations",
+                "organization_id",
+                |org, _| (OrgRef::Existing(org), cid.clone()),
+            )?
+        }
+        OrganizationConnectionDelete | OrganizationEnabledConnectionDelete => {
+            unreachable!("deletes returned above")
+        }
+    };
+    Ok(Validated {
+        body: Some(body),
+        changes,
+        unknown_fields: v.unknown_fields,
+    })
+}
+
+fn change(
+    operation: Operation,
+    org: OrgRef,
+    connection_id: Option<String>,
+    fields: Map<String, Value>,
+    pointer: &str,
+) -> Change {
+    Change {
+        operation,
+        org,
+        connection_id,
+        fields,
+        pointer: pointer.to_owned(),
+    }
+}
+
+fn err(pointer: &str, message: impl Into<String>) -> SchemaError {
+    SchemaError {
+        pointer: if pointer.is_empty() {
+            "/".into()
+        } else {
+            pointer.into()
+        },
+        message: message.into(),
+    }
+}
+
+/// Escapes a key for a JSON pointer (RFC 6901).
+fn pointer_token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+struct Validator {
+    unknown: UnknownFields,
+    unknown_fields: Vec<String>,
+}
+
+impl Validator {
+    /// Validates one association object; returns its id field (when `id_key`
+    /// names a required one) and its association fields.
+    fn association(
+        &mut self,
+        obj: &Map<String, Value>,
+        at: &str,
+        op: Operation,
+        id_key: Option<&str>,
+    ) -> Result<(Option<String>, Map<String, Value>), SchemaError> {
+        let create = op.is_create();
+        let table = match op {
+            Operation::OrganizationEnabledConnectionCreate
+            | Operation::OrganizationEnabledConnectionUpdate => ENABLED_CONNECTION_FIELDS,
+            _ => ORG_CONNECTION_FIELDS,
+        };
+        let mut id = None;
+        let mut fields = Map::new();
+        for (key, value) in obj {
+            let pointer = format!("{at}/{}", pointer_token(key));
+            if Some(key.as_str()) == id_key {
+                id = Some(check_id(value, &pointer)?);
+            } else if let Some((_, kind)) = table.iter().find(|(name, _)| name == key) {
+                check_field(*kind, value, create, &pointer)?;
+                fields.insert(key.clone(), value.clone());
+            } else if self.unknown == UnknownFields::Reject {
+                return Err(err(
+                    &pointer,
+                    format!("Additional properties not allowed: {key}"),
+                ));
+            } else {
+                self.unknown_fields.push(pointer);
+            }
+        }
+        if let Some(id_key) = id_key
+            && id.is_none()
+        {
+            return Err(err(
+                &format!("{at}/{id_key}"),
+                format!("Missing required property: {id_key}"),
+            ));
+        }
+        Ok((id, fields))
+    }
+
+    /// Validates the array `key` of an organization or SSO-ticket body: each
+    /// element is an association change with a required `id_key`.
+    fn elements(
+        &mut self,
+        body: &Map<String, Value>,
+        key: &str,
+        id_key: &str,
+        place: impl Fn(String, usize) -> (OrgRef, Option<String>),
+    ) -> Result<Vec<Change>, SchemaError> {
+        let items = match body.get(key) {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(err(&format!("/{key}"), "Expected type array")),
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("/{key}/{i}");
+            let Value::Object(obj) = item else {
+                return Err(err(&at, "Expected type object"));
+            };
+            let (id, fields) = self.association(
+                obj,
+                &at,
+                Operation::OrganizationConnectionCreate,
+                Some(id_key),
+            )?;
+            let (org, cid) = place(id.unwrap_or_default(), i);
+            out.push(change(
+                Operation::OrganizationConnectionCreate,
+                org,
+                cid,
+                fields,
+                &at,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn check_id(value: &Value, pointer: &str) -> Result<String, SchemaError> {
+    let Value::String(s) = value else {
+        return Err(err(
+            pointer,
+            format!("Expected type string but found type {}", type_name(value)),
+        ));
+    };
+    let n = s.chars().count();
+    if n == 0 || n > MAX_ID {
+        return Err(err(
+            pointer,
+            format!("String length must be 1 to {MAX_ID} characters"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(err(pointer, "String must not contain control characters"));
+    }
+    Ok(s.clone())
+}
+
+fn check_field(kind: Kind, value: &Value, create: bool, pointer: &str) -> Result<(), SchemaError> {
+    let mismatch = |expected: &str| {
+        err(
+            pointer,
+            format!(
+                "Expected type {expected} but found type {}",
+                type_name(value)
+            ),
+        )
+    };
+    match (kind, value) {
+        (Kind::Name, Value::Null) => Ok(()),
+        (Kind::Name, Value::String(s)) => {
+            let n = s.chars().count();
+            if !(1..=50).contains(&n) {
+                Err(err(pointer, "String length must be 1 to 50 characters"))
+            } else if s.contains('\0') {
+                Err(err(pointer, "String must not contain NUL"))
+            } else {
+                Ok(())
+            }
+        }
+        (Kind::Name, _) => Err(mismatch("string or null")),
+        (Kind::Bool, Value::Bool(_)) => Ok(()),
+        (Kind::Bool, _) => Err(mismatch("boolean")),
+        (Kind::NullableOnUpdateBool, Value::Bool(_)) => Ok(()),
+        (Kind::NullableOnUpdateBool, Value::Null) if !create => Ok(()),
+        (Kind::NullableOnUpdateBool, _) => {
+            Err(mismatch(if create { "boolean" } else { "boolean or null" }))
+        }
+        (Kind::AccessLevel, Value::String(s)) => {
+            if ACCESS_LEVELS.contains(&s.as_str()) {
+                Ok(())
+            } else {
+                Err(err(
+                    pointer,
+                    format!(
+                        "No enum match for: {s:?}; expected one of none, readonly, limited, full"
+                    ),
+                ))
+            }
+        }
+        (Kind::AccessLevel, Value::Null) if !create => Ok(()),
+        (Kind::AccessLevel, _) => Err(mismatch(if create { "string" } else { "string or null" })),
+    }
+}
+
+#[cfg(test)]
+mod tests;
