@@ -61,7 +61,7 @@ pub fn check_json_media_type(headers: &HeaderMap) -> Result<(), BodyError> {
         let value = value.trim().trim_matches('"');
         if !(name.trim().eq_ignore_ascii_case("charset") && value.eq_ignore_ascii_case("utf-8")) {
             return Err(BodyError::MediaType(format!(
-                "Content-Type parameter {:?} is not accepted; only charset=utf-8",
+                "Content-Type parameter {:?} is not accepted; send Content-Type: application/json (charset=utf-8 or none)",
                 param.trim()
             )));
         }

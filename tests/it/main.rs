@@ -1,0 +1,9 @@
+//! Integration tests: the real gateway on 127.0.0.1:0 in front of an
+//! in-process tenant (the sandbox, or a purpose-built one), over real sockets.
+
+mod harness;
+
+mod governed;
+mod passthrough;
+mod tricks;
+mod upstream;

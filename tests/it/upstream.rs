@@ -1,0 +1,241 @@
+//! The tenant connection: TLS with a private CA, failures answered as 502 and
+//! 504 in the tenant's shape, graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tollgate::BoxBody;
+use tollgate::sandbox::Sandbox;
+use tollgate::sandbox::seed::*;
+use tollgate::server::{self, Handler};
+
+use crate::harness::Harness;
+
+fn item() -> String {
+    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
+}
+
+const BODY: Option<&str> = Some(r#"{"show_as_button":false}"#);
+
+#[tokio::test]
+async fn a_tenant_that_is_down_is_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let h = Harness::in_front_of("", &format!("http://{addr}"), Sandbox::new()).await;
+    for (method, path, body) in [
+        (Method::PATCH, item(), BODY),
+        (Method::GET, "/api/v2/organizations".into(), None),
+    ] {
+        let a = h.send(method, &path, body).await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(a.error_code(), "tollgate_upstream_error");
+        assert_eq!(a.json()["statusCode"], 502);
+        assert!(
+            !a.json()["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("127.0.0.1")
+        );
+    }
+}
+
+/// Accepts connections and never answers.
+async fn silent_tenant() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_tenant_that_stalls_is_504() {
+    let addr = silent_tenant().await;
+    let h = Harness::in_front_of(
+        "[upstream]\ntimeout = \"300ms\"\n",
+        &format!("http://{addr}"),
+        Sandbox::new(),
+    )
+    .await;
+    for (method, path, body) in [
+        (Method::PATCH, item(), BODY),
+        (Method::GET, "/api/v2/organizations".into(), None),
+    ] {
+        let a = h.send(method, &path, body).await;
+        assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(a.error_code(), "tollgate_upstream_error");
+        assert_eq!(a.json()["error"], "Gateway Timeout");
+    }
+}
+
+/// A test CA and a leaf certificate for `localhost` signed by it.
+struct Pki {
+    ca_pem: String,
+    leaf_pem: String,
+    leaf_key_pem: String,
+}
+
+fn make_pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca)
+        .expect("leaf");
+    Pki {
+        ca_pem: ca.pem(),
+        leaf_pem: leaf.pem(),
+        leaf_key_pem: leaf_key.serialize_pem(),
+    }
+}
+
+/// Serves the sandbox over TLS with the given certificate.
+async fn tls_tenant(pki: &Pki) -> (Sandbox, SocketAddr) {
+    let certs = vec![CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).expect("cert")];
+    let key = PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let tenant = Sandbox::new();
+    let served = tenant.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let tenant = served.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let tenant = tenant.clone();
+                    async move { Ok::<_, Infallible>(tenant.handle(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (tenant, addr)
+}
+
+#[tokio::test]
+async fn tls_to_the_tenant_with_a_private_ca() {
+    let pki = make_pki();
+    let (tenant, addr) = tls_tenant(&pki).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).expect("write ca");
+    let config = format!(
+        "[upstream]\nca_file = {:?}\n",
+        ca_file.display().to_string()
+    );
+    let url = format!("https://localhost:{}", addr.port());
+    let h = Harness::in_front_of(&config, &url, tenant).await;
+    let a = h.send(Method::PATCH, &item(), BODY).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(h.received().len(), 1);
+    assert_eq!(h.received()[0].target, item());
+
+    // A tenant whose certificate chains to another CA is refused.
+    let other = make_pki();
+    std::fs::write(&ca_file, &other.ca_pem).expect("write other ca");
+    let h2 = Harness::in_front_of(&config, &url, h.tenant.clone()).await;
+    let a = h2.send(Method::PATCH, &item(), BODY).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(a.error_code(), "tollgate_upstream_error");
+    assert_eq!(h.received().len(), 1, "nothing more reached the tenant");
+}
+
+/// The sandbox, answering after a delay.
+struct Slow {
+    inner: Sandbox,
+    delay: Duration,
+}
+
+impl Handler for Slow {
+    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.handle(req).await
+    }
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_exchanges() {
+    let tenant = Sandbox::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let slow = Slow {
+        inner: tenant.clone(),
+        delay: Duration::from_millis(500),
+    };
+    tokio::spawn(server::serve(
+        listener,
+        Arc::new(slow),
+        8,
+        std::future::pending(),
+    ));
+    let mut h = Harness::in_front_of("", &format!("http://{addr}"), tenant).await;
+    let gateway = h.addr;
+
+    let h = {
+        let in_flight = tokio::spawn({
+            let path = item();
+            let client =
+                hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+            async move {
+                let req = Request::patch(format!("http://{gateway}{path}"))
+                    .header("authorization", crate::harness::TOKEN)
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        br#"{"show_as_button":false}"#,
+                    )))
+                    .expect("request");
+                client.request(req).await.map(|r| r.status())
+            }
+        });
+        // Wait until the request is in the tenant's hands, then stop.
+        while h.received().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        h.shutdown();
+        let status = in_flight.await.expect("join").expect("answered");
+        assert_eq!(status, StatusCode::OK, "the in-flight exchange completed");
+        h
+    };
+    let mut h = h;
+    let task = h.task.take().expect("task");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("server stopped")
+        .expect("join");
+    assert!(
+        tokio::net::TcpStream::connect(gateway).await.is_err(),
+        "no longer accepting"
+    );
+}
