@@ -30,6 +30,43 @@ pub struct Config {
     pub limits: Limits,
     /// Schema validation of governed bodies.
     pub schema: Schema,
+    /// Where the policy files are.
+    pub policy: Policy,
+    /// Tenant context for rules.
+    pub context: ContextConfig,
+}
+
+/// `[policy]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Directory of `*.toml` policy files (test cases in its `tests/`).
+    pub dir: PathBuf,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            dir: PathBuf::from("policies"),
+        }
+    }
+}
+
+/// `[context]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextConfig {
+    /// How long tenant lookups are reused (`0s` disables the cache). A
+    /// successful change through tollgate forgets its association at once.
+    pub cache_ttl: HumanDuration,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            cache_ttl: HumanDuration(Duration::from_secs(30)),
+        }
+    }
 }
 
 /// `[listen]`

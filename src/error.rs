@@ -12,6 +12,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use crate::body::BodyError;
+use crate::context::ContextError;
+use crate::policy::{Decision, Mode, RuleResult};
 use crate::route::RouteError;
 use crate::schema::{JsonError, SchemaError};
 use crate::upstream::UpstreamError;
@@ -33,6 +35,25 @@ pub enum Refusal {
     OtherRouteDenied,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("{}", denial_message(.0))]
+    PolicyDenied(Decision),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+}
+
+/// "denied by rule a: message" / "denied by rules a, b: message; message".
+fn denial_message(d: &Decision) -> String {
+    let denied: Vec<&RuleResult> = d.violations().filter(|r| r.mode == Mode::Enforce).collect();
+    let mut ids: Vec<&str> = denied.iter().map(|r| r.id.as_str()).collect();
+    ids.dedup();
+    let mut messages: Vec<&str> = denied.iter().map(|r| r.message.as_str()).collect();
+    messages.dedup();
+    let noun = if ids.len() == 1 { "rule" } else { "rules" };
+    format!(
+        "denied by {noun} {}: {}",
+        ids.join(", "),
+        messages.join("; ")
+    )
 }
 
 /// The parts of an answer.
@@ -71,6 +92,28 @@ impl Refusal {
             }
             Refusal::MethodOverride(_) => plain(StatusCode::BAD_REQUEST, "invalid_headers"),
             Refusal::OtherRouteDenied => plain(StatusCode::FORBIDDEN, "tollgate_route_denied"),
+            Refusal::PolicyDenied(d) => {
+                let mut a = plain(StatusCode::FORBIDDEN, "tollgate_policy_denied");
+                let rules: Vec<Value> = d
+                    .violations()
+                    .filter(|r| r.mode == Mode::Enforce)
+                    .map(|r| json!({"id": r.id, "message": r.message, "field": r.field}))
+                    .collect();
+                a.extra.insert("rules".into(), Value::Array(rules));
+                a
+            }
+            Refusal::Context(ContextError::Unavailable(_)) => Answer {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "tollgate_context_unavailable",
+                message: "context needed by a rule could not be fetched from the tenant".into(),
+                extra: Map::new(),
+            },
+            Refusal::Context(ContextError::Refused(resp)) => Answer {
+                status: resp.status(),
+                code: "",
+                message: String::new(),
+                extra: Map::new(),
+            },
             Refusal::Upstream(e) => {
                 let status = match e {
                     UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -93,6 +136,13 @@ impl Refusal {
 
     /// The answer, with the exchange's audit id in the body.
     pub fn into_response(self, audit_id: &str) -> Response<Bytes> {
+        // The tenant refused the caller's own credentials: its answer is the
+        // caller's to read, as if the request had been forwarded.
+        if let Refusal::Context(ContextError::Refused(resp)) = self {
+            let (mut parts, body) = resp.into_parts();
+            crate::upstream::strip_hop_by_hop(&mut parts.headers);
+            return Response::from_parts(parts, body);
+        }
         let a = self.answer();
         let mut resp = error_response(a.status, a.code, &a.message, a.extra, audit_id);
         if let Refusal::Route(RouteError::MethodNotAllowed { allow, .. }) = self {

@@ -7,19 +7,25 @@
 //! - [`server`]: accepting connections (HTTP/1.1, HTTP/2), graceful shutdown.
 //! - [`proxy`]: the request pipeline, stage by stage. A governed request is
 //!   classified by [`route`], its body read by [`body`] and validated by
-//!   [`schema`], then forwarded as judged by [`upstream`]; everything else
-//!   passes through under `routes.other`.
+//!   [`schema`], its caller named by [`identity`], the tenant state its rules
+//!   read fetched by [`context`], judged by [`policy`], then forwarded as
+//!   judged by [`upstream`]; everything else passes through under
+//!   `routes.other`.
 //! - [`error`]: every answer tollgate writes itself, in the tenant's shape.
 //! - [`sandbox`]: the simulated tenant behind `serve --sandbox`.
 //! - [`telemetry`] sets up logging.
 //!
 //! A request's path: client → `server` → `proxy` (screen → classify → read
-//! body → validate → forward → answer) → tenant.
+//! body → validate → identify → fetch context → judge → forward → answer) →
+//! tenant.
 
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod error;
+pub mod identity;
+pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod sandbox;

@@ -2,10 +2,10 @@
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
-use tollgate::cli::{self, Cli, Command};
+use tollgate::cli::{self, Cli};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let matches = Cli::command().get_matches();
     // A --config the user named must exist; the default may be absent.
     let explicit = matches
@@ -14,7 +14,5 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches)?;
     tollgate::telemetry::init(cli.log_format);
     let config = cli::load_config(&cli.config, explicit)?;
-    match cli.command {
-        Command::Serve { sandbox } => cli::serve(config, sandbox).await,
-    }
+    cli::run(cli.command, config).await
 }

@@ -1,9 +1,9 @@
 //! The request pipeline, stage by stage.
 //!
-//! Governed requests: classify → read body → validate → forward what was
-//! judged → answer. (Identity, context, judging and the audit record slot in
-//! between validate and forward: see the issue tracker.) Everything else:
-//! classify → apply `routes.other` → stream through.
+//! Governed requests: screen → classify → read body → validate → identify →
+//! fetch context → judge → forward what was judged → answer. (The audit
+//! record of the decision slots in between judge and forward.) Everything
+//! else: screen → classify → apply `routes.other` → stream through.
 //!
 //! Each stage either hands the next one a stricter value or ends the exchange
 //! with a [`Refusal`], answered in the tenant's error shape by `error.rs`.
@@ -20,9 +20,14 @@ use uuid::Uuid;
 
 use crate::body::{self, BodyError};
 use crate::config::{Config, OtherRoutes};
+use crate::context::{ContextClient, RequestFacts};
 use crate::error::Refusal;
+use crate::identity;
+use crate::policy::reload::Policies;
+use crate::policy::{self, Decision, Input, Mode, Outcome};
 use crate::route::{self, Governed, Route};
-use crate::schema::{self, Validated};
+use crate::schema::{self, OrgRef, Validated};
+use crate::server::Peer;
 use crate::upstream::{self, SetupError, Upstream};
 use crate::{BoxBody, full};
 
@@ -44,11 +49,14 @@ const METHOD_OVERRIDES: [&str; 3] = [
 pub struct Gateway {
     config: Arc<Config>,
     upstream: Upstream,
+    policies: Arc<Policies>,
+    context: ContextClient,
 }
 
 impl Gateway {
-    /// A gateway for a validated configuration whose `upstream.url` is set.
-    pub fn new(config: Config) -> Result<Gateway, SetupError> {
+    /// A gateway for a validated configuration whose `upstream.url` is set,
+    /// judging by `policies`.
+    pub fn new(config: Config, policies: Arc<Policies>) -> Result<Gateway, SetupError> {
         let url = config
             .upstream
             .url
@@ -59,9 +67,12 @@ impl Gateway {
             config.upstream.timeout.0,
             config.upstream.ca_file.as_deref(),
         )?;
+        let context = ContextClient::new(upstream.clone(), config.context.cache_ttl.0);
         Ok(Gateway {
             config: Arc::new(config),
             upstream,
+            policies,
+            context,
         })
     }
 
@@ -116,7 +127,26 @@ impl Gateway {
         // Validate against the schema before any rule runs, so rules only
         // ever see well-typed values.
         let validated = schema::validate(&route, body, self.config.schema.unknown_fields)?;
-        // Forward exactly what was validated: canonical method and path, the
+        // Identify the caller: rules and the record name who asked.
+        let caller = identity::passthrough(&parts.headers);
+        // Fetch the context the applicable rules read. One policy set judges
+        // the whole exchange, even if a reload lands meanwhile.
+        let policy = self.policies.current();
+        let facts = RequestFacts {
+            caller: caller.to_value(),
+            request: request_value(&parts, &route),
+            now: chrono::Utc::now(),
+        };
+        let inputs = self
+            .context
+            .inputs(&policy, &route, &validated, &parts.headers, &facts)
+            .await?;
+        // Judge every change by every applicable rule.
+        let decision = policy::evaluate(&policy, &inputs);
+        if decision.outcome == Outcome::Deny {
+            return Err(Refusal::PolicyDenied(decision));
+        }
+        // Forward exactly what was judged: canonical method and path, the
         // body re-serialised, framing recomputed.
         let forwarded = forward_request(&self.upstream, &parts.headers, &route, &validated, id)?;
         let resp = self.upstream.send_buffered(forwarded).await?;
@@ -124,14 +154,34 @@ impl Gateway {
             audit_id = %id,
             operation = %route.operation,
             path = %route.path,
+            decision = decision.outcome.as_str(),
             status = resp.status().as_u16(),
             "forwarded"
         );
+        // A change that took effect makes the cached state stale.
+        if resp.status().is_success() {
+            self.forget(&validated, &inputs);
+        }
         // Answer with the tenant's status, headers and body, unchanged but
-        // for hop-by-hop headers.
+        // for hop-by-hop headers and the warnings of `warn` rules.
         let (mut parts, bytes) = resp.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers);
+        add_warnings(&mut parts.headers, &decision);
         Ok(Response::from_parts(parts, full(bytes)))
+    }
+
+    fn forget(&self, validated: &Validated, inputs: &[Input]) {
+        for (change, input) in validated.changes.iter().zip(inputs) {
+            let Some(cid) = change.connection_id.as_deref() else {
+                continue;
+            };
+            if let OrgRef::Existing(named) = &change.org {
+                self.context.invalidate(named, cid);
+            }
+            if let Some(resolved) = input.org.get("id").and_then(Value::as_str) {
+                self.context.invalidate(resolved, cid);
+            }
+        }
     }
 
     async fn read_body(
@@ -185,6 +235,47 @@ fn screen(headers: &HeaderMap) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// The `request` variable of DESIGN §4.
+fn request_value(parts: &http::request::Parts, route: &Governed) -> Value {
+    let source_ip = parts.extensions.get::<Peer>().map(|p| p.0.ip().to_string());
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    serde_json::json!({
+        "method": route.method.as_str(),
+        "path": route.path,
+        "source_ip": source_ip,
+        "user_agent": user_agent,
+    })
+}
+
+/// `Warning: 299 tollgate "rule-id: message"` for each violated `warn` rule.
+fn add_warnings(headers: &mut HeaderMap, decision: &Decision) {
+    let mut seen = Vec::new();
+    for r in decision.violations().filter(|r| r.mode == Mode::Warn) {
+        if seen.contains(&&r.id) {
+            continue;
+        }
+        seen.push(&r.id);
+        let text: String = format!("{}: {}", r.id, r.message)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect::<String>()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 tollgate \"{text}\"")) {
+            headers.append(header::WARNING, v);
+        }
+    }
 }
 
 fn set_correlation_id(headers: &mut HeaderMap, id: &str) {

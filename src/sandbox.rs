@@ -82,21 +82,7 @@ pub mod seed {
     pub const SELF_SERVICE_PROFILE: &str = "ssp_sandbox";
 }
 
-/// The tenant's defaults for a new association's fields.
-pub fn association_defaults() -> Map<String, Value> {
-    let Value::Object(map) = json!({
-        "assign_membership_on_login": false,
-        "show_as_button": true,
-        "is_signup_enabled": false,
-        "organization_connection_name": null,
-        "organization_access_level": "none",
-        "organization_member_access_level": "none",
-        "is_enabled": true,
-    }) else {
-        unreachable!("a JSON object literal")
-    };
-    map
-}
+pub use crate::policy::state::tenant_defaults as association_defaults;
 
 const LEGACY_FIELDS: [&str; 3] = [
     "assign_membership_on_login",

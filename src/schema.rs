@@ -172,6 +172,8 @@ pub struct Change {
     pub connection_id: Option<String>,
     /// The association fields the request sets (without the id fields).
     pub fields: Map<String, Value>,
+    /// The object as sent for this change: the body, or the array element.
+    pub body: Map<String, Value>,
     /// JSON pointer of this change in the body ("" for the whole body).
     pub pointer: String,
 }
@@ -241,6 +243,7 @@ pub fn validate(
             org: OrgRef::Existing(id),
             connection_id: route.connection_id.clone(),
             fields: Map::new(),
+            body: Map::new(),
             pointer: String::new(),
         };
         return Ok(Validated {
@@ -253,16 +256,16 @@ pub fn validate(
     let changes = match op {
         OrganizationConnectionCreate | OrganizationEnabledConnectionCreate => {
             let (cid, fields) = v.association(&body, "", op, Some("connection_id"))?;
-            vec![change(op, OrgRef::Existing(id), cid, fields, "")]
+            vec![change(op, OrgRef::Existing(id), cid, fields, &body, "")]
         }
         OrganizationConnectionUpdate | OrganizationEnabledConnectionUpdate => {
             let (_, fields) = v.association(&body, "", op, None)?;
             let cid = route.connection_id.clone();
-            vec![change(op, OrgRef::Existing(id), cid, fields, "")]
+            vec![change(op, OrgRef::Existing(id), cid, fields, &body, "")]
         }
         OrganizationCreate => {
             let name = body.get("name").and_then(Value::as_str).map(str::to_owned);
-            v.elements(&body, "enabled_connections", "connection_id", |cid, _| {
+            v.elements(&body, "enabled_connections", "connection_id", |cid| {
                 (OrgRef::New(name.clone()), Some(cid))
             })?
         }
@@ -272,12 +275,9 @@ pub fn validate(
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(_) => return Err(err("/connection_id", "Expected type string")),
             };
-            v.elements(
-                &body,
-                "enabled_organizations",
-                "organization_id",
-                |org, _| (OrgRef::Existing(org), cid.clone()),
-            )?
+            v.elements(&body, "enabled_organizations", "organization_id", |org| {
+                (OrgRef::Existing(org), cid.clone())
+            })?
         }
         OrganizationConnectionDelete | OrganizationEnabledConnectionDelete => {
             unreachable!("deletes returned above")
@@ -295,6 +295,7 @@ fn change(
     org: OrgRef,
     connection_id: Option<String>,
     fields: Map<String, Value>,
+    body: &Map<String, Value>,
     pointer: &str,
 ) -> Change {
     Change {
@@ -302,6 +303,7 @@ fn change(
         org,
         connection_id,
         fields,
+        body: body.clone(),
         pointer: pointer.to_owned(),
     }
 }
@@ -379,7 +381,7 @@ impl Validator {
         body: &Map<String, Value>,
         key: &str,
         id_key: &str,
-        place: impl Fn(String, usize) -> (OrgRef, Option<String>),
+        place: impl Fn(String) -> (OrgRef, Option<String>),
     ) -> Result<Vec<Change>, SchemaError> {
         let items = match body.get(key) {
             None => return Ok(Vec::new()),
@@ -398,12 +400,13 @@ impl Validator {
                 Operation::OrganizationConnectionCreate,
                 Some(id_key),
             )?;
-            let (org, cid) = place(id.unwrap_or_default(), i);
+            let (org, cid) = place(id.unwrap_or_default());
             out.push(change(
                 Operation::OrganizationConnectionCreate,
                 org,
                 cid,
                 fields,
+                obj,
                 &at,
             ));
         }

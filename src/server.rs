@@ -20,6 +20,10 @@ use crate::BoxBody;
 /// How long shutdown waits for in-flight exchanges before it gives up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The client's address, in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// Something that answers requests: the gateway, the sandbox tenant.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<BoxBody>> + Send;
@@ -61,8 +65,9 @@ pub async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
+            req.extensions_mut().insert(Peer(peer));
             async move { Ok::<_, std::convert::Infallible>(handler.handle(req).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

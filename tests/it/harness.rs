@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tollgate::config::Config;
+use tollgate::policy::reload::Policies;
 use tollgate::proxy::Gateway;
 use tollgate::sandbox::{Received, Sandbox};
 use tollgate::server;
@@ -29,6 +30,9 @@ pub struct Harness {
     client: Client<HttpConnector, Full<Bytes>>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
+    /// The policy directory (empty unless the test writes rules).
+    pub policy_dir: tempfile::TempDir,
+    pub policies: Arc<Policies>,
 }
 
 /// An answer, as the client saw it.
@@ -87,15 +91,30 @@ impl Harness {
         Harness::in_front_of(toml, &format!("http://{tenant_addr}"), tenant).await
     }
 
+    /// A gateway judging by these policy files, in front of the sandbox.
+    pub async fn with_policies(toml: &str, files: &[(&str, &str)]) -> Harness {
+        let (tenant, tenant_addr) = start_sandbox().await;
+        Harness::build(toml, &format!("http://{tenant_addr}"), tenant, files).await
+    }
+
     /// A gateway configured by `toml` in front of the tenant at `url`
     /// (`tenant` is the sandbox behind it, if any).
     pub async fn in_front_of(toml: &str, url: &str, tenant: Sandbox) -> Harness {
+        Harness::build(toml, url, tenant, &[]).await
+    }
+
+    async fn build(toml: &str, url: &str, tenant: Sandbox, files: &[(&str, &str)]) -> Harness {
+        let policy_dir = tempfile::tempdir().expect("policy dir");
+        for (name, text) in files {
+            std::fs::write(policy_dir.path().join(name), text).expect("write policy");
+        }
         let env = vec![
             ("TOLLGATE_UPSTREAM_URL".to_owned(), url.to_owned()),
             ("TOLLGATE_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
         ];
         let config = Config::load(toml, "test.toml", env).expect("test config");
-        let gateway = Gateway::new(config).expect("gateway");
+        let policies = Arc::new(Policies::load(policy_dir.path()).expect("policies load"));
+        let gateway = Gateway::new(config, policies.clone()).expect("gateway");
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind gateway");
@@ -111,6 +130,8 @@ impl Harness {
             client,
             stop: Some(stop),
             task: Some(task),
+            policy_dir,
+            policies,
         }
     }
 

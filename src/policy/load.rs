@@ -1,0 +1,246 @@
+//! Reading and compiling a policy directory. Every error names the file, the
+//! rule and, for CEL, the position in the expression.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{Compiled, Mode, Needs, PolicySet, Rule, default_operations};
+use crate::route::Operation;
+
+/// A policy file or rule that could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: String,
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.rule {
+            Some(rule) => write!(f, "{}: rule {rule}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    rule: Vec<RuleDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDef {
+    id: String,
+    description: Option<String>,
+    operations: Option<Vec<String>>,
+    when: Option<String>,
+    deny: String,
+    message: String,
+    #[serde(default)]
+    mode: Mode,
+}
+
+/// Loads every `*.toml` file directly in `dir` (not `tests/`), in name order.
+/// A missing directory is an empty set; any error fails the whole set, so a
+/// half-loaded set is never put in force.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<LoadError>> {
+    let mut files = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PolicySet::empty()),
+        Err(e) => {
+            return Err(vec![LoadError {
+                file: dir.display().to_string(),
+                rule: None,
+                message: e.to_string(),
+            }]);
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => files.push((name, text)),
+                Err(e) => {
+                    return Err(vec![LoadError {
+                        file: name,
+                        rule: None,
+                        message: e.to_string(),
+                    }]);
+                }
+            }
+        }
+    }
+    files.sort();
+    load_sources(&files)
+}
+
+/// Compiles a set from (file name, contents) pairs.
+pub fn load_sources(files: &[(String, String)]) -> Result<PolicySet, Vec<LoadError>> {
+    let env = Arc::new(cel::Env::stdlib());
+    let mut rules = Vec::new();
+    let mut errors = Vec::new();
+    let mut ids = HashSet::new();
+    for (name, text) in files {
+        let file: File = match toml::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                errors.push(LoadError {
+                    file: name.clone(),
+                    rule: None,
+                    message: e.to_string().trim_end().to_owned(),
+                });
+                continue;
+            }
+        };
+        for def in file.rule {
+            let err = |message: String| LoadError {
+                file: name.clone(),
+                rule: Some(def.id.clone()),
+                message,
+            };
+            if !ids.insert(def.id.clone()) {
+                errors.push(err("duplicate rule id".into()));
+                continue;
+            }
+            match compile_rule(&env, name, &def) {
+                Ok(rule) => rules.push(rule),
+                Err(message) => errors.push(err(message)),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(PolicySet {
+        rules,
+        version: version_of(files),
+        files: files.iter().map(|(n, _)| n.clone()).collect(),
+        env,
+    })
+}
+
+fn compile_rule(env: &cel::Env, file: &str, def: &RuleDef) -> Result<Rule, String> {
+    let id_ok = !def.id.is_empty()
+        && def
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !id_ok {
+        return Err("id must match [a-z0-9-]+".into());
+    }
+    let operations = match &def.operations {
+        None => default_operations(),
+        Some(ops) if ops.is_empty() => {
+            return Err("operations must not be empty (omit it for every create and update)".into());
+        }
+        Some(ops) => ops
+            .iter()
+            .map(|o| {
+                Operation::from_id(o).ok_or_else(|| {
+                    let known: Vec<&str> = Operation::ALL.iter().map(|o| o.id()).collect();
+                    format!("unknown operation {o:?}; known: {}", known.join(", "))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if def.message.trim().is_empty() {
+        return Err("message must not be empty".into());
+    }
+    let deny = compile(env, "deny", &def.deny)?;
+    let when = def
+        .when
+        .as_deref()
+        .map(|w| compile(env, "when", w))
+        .transpose()?;
+    let needs = [Some(&deny), when.as_ref()]
+        .into_iter()
+        .flatten()
+        .fold(Needs::default(), |n, c| n.union(needs_of(&c.program)));
+    Ok(Rule {
+        id: def.id.clone(),
+        description: def.description.clone(),
+        operations,
+        fields: fields_read(&def.deny),
+        when,
+        deny,
+        message: def.message.clone(),
+        mode: def.mode,
+        file: file.to_owned(),
+        needs,
+    })
+}
+
+fn compile(env: &cel::Env, key: &str, source: &str) -> Result<Compiled, String> {
+    match env.compile(source) {
+        Ok(program) => Ok(Compiled {
+            source: source.to_owned(),
+            program,
+        }),
+        Err(errors) => {
+            let first = errors.errors.first();
+            let message = match first {
+                Some(e) => format!("{key}: line {}, column {}: {}", e.pos.0, e.pos.1 + 1, e.msg),
+                None => format!("{key}: {errors}"),
+            };
+            Err(message)
+        }
+    }
+}
+
+fn needs_of(program: &cel::Program) -> Needs {
+    let refs = program.references();
+    Needs {
+        org: refs.has_variable("org"),
+        connection: refs.has_variable("connection"),
+        before: refs.has_variable("before") || refs.has_variable("after"),
+    }
+}
+
+/// The fields an expression reads as `after.<field>` or `body.<field>`.
+fn fields_read(source: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for prefix in ["after.", "body."] {
+        let mut rest = source;
+        while let Some(i) = rest.find(prefix) {
+            let preceded_by_ident = rest[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            let tail = &rest[i + prefix.len()..];
+            let field: String = tail
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !preceded_by_ident && !field.is_empty() && !out.contains(&field) {
+                out.push(field);
+            }
+            rest = tail;
+        }
+    }
+    out
+}
+
+/// The version of a set: SHA-256 over its files' names and contents.
+pub fn version_of(files: &[(String, String)]) -> String {
+    let mut h = Sha256::new();
+    for (name, text) in files {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}

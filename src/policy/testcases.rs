@@ -1,0 +1,219 @@
+//! Judging without a tenant: `policy test` cases and `policy explain`.
+//! The context a case gives (connection, organization, `before`, caller)
+//! stands in for what the gateway would fetch.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{Decision, Input, PolicySet, evaluate, state};
+use crate::route::{Governed, Operation};
+use crate::schema::{self, OrgRef, UnknownFields};
+
+/// Context given by hand for an offline judgement.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Given {
+    /// The operation id (DESIGN §1).
+    pub operation: String,
+    /// The request body (for `organization.create` and `sso_ticket.create`,
+    /// the whole body; each array element is judged).
+    #[serde(default)]
+    pub body: Map<String, Value>,
+    /// Fields of `connection`: `id`, `name`, `strategy` (`is_database` follows).
+    #[serde(default)]
+    pub connection: Map<String, Value>,
+    /// Fields of `org`: `id`, `name`.
+    #[serde(default)]
+    pub org: Map<String, Value>,
+    /// The association as it stands; absent means it does not exist.
+    pub before: Option<Map<String, Value>>,
+    /// Fields of `caller`.
+    #[serde(default)]
+    pub caller: Map<String, Value>,
+}
+
+/// Judges a hand-given request.
+pub fn judge(set: &PolicySet, given: &Given) -> Result<Decision, String> {
+    let inputs = inputs(given)?;
+    Ok(evaluate(set, &inputs))
+}
+
+/// The inputs for a hand-given request: the body goes through the schema
+/// exactly as at the gateway.
+pub fn inputs(given: &Given) -> Result<Vec<Input>, String> {
+    let operation = Operation::from_id(&given.operation)
+        .ok_or_else(|| format!("unknown operation {:?}", given.operation))?;
+    let s = |m: &Map<String, Value>, k: &str, d: &str| {
+        m.get(k).and_then(Value::as_str).unwrap_or(d).to_owned()
+    };
+    let org_id = s(&given.org, "id", "org_example");
+    let connection_id = s(&given.connection, "id", "con_example");
+    let route = Governed {
+        operation,
+        method: http::Method::POST,
+        path: String::new(),
+        id: Some(org_id.clone()),
+        connection_id: (!operation.is_create()).then(|| connection_id.clone()),
+    };
+    let body = (!operation.is_delete()).then(|| given.body.clone());
+    let validated =
+        schema::validate(&route, body, UnknownFields::Forward).map_err(|e| e.to_string())?;
+    let strategy = given
+        .connection
+        .get("strategy")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let caller_defaults = json!({"client_id": null, "subject": null, "grant_type": null,
+                                 "scopes": [], "verified": false, "key": null});
+    let mut caller = caller_defaults.as_object().cloned().unwrap_or_default();
+    caller.extend(given.caller.clone());
+    let mut out = Vec::new();
+    for change in validated.changes {
+        let cid = change.connection_id.clone().or_else(|| {
+            given
+                .connection
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        let org = match &change.org {
+            OrgRef::New(name) => json!({"id": null, "name": name}),
+            OrgRef::Existing(id) => json!({"id": id, "name": given.org.get("name")}),
+        };
+        let before = if change.operation.is_create() {
+            None
+        } else {
+            given.before.as_ref()
+        };
+        out.push(Input {
+            operation,
+            change_operation: change.operation,
+            pointer: change.pointer.clone(),
+            org,
+            connection: json!({
+                "id": cid,
+                "name": given.connection.get("name"),
+                "is_database": strategy == "auth0",
+                "strategy": strategy,
+            }),
+            body: if change.operation.is_delete() {
+                Value::Null
+            } else {
+                Value::Object(change.body.clone())
+            },
+            before: state::before(before),
+            after: state::after(change.operation, cid.as_deref(), before, &change.fields),
+            caller: Value::Object(caller.clone()),
+            request: json!({"method": null, "path": null, "source_ip": null, "user_agent": null}),
+            now: Utc::now(),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    #[serde(default)]
+    case: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    #[serde(flatten)]
+    given: Given,
+    /// `allow`, `deny`, `warn` or `dry_run_deny`.
+    expect: String,
+    /// The rules expected to be violated (all of them, in any order).
+    expect_rules: Option<Vec<String>>,
+}
+
+/// The result of running a directory's test cases.
+pub struct Report {
+    /// One line per case.
+    pub lines: Vec<String>,
+    pub passed: usize,
+    pub failed: usize,
+}
+
+/// Runs every case of `DIR/tests/*.toml` against `set`.
+pub fn run(set: &PolicySet, dir: &Path) -> Report {
+    let mut report = Report {
+        lines: Vec::new(),
+        passed: 0,
+        failed: 0,
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("tests"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|e| e == "toml"));
+    files.sort();
+    for path in files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| toml::from_str::<CaseFile>(&t).map_err(|e| e.to_string()));
+        let file = match parsed {
+            Ok(f) => f,
+            Err(e) => {
+                report.failed += 1;
+                report.lines.push(format!("FAIL {name}: {}", e.trim_end()));
+                continue;
+            }
+        };
+        for case in file.case {
+            match check(set, &case) {
+                Ok(()) => {
+                    report.passed += 1;
+                    report.lines.push(format!("ok   {name}: {}", case.name));
+                }
+                Err(why) => {
+                    report.failed += 1;
+                    report
+                        .lines
+                        .push(format!("FAIL {name}: {}: {why}", case.name));
+                }
+            }
+        }
+    }
+    report
+}
+
+fn check(set: &PolicySet, case: &Case) -> Result<(), String> {
+    let decision = judge(set, &case.given)?;
+    let got = decision.outcome.as_str();
+    let mut violated: Vec<String> = decision.violations().map(|r| r.id.clone()).collect();
+    violated.sort();
+    violated.dedup();
+    let expect = case.expect.replace('-', "_");
+    let mut why = String::new();
+    if got != expect {
+        let _ = write!(why, "expected {expect}, got {got}");
+    }
+    if let Some(rules) = &case.expect_rules {
+        let mut want = rules.clone();
+        want.sort();
+        want.dedup();
+        if want != violated {
+            if !why.is_empty() {
+                why.push_str("; ");
+            }
+            let _ = write!(why, "expected rules {want:?}, got {violated:?}");
+        }
+    }
+    for r in decision.violations() {
+        if let super::Verdict::Error(e) = &r.verdict {
+            let _ = write!(why, " (rule {} errored: {e})", r.id);
+        }
+    }
+    if why.is_empty() { Ok(()) } else { Err(why) }
+}
