@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value, json};
 
 use crate::policy::{Input, Needs, PolicySet, state};
@@ -33,7 +32,7 @@ pub enum ContextError {
     Unavailable(String),
     /// The tenant refused the caller's credentials: its answer is the caller's.
     #[error("the tenant refused the caller's credentials ({})", .0.status())]
-    Refused(Response<Bytes>),
+    Refused(Box<Response<Bytes>>),
 }
 
 /// Lookups against the tenant, with a cache.
@@ -51,7 +50,7 @@ pub struct RequestFacts {
 }
 
 fn enc(s: &str) -> String {
-    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+    crate::route::encode_segment(s)
 }
 
 impl ContextClient {
@@ -132,7 +131,7 @@ impl ContextClient {
             ),
             StatusCode::NOT_FOUND => None,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(ContextError::Refused(resp));
+                return Err(ContextError::Refused(Box::new(resp)));
             }
             s => {
                 return Err(ContextError::Unavailable(format!(

@@ -139,7 +139,7 @@ impl Refusal {
         // The tenant refused the caller's own credentials: its answer is the
         // caller's to read, as if the request had been forwarded.
         if let Refusal::Context(ContextError::Refused(resp)) = self {
-            let (mut parts, body) = resp.into_parts();
+            let (mut parts, body) = (*resp).into_parts();
             crate::upstream::strip_hop_by_hop(&mut parts.headers);
             return Response::from_parts(parts, body);
         }

@@ -194,6 +194,11 @@ pub fn decode_segments(path: &str) -> Result<Vec<String>, RouteError> {
     Ok(segments)
 }
 
+/// Percent-encodes one decoded path segment the canonical way.
+pub fn encode_segment(segment: &str) -> String {
+    utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
 /// Joins decoded segments into the canonical path.
 fn encode_path(segments: &[&str]) -> String {
     let mut out = String::new();

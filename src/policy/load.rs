@@ -144,7 +144,9 @@ fn compile_rule(env: &cel::Env, file: &str, def: &RuleDef) -> Result<Rule, Strin
     let operations = match &def.operations {
         None => default_operations(),
         Some(ops) if ops.is_empty() => {
-            return Err("operations must not be empty (omit it for every create and update)".into());
+            return Err(
+                "operations must not be empty (omit it for every create and update)".into(),
+            );
         }
         Some(ops) => ops
             .iter()

@@ -1,1 +1,319 @@
+use serde_json::{Map, Value, json};
 
+use super::load::load_sources;
+use super::testcases::{Given, judge};
+use super::*;
+
+fn set(rules: &str) -> PolicySet {
+    match load_sources(&[("rules.toml".to_owned(), rules.to_owned())]) {
+        Ok(s) => s,
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+fn errors(rules: &str) -> Vec<String> {
+    match load_sources(&[("rules.toml".to_owned(), rules.to_owned())]) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn given(op: &str, body: Value) -> Given {
+    Given {
+        operation: op.into(),
+        body: obj(body),
+        ..Given::default()
+    }
+}
+
+fn rule(deny: &str) -> String {
+    format!("[[rule]]\nid = \"r\"\ndeny = '{deny}'\nmessage = \"m\"\n")
+}
+
+fn outcome(rules: &str, g: &Given) -> Outcome {
+    judge(&set(rules), g).expect("judged").outcome
+}
+
+const UPDATE: &str = "organization_connection.update";
+const CREATE: &str = "organization_connection.create";
+
+#[test]
+fn every_variable_is_visible() {
+    let mut g = given(UPDATE, json!({"show_as_button": false}));
+    g.connection = obj(json!({"id": "con_1", "name": "acme-saml", "strategy": "samlp"}));
+    g.org = obj(json!({"id": "org_1", "name": "acme"}));
+    g.before = Some(obj(json!({"organization_access_level": "readonly"})));
+    g.caller = obj(json!({"client_id": "ci", "scopes": ["update:organizations"]}));
+    for expr in [
+        r#"operation == "organization_connection.update""#,
+        r#"org.id == "org_1" && org.name == "acme""#,
+        r#"connection.strategy == "samlp" && connection.is_database == false && connection.name == "acme-saml""#,
+        r#"body.show_as_button == false && size(body) == 1"#,
+        r#"before.organization_access_level == "readonly" && before.is_enabled == null"#,
+        r#"after.organization_access_level == "readonly" && after.show_as_button == false"#,
+        r#"caller.client_id == "ci" && "update:organizations" in caller.scopes && caller.verified == false"#,
+        r#"request.method == null"#,
+        r#"now > timestamp("2020-01-01T00:00:00Z")"#,
+    ] {
+        assert_eq!(outcome(&rule(expr), &g), Outcome::Deny, "{expr}");
+    }
+}
+
+#[test]
+fn before_and_after_carry_every_field() {
+    let g = given(UPDATE, json!({}));
+    let mut with_before = g.clone();
+    with_before.before = Some(Map::new());
+    for field in state::ASSOCIATION_FIELDS {
+        let expr = format!("has(after.{field}) && has(before.{field})");
+        assert_eq!(
+            outcome(&rule(&expr), &with_before),
+            Outcome::Deny,
+            "{field}"
+        );
+    }
+    // No association yet: before is null.
+    assert_eq!(outcome(&rule("before == null"), &g), Outcome::Deny);
+}
+
+#[test]
+fn merge_semantics_per_operation() {
+    // Update: before merged with body.
+    let mut g = given(UPDATE, json!({"is_signup_enabled": true}));
+    g.before = Some(obj(
+        json!({"assign_membership_on_login": true, "organization_access_level": "full"}),
+    ));
+    let r = rule(
+        r#"after.is_signup_enabled && after.assign_membership_on_login && after.organization_access_level == "full""#,
+    );
+    assert_eq!(outcome(&r, &g), Outcome::Deny);
+
+    // Create: the tenant's defaults merged with the body; before is null even
+    // if a `before` is given.
+    let mut g = given(
+        CREATE,
+        json!({"connection_id": "c", "organization_access_level": "limited"}),
+    );
+    g.before = Some(obj(json!({"organization_access_level": "full"})));
+    let r = rule(
+        r#"before == null && after.organization_access_level == "limited" && after.show_as_button == true && after.connection_id == "c""#,
+    );
+    assert_eq!(outcome(&r, &g), Outcome::Deny);
+
+    // Delete: after is null; before is the association.
+    let mut g = given("organization_connection.delete", json!({}));
+    g.before = Some(obj(json!({"organization_access_level": "full"})));
+    let r = "[[rule]]\nid = \"r\"\noperations = [\"organization_connection.delete\"]\ndeny = 'after == null && before.organization_access_level == \"full\" && body == null'\nmessage = \"m\"\n";
+    assert_eq!(outcome(r, &g), Outcome::Deny);
+
+    // Legacy family: the access level is unknown (null), never missing.
+    let mut g = given(
+        "organization_enabled_connection.update",
+        json!({"show_as_button": true}),
+    );
+    g.before = Some(obj(json!({"show_as_button": false})));
+    assert_eq!(
+        outcome(
+            &rule("after.organization_access_level == null && after.show_as_button"),
+            &g
+        ),
+        Outcome::Deny
+    );
+}
+
+#[test]
+fn array_elements_are_judged_one_by_one() {
+    let body = json!({"name": "acme", "enabled_connections": [
+        {"connection_id": "a"}, {"connection_id": "b", "organization_access_level": "full"}]});
+    let d = judge(
+        &set(&rule(r#"after.organization_access_level == "full""#)),
+        &given("organization.create", body),
+    )
+    .expect("judged");
+    assert_eq!(d.outcome, Outcome::Deny);
+    let v: Vec<_> = d.violations().collect();
+    assert_eq!(v.len(), 1);
+    assert_eq!(
+        v[0].field.as_deref(),
+        Some("/enabled_connections/1/organization_access_level")
+    );
+    // The organization being created is named.
+    let g = given(
+        "organization.create",
+        json!({"name": "acme", "enabled_connections": [{"connection_id": "a"}]}),
+    );
+    assert_eq!(
+        outcome(
+            &rule(r#"org.name == "acme" && org.id == null && body.connection_id == "a""#),
+            &g
+        ),
+        Outcome::Deny
+    );
+    // The SSO ticket's organizations.
+    let g = given(
+        "sso_ticket.create",
+        json!({"connection_id": "c", "enabled_organizations": [{"organization_id": "org_9"}]}),
+    );
+    assert_eq!(
+        outcome(&rule(r#"org.id == "org_9" && connection.id == "c""#), &g),
+        Outcome::Deny
+    );
+}
+
+#[test]
+fn operations_select_rules() {
+    let r = "[[rule]]\nid = \"r\"\noperations = [\"organization_enabled_connection.update\"]\ndeny = 'true'\nmessage = \"m\"\n";
+    assert_eq!(outcome(r, &given(UPDATE, json!({}))), Outcome::Allow);
+    assert_eq!(
+        outcome(
+            r,
+            &given("organization_enabled_connection.update", json!({}))
+        ),
+        Outcome::Deny
+    );
+    // Without operations: creates and updates, not deletes.
+    assert_eq!(
+        outcome(
+            &rule("true"),
+            &given("organization_connection.delete", json!({}))
+        ),
+        Outcome::Allow
+    );
+    assert_eq!(
+        outcome(
+            &rule("true"),
+            &given(
+                "organization_enabled_connection.create",
+                json!({"connection_id": "c"})
+            )
+        ),
+        Outcome::Deny
+    );
+    // Rules about association creates reach the elements of organization.create.
+    let r = "[[rule]]\nid = \"r\"\noperations = [\"organization_connection.create\"]\ndeny = 'true'\nmessage = \"m\"\n";
+    let g = given(
+        "organization.create",
+        json!({"name": "x", "enabled_connections": [{"connection_id": "a"}]}),
+    );
+    assert_eq!(outcome(r, &g), Outcome::Deny);
+}
+
+#[test]
+fn when_is_a_precondition() {
+    let r = "[[rule]]\nid = \"r\"\nwhen = 'caller.client_id != \"break-glass\"'\ndeny = 'true'\nmessage = \"m\"\n";
+    let mut g = given(UPDATE, json!({}));
+    assert_eq!(outcome(r, &g), Outcome::Deny);
+    g.caller = obj(json!({"client_id": "break-glass"}));
+    let d = judge(&set(r), &g).expect("judged");
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.results[0].verdict, Verdict::Skipped);
+}
+
+#[test]
+fn modes_decide_the_outcome() {
+    let rules = |a: &str, b: &str| {
+        format!(
+            "[[rule]]\nid = \"a\"\nmode = \"{a}\"\ndeny = 'true'\nmessage = \"m\"\n[[rule]]\nid = \"b\"\nmode = \"{b}\"\ndeny = 'true'\nmessage = \"m\"\n"
+        )
+    };
+    let g = given(UPDATE, json!({}));
+    assert_eq!(outcome(&rules("warn", "dry-run"), &g), Outcome::Warn);
+    assert_eq!(
+        outcome(&rules("dry-run", "dry-run"), &g),
+        Outcome::DryRunDeny
+    );
+    assert_eq!(outcome(&rules("warn", "enforce"), &g), Outcome::Deny);
+    // Every rule is evaluated and recorded, even after a denial.
+    let d = judge(&set(&rules("enforce", "warn")), &g).expect("judged");
+    assert_eq!(d.violations().count(), 2);
+}
+
+#[test]
+fn runtime_errors_deny_and_name_the_rule() {
+    let g = given(UPDATE, json!({}));
+    for deny in [
+        "body.missing == 1",
+        "1 / 0 == 1",
+        "\"not a bool\"",
+        "after.organization_access_level > 3",
+    ] {
+        let d = judge(&set(&rule(deny)), &g).expect("judged");
+        assert_eq!(d.outcome, Outcome::Deny, "{deny}");
+        let r = &d.results[0];
+        assert!(matches!(r.verdict, Verdict::Error(_)), "{deny}: {r:?}");
+        assert!(r.message.contains("rule r"), "{}", r.message);
+    }
+}
+
+#[test]
+fn load_errors_name_file_rule_and_position() {
+    let e = errors("[[rule]]\nid = \"r\"\ndeny = 'after.x ==== 1'\nmessage = \"m\"\n");
+    assert!(
+        e[0].starts_with("rules.toml: rule r: deny: line 1, column"),
+        "{e:?}"
+    );
+    let e = errors("[[rule]]\nid = \"r\"\ndeny = 'true'\nmessage = \"m\"\nseverity = \"high\"\n");
+    assert!(e[0].contains("severity"), "{e:?}");
+    let e = errors(
+        "[[rule]]\nid = \"r\"\ndeny = 'true'\nmessage = \"m\"\n[[rule]]\nid = \"r\"\ndeny = 'false'\nmessage = \"m\"\n",
+    );
+    assert!(e[0].contains("duplicate rule id"), "{e:?}");
+    let e = errors("[[rule]]\nid = \"No_Caps\"\ndeny = 'true'\nmessage = \"m\"\n");
+    assert!(e[0].contains("[a-z0-9-]+"), "{e:?}");
+    let e = errors(
+        "[[rule]]\nid = \"r\"\noperations = [\"organization.delete\"]\ndeny = 'true'\nmessage = \"m\"\n",
+    );
+    assert!(e[0].contains("unknown operation"), "{e:?}");
+    let e = errors("[[rule]]\nid = \"r\"\nmode = \"audit\"\ndeny = 'true'\nmessage = \"m\"\n");
+    assert!(e[0].contains("mode") || e[0].contains("audit"), "{e:?}");
+    let e = errors("[[rule]]\nid = \"r\"\nwhen = '(('\ndeny = 'true'\nmessage = \"m\"\n");
+    assert!(e[0].contains("when:"), "{e:?}");
+    let e = errors("[[rule]]\nid = \"r\"\nmessage = \"m\"\n");
+    assert!(e[0].contains("deny"), "{e:?}");
+}
+
+#[test]
+fn needs_follow_the_variables_rules_read() {
+    let s = set(&rule(r#"connection.strategy == "x""#));
+    let op = crate::route::Operation::OrganizationConnectionUpdate;
+    assert_eq!(
+        s.needs(op, op),
+        Needs {
+            org: false,
+            connection: true,
+            before: false
+        }
+    );
+    let s = set(&rule(r#"after.is_enabled == false"#));
+    assert_eq!(
+        s.needs(op, op),
+        Needs {
+            org: false,
+            connection: false,
+            before: true
+        }
+    );
+    let s = set(&rule(r#"org.name == "x""#));
+    assert_eq!(
+        s.needs(op, op),
+        Needs {
+            org: true,
+            connection: false,
+            before: false
+        }
+    );
+}
+
+#[test]
+fn the_version_is_the_hash_of_the_files() {
+    let a = set(&rule("true"));
+    let b = set(&rule("true"));
+    let c = set(&rule("false"));
+    assert_eq!(a.version, b.version);
+    assert_ne!(a.version, c.version);
+    assert_eq!(a.version.len(), 64);
+}

@@ -5,5 +5,6 @@ mod harness;
 
 mod governed;
 mod passthrough;
+mod policy;
 mod tricks;
 mod upstream;

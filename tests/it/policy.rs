@@ -1,0 +1,366 @@
+//! Policies judged through the gateway against the sandbox tenant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tollgate::BoxBody;
+use tollgate::sandbox::Sandbox;
+use tollgate::sandbox::seed::*;
+use tollgate::server::{self, Handler};
+
+use crate::harness::{Answer, Harness};
+
+/// The repository's starter policy set.
+fn starter() -> Vec<(&'static str, String)> {
+    ["access.toml", "signup.toml"]
+        .into_iter()
+        .map(|f| {
+            let path = format!("{}/policies/{f}", env!("CARGO_MANIFEST_DIR"));
+            (f, std::fs::read_to_string(path).expect("starter policy"))
+        })
+        .collect()
+}
+
+async fn with_starter() -> Harness {
+    let files = starter();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    Harness::with_policies("", &refs).await
+}
+
+/// Governed requests the tenant received (context GETs left out).
+fn changes(h: &Harness) -> Vec<tollgate::sandbox::Received> {
+    h.received()
+        .into_iter()
+        .filter(|r| r.method != Method::GET)
+        .collect()
+}
+
+fn assert_denied(a: &Answer, rules: &[&str]) {
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    let j = a.json();
+    assert_eq!(j["errorCode"], "tollgate_policy_denied");
+    assert_eq!(j["error"], "Forbidden");
+    let got: Vec<&str> = j["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(got, rules, "{j}");
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("denied by rule"),
+        "{j}"
+    );
+    assert_eq!(j["audit_id"], a.audit_id().as_str());
+}
+
+#[tokio::test]
+async fn the_starter_rules_guard_every_route() {
+    let h = with_starter().await;
+    let full = r#"{"organization_access_level":"full"}"#;
+    // Denied on each route that can grant full access.
+    let a = h
+        .send(
+            Method::PATCH,
+            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
+            Some(full),
+        )
+        .await;
+    assert_denied(&a, &["no-full-access"]);
+    assert_eq!(a.json()["rules"][0]["field"], "/organization_access_level");
+    assert_eq!(
+        a.json()["message"],
+        "denied by rule no-full-access: organization_access_level 'full' is not allowed; use 'limited' or lower"
+    );
+    let a = h
+        .send(
+            Method::POST,
+            &format!("/api/v2/organizations/{ORG_ACME}/connections"),
+            Some(
+                &json!({"connection_id": CON_OIDC, "organization_access_level": "full"})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_denied(&a, &["no-full-access"]);
+    let a = h
+        .send(
+            Method::POST,
+            "/api/v2/organizations",
+            Some(&json!({"name": "initech", "enabled_connections": [
+                {"connection_id": CON_GOOGLE}, {"connection_id": CON_OIDC, "organization_access_level": "full"}]}).to_string()),
+        )
+        .await;
+    assert_denied(&a, &["no-full-access"]);
+    assert_eq!(
+        a.json()["rules"][0]["field"],
+        "/enabled_connections/1/organization_access_level"
+    );
+
+    // Signup outside database connections, on both families and in tickets.
+    let signup = r#"{"is_signup_enabled":true,"assign_membership_on_login":true}"#;
+    let a = h
+        .send(
+            Method::PATCH,
+            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
+            Some(signup),
+        )
+        .await;
+    assert_denied(&a, &["signup-on-database-only"]);
+    let a = h
+        .send(
+            Method::PATCH,
+            &format!("/api/v2/organizations/{ORG_ACME}/enabled_connections/{CON_SAML}"),
+            Some(signup),
+        )
+        .await;
+    assert_denied(&a, &["signup-on-database-only"]);
+    let a = h
+        .send(
+            Method::POST,
+            &format!("/api/v2/organizations/{ORG_GLOBEX}/enabled_connections"),
+            Some(&json!({"connection_id": CON_OIDC, "is_signup_enabled": true}).to_string()),
+        )
+        .await;
+    assert_denied(&a, &["signup-on-database-only", "signup-needs-membership"]);
+    assert_eq!(
+        h.received()
+            .iter()
+            .filter(|r| r.method != Method::GET)
+            .count(),
+        0
+    );
+    let a = h
+        .send(
+            Method::POST,
+            &format!("/api/v2/self-service-profiles/{SELF_SERVICE_PROFILE}/sso-ticket"),
+            Some(
+                &json!({"connection_id": CON_SAML, "enabled_organizations": [
+                {"organization_id": ORG_ACME, "organization_access_level": "full"}]})
+                .to_string(),
+            ),
+        )
+        .await;
+    assert_denied(&a, &["no-full-access"]);
+    assert!(
+        changes(&h).is_empty(),
+        "no denied change reached the tenant"
+    );
+
+    // Allowed: the same routes within the rules.
+    let a = h
+        .send(
+            Method::PATCH,
+            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
+            Some(r#"{"organization_access_level":"limited"}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = h
+        .send(
+            Method::POST,
+            &format!("/api/v2/organizations/{ORG_ACME}/connections"),
+            Some(&json!({"connection_id": CON_DATABASE, "is_signup_enabled": true, "assign_membership_on_login": true}).to_string()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    let a = h
+        .send(
+            Method::DELETE,
+            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert_eq!(changes(&h).len(), 3);
+}
+
+#[tokio::test]
+async fn two_harmless_steps_to_a_forbidden_state_are_denied_at_the_second() {
+    let h = with_starter().await;
+    let create = json!({"connection_id": CON_DATABASE, "is_signup_enabled": true, "assign_membership_on_login": true});
+    let a = h
+        .send(
+            Method::POST,
+            &format!("/api/v2/organizations/{ORG_ACME}/connections"),
+            Some(&create.to_string()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    // The second step only turns membership off; the result breaks a rule.
+    let a = h
+        .send(
+            Method::PATCH,
+            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_DATABASE}"),
+            Some(r#"{"assign_membership_on_login":false}"#),
+        )
+        .await;
+    assert_denied(&a, &["signup-needs-membership"]);
+    assert_eq!(changes(&h).len(), 1);
+}
+
+#[tokio::test]
+async fn context_is_fetched_with_the_callers_credentials_and_cached() {
+    let h = with_starter().await;
+    let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
+    let a = h
+        .send(Method::PATCH, &path, Some(r#"{"show_as_button":false}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let gets: Vec<_> = h
+        .received()
+        .into_iter()
+        .filter(|r| r.method == Method::GET)
+        .collect();
+    let targets: Vec<&str> = gets.iter().map(|r| r.target.as_str()).collect();
+    assert!(
+        targets.contains(&format!("/api/v2/connections/{CON_SAML}").as_str()),
+        "{targets:?}"
+    );
+    assert!(targets.contains(&path.as_str()), "{targets:?}");
+    for g in &gets {
+        assert_eq!(g.headers["authorization"], crate::harness::TOKEN);
+    }
+    // The connection is cached; the association was changed, so it is
+    // fetched again.
+    let before = h.received().len();
+    let a = h
+        .send(Method::PATCH, &path, Some(r#"{"show_as_button":true}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let new: Vec<String> = h.received()[before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.target))
+        .collect();
+    assert_eq!(new, vec![format!("GET {path}"), format!("PATCH {path}")]);
+}
+
+#[tokio::test]
+async fn warn_forwards_with_a_warning_and_dry_run_forwards_silently() {
+    let rules = r#"
+[[rule]]
+id = "prefer-buttons"
+deny = 'after.show_as_button == false'
+message = "hidden connections confuse users"
+mode = "warn"
+
+[[rule]]
+id = "candidate-no-readonly"
+deny = 'after.organization_access_level == "readonly"'
+message = "readonly is being phased out"
+mode = "dry-run"
+"#;
+    let h = Harness::with_policies("", &[("r.toml", rules)]).await;
+    let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
+    let a = h
+        .send(Method::PATCH, &path, Some(r#"{"show_as_button":false}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.headers["warning"],
+        r#"299 tollgate "prefer-buttons: hidden connections confuse users""#
+    );
+    // The sandbox's association is readonly: the dry-run rule matches, and
+    // the request is forwarded without a word.
+    let a = h
+        .send(Method::PATCH, &path, Some(r#"{"show_as_button":true}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(!a.headers.contains_key("warning"));
+    assert_eq!(changes(&h).len(), 2);
+}
+
+/// The sandbox, failing every connection lookup.
+struct NoConnections(Sandbox);
+
+impl Handler for NoConnections {
+    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        if req.method() == Method::GET && req.uri().path().starts_with("/api/v2/connections/") {
+            let mut r = Response::new(tollgate::full(bytes::Bytes::from_static(
+                b"{\"statusCode\":500}",
+            )));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return r;
+        }
+        self.0.handle(req).await
+    }
+}
+
+#[tokio::test]
+async fn context_that_cannot_be_fetched_fails_closed() {
+    let tenant = Sandbox::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::serve(
+        listener,
+        Arc::new(NoConnections(tenant.clone())),
+        8,
+        std::future::pending(),
+    ));
+    let files = starter();
+    let h = Harness::in_front_of("", &format!("http://{addr}"), tenant).await;
+    for (name, text) in &files {
+        std::fs::write(h.policy_dir.path().join(name), text).expect("write");
+    }
+    h.policies.reload().expect("reload");
+    let a = h
+        .send(
+            Method::PATCH,
+            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
+            Some(r#"{"show_as_button":false}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{a:?}");
+    assert_eq!(a.error_code(), "tollgate_context_unavailable");
+    assert!(changes(&h).is_empty(), "nothing forwarded");
+}
+
+#[tokio::test]
+async fn reloads_keep_the_last_good_set_and_pick_up_new_files() {
+    let h = Harness::with_policies("", &[]).await;
+    let _watch = h.policies.watch().expect("watch");
+    let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
+    let hide = Some(r#"{"show_as_button":false}"#);
+    assert_eq!(
+        h.send(Method::PATCH, &path, hide).await.status,
+        StatusCode::OK
+    );
+
+    // A new file is picked up without a restart.
+    let rule = "[[rule]]\nid = \"keep-buttons\"\ndeny = 'after.show_as_button == false'\nmessage = \"keep the button\"\n";
+    std::fs::write(h.policy_dir.path().join("buttons.toml"), rule).expect("write");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = h.send(Method::PATCH, &path, hide).await;
+        if a.status == StatusCode::FORBIDDEN {
+            assert_denied(&a, &["keep-buttons"]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new file was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let good = h.policies.current().version.clone();
+
+    // A broken file leaves the last good set in force.
+    std::fs::write(
+        h.policy_dir.path().join("broken.toml"),
+        "[[rule]]\nid = \"x\"\ndeny = '(('\n",
+    )
+    .expect("write");
+    assert!(h.policies.reload().is_err());
+    assert_eq!(h.policies.current().version, good);
+    assert_eq!(
+        h.send(Method::PATCH, &path, hide).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
