@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::admin::Admin;
+use crate::audit::{AuditLog, Store, query, verify};
 use crate::config::Config;
 use crate::policy::reload::Policies;
 use crate::policy::testcases::{self, Given};
@@ -51,9 +53,61 @@ pub enum Command {
         #[arg(long)]
         sandbox: bool,
     },
-    /// Check, test and explain policy rules.
+    /// Check, test, explain and replay policy rules.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Query, show and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Apply the audit store's migrations (serve does it too).
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// One row per exchange, decision and outcome joined.
+    Query(QueryArgs),
+    /// Both events of an exchange, in full.
+    Show { exchange_id: String },
+    /// Recompute every hash chain; exit 1 on any break.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Start of the window: a duration back from now (24h, 30d) or an RFC 3339 time.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// End of the window (exclusive), same forms.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Organization id.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Connection id.
+    #[arg(long)]
+    pub connection: Option<String>,
+    /// Caller: the token's client id (or API key name).
+    #[arg(long)]
+    pub caller: Option<String>,
+    /// Operation id (or `other`).
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// allow, deny, warn, dry_run_deny or invalid.
+    #[arg(long)]
+    pub decision: Option<String>,
+    /// A rule that matched.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Most rows, newest first.
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: crate::audit::query::Format,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +118,15 @@ pub enum PolicyCommand {
     Test { dir: Option<PathBuf> },
     /// Judge one request by hand and show each rule's verdict.
     Explain(ExplainArgs),
+    /// Re-judge recorded requests with a candidate policy set; list those
+    /// whose decision would change.
+    Replay {
+        /// The candidate policy directory.
+        dir: PathBuf,
+        /// How far back: a duration (30d, 12h) or an RFC 3339 time.
+        #[arg(long, default_value = "30d")]
+        since: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -107,8 +170,132 @@ pub fn load_config(path: &Path, explicit: bool) -> anyhow::Result<Config> {
 pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { sandbox } => serve(config, sandbox).await.map(|()| ExitCode::SUCCESS),
-        Command::Policy(cmd) => Ok(policy_command(cmd, &config)),
+        Command::Policy(cmd) => policy_command(cmd, &config).await,
+        Command::Audit(cmd) => audit_command(cmd, &config).await,
+        Command::Migrate => {
+            let store = Store::open(&config.audit.url).await?;
+            println!(
+                "audit store migrated ({}): {}",
+                store.backend(),
+                redact_url(&config.audit.url)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// A database URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&config.audit.url).await?;
+    match cmd {
+        AuditCommand::Query(q) => {
+            let now = chrono::Utc::now();
+            let time = |t: &str| query::parse_time(t, now).map_err(|e| anyhow::anyhow!(e));
+            let filter = query::Filter {
+                since_us: Some(time(&q.since)?),
+                until_us: q.until.as_deref().map(time).transpose()?,
+                org: q.org,
+                connection: q.connection,
+                caller: q.caller,
+                operation: q.operation,
+                decision: q.decision,
+                rule: q.rule,
+                limit: q.limit.max(1),
+            };
+            let rows = query::exchanges(&store, &filter).await?;
+            print!("{}", query::render(&rows, q.format));
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Show { exchange_id } => {
+            let events = query::show(&store, &exchange_id).await?;
+            if events.is_empty() {
+                eprintln!("no exchange {exchange_id}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let decided = events.iter().any(|e| e["event"]["kind"] == "decision");
+            let outcome = events.iter().any(|e| e["event"]["kind"] == "outcome");
+            println!("{}", serde_json::to_string_pretty(&events)?);
+            if decided && !outcome {
+                println!("outcome: unknown (no outcome was recorded)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify { json } => {
+            let report = verify::verify(&store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_verify(&report));
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn render_verify(r: &verify::Report) -> String {
+    let mut out = format!(
+        "Results found for {} events in {} chains:\n{}/{} events valid\n{}/{} chains valid\n",
+        r.events, r.chains, r.valid_events, r.events, r.valid_chains, r.chains
+    );
+    for b in &r.breaks {
+        out.push_str(&format!(
+            "chain {} broken at seq {} (event {}): {}\n",
+            b.chain_id, b.seq, b.event_id, b.reason
+        ));
+    }
+    out
+}
+
+async fn replay(config: &Config, dir: &Path, since: &str) -> anyhow::Result<ExitCode> {
+    let candidate = policy::load_dir(dir).map_err(|e| load_errors(&e))?;
+    let since_us = query::parse_time(since, chrono::Utc::now()).map_err(|e| anyhow::anyhow!(e))?;
+    let store = Store::open(&config.audit.url).await?;
+    let result = crate::audit::replay::replay(&store, &candidate, since_us).await?;
+    for c in &result.changed {
+        let to = c
+            .candidate
+            .clone()
+            .unwrap_or_else(|| "undecidable (context not recorded)".into());
+        println!(
+            "{}  {}  {}  org={} connection={}  {} -> {}  {}",
+            c.exchange_id,
+            c.time,
+            c.operation,
+            c.org_id.as_deref().unwrap_or("-"),
+            c.connection_id.as_deref().unwrap_or("-"),
+            c.recorded,
+            to,
+            if c.rules.is_empty() {
+                "-".into()
+            } else {
+                c.rules.join(",")
+            }
+        );
+    }
+    println!(
+        "{} exchanges re-judged with policy version {}; {} would change",
+        result.judged,
+        candidate.version,
+        result.changed.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_errors(errors: &[policy::LoadError]) -> anyhow::Error {
@@ -145,7 +332,29 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
             None
         }
     };
-    let gateway = Gateway::new(config.clone(), policies)?;
+    let store = Store::open(&config.audit.url).await?;
+    let audit = Arc::new(AuditLog::start(store.clone()).await?);
+    info!(
+        store = store.backend(),
+        url = %redact_url(&config.audit.url),
+        chain = audit.chain_id(),
+        "audit log open"
+    );
+    let admin_listener = TcpListener::bind(config.admin.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.addr {}: {e}", config.admin.addr))?;
+    info!(addr = %admin_listener.local_addr()?, "admin listening");
+    if config.admin.token.is_none() {
+        warn!("admin.token is not set: the /v1 admin API answers 401");
+    }
+    let admin = Admin::new(store.clone(), policies.clone(), config.admin.token.clone());
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        Arc::new(admin),
+        64,
+        server::shutdown_signal(),
+    ));
+    let gateway = Gateway::new(config.clone(), policies, audit.clone())?;
     let listener = TcpListener::bind(config.listen.addr)
         .await
         .map_err(|e| anyhow::anyhow!("listen.addr {}: {e}", config.listen.addr))?;
@@ -156,11 +365,14 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
     );
     let max = usize::try_from(config.limits.max_connections).unwrap_or(usize::MAX);
     server::serve(listener, Arc::new(gateway), max, server::shutdown_signal()).await;
+    // Outcomes of the last exchanges are still queued: write them.
+    audit.flush().await;
+    let _ = admin_task.await;
     info!("stopped");
     Ok(())
 }
 
-fn policy_command(cmd: PolicyCommand, config: &Config) -> ExitCode {
+async fn policy_command(cmd: PolicyCommand, config: &Config) -> anyhow::Result<ExitCode> {
     let dir_or = |d: Option<PathBuf>| d.unwrap_or_else(|| config.policy.dir.clone());
     let (dir, result) = match cmd {
         PolicyCommand::Check { dir } => {
@@ -203,8 +415,9 @@ fn policy_command(cmd: PolicyCommand, config: &Config) -> ExitCode {
                 policy::load_dir(&dir).map(|set| explain(&set, &args)),
             )
         }
+        PolicyCommand::Replay { dir, since } => return replay(config, &dir, &since).await,
     };
-    match result {
+    Ok(match result {
         Ok(code) => code,
         Err(errors) => {
             eprintln!("{}: the policy set does not load", dir.display());
@@ -213,7 +426,7 @@ fn policy_command(cmd: PolicyCommand, config: &Config) -> ExitCode {
             }
             ExitCode::FAILURE
         }
-    }
+    })
 }
 
 fn json_object(flag: &str, text: &str) -> Result<Map<String, Value>, String> {

@@ -34,6 +34,83 @@ pub struct Config {
     pub policy: Policy,
     /// Tenant context for rules.
     pub context: ContextConfig,
+    /// The audit log.
+    pub audit: Audit,
+    /// The admin listener (health, metrics, the audit and policy API).
+    pub admin: Admin,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Address of the admin listener.
+    pub addr: SocketAddr,
+    /// Bearer token for `/v1/*`. Unset: the API answers 401 to everyone.
+    pub token: Option<Secret>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: None,
+        }
+    }
+}
+
+/// A secret from the configuration: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for comparing or sending.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `[audit]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    pub url: String,
+    /// `reject` (default): a decision that cannot be recorded refuses the
+    /// request (503). `forward`: forward anyway and log the failure.
+    pub on_failure: AuditFailure,
+    /// Largest response body kept in an outcome event, in bytes.
+    pub max_body: u64,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            url: "sqlite://tollgate.db".into(),
+            on_failure: AuditFailure::Reject,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+/// What to do when the audit log cannot record a decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFailure {
+    #[default]
+    Reject,
+    Forward,
 }
 
 /// `[policy]`
@@ -228,6 +305,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_body",
                 message: "must be between 1 and 16777216 bytes".into(),
+            });
+        }
+        if !(self.audit.url.starts_with("sqlite:")
+            || self.audit.url.starts_with("postgres://")
+            || self.audit.url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "audit.url",
+                message: "must start with sqlite:// or postgres://".into(),
             });
         }
         if self.limits.max_connections == 0 {

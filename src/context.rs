@@ -287,6 +287,11 @@ impl ContextClient {
             caller: facts.caller.clone(),
             request: facts.request.clone(),
             now: facts.now,
+            fetched: Needs {
+                org: needs.org || needs.before,
+                connection: needs.connection,
+                before: needs.before && !op.is_create(),
+            },
         })
     }
 }

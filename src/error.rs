@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use crate::audit::AuditError;
 use crate::body::BodyError;
 use crate::context::ContextError;
 use crate::policy::{Decision, Mode, RuleResult};
@@ -39,6 +40,8 @@ pub enum Refusal {
     PolicyDenied(Decision),
     #[error(transparent)]
     Context(#[from] ContextError),
+    #[error("the audit log cannot record the attempt; nothing was forwarded")]
+    AuditUnavailable(AuditError),
 }
 
 /// "denied by rule a: message" / "denied by rules a, b: message; message".
@@ -114,6 +117,10 @@ impl Refusal {
                 message: String::new(),
                 extra: Map::new(),
             },
+            Refusal::AuditUnavailable(_) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tollgate_audit_unavailable",
+            ),
             Refusal::Upstream(e) => {
                 let status = match e {
                     UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -127,6 +134,11 @@ impl Refusal {
                 }
             }
         }
+    }
+
+    /// The answer's `errorCode`.
+    pub fn error_code(&self) -> &'static str {
+        self.answer().code
     }
 
     /// The answer's status.

@@ -19,6 +19,8 @@
 //! body → validate → identify → fetch context → judge → forward → answer) →
 //! tenant.
 
+pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod cli;
 pub mod config;

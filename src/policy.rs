@@ -46,7 +46,7 @@ impl fmt::Display for Mode {
 }
 
 /// Tenant context a rule reads, so it is fetched only when needed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Needs {
     pub org: bool,
     pub connection: bool,
@@ -55,6 +55,13 @@ pub struct Needs {
 }
 
 impl Needs {
+    /// Whether `self` covers everything `other` asks for.
+    pub fn covers(self, other: Needs) -> bool {
+        (self.org || !other.org)
+            && (self.connection || !other.connection)
+            && (self.before || !other.before)
+    }
+
     fn union(self, other: Needs) -> Needs {
         Needs {
             org: self.org || other.org,

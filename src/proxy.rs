@@ -1,26 +1,30 @@
 //! The request pipeline, stage by stage.
 //!
 //! Governed requests: screen → classify → read body → validate → identify →
-//! fetch context → judge → forward what was judged → answer. (The audit
-//! record of the decision slots in between judge and forward.) Everything
-//! else: screen → classify → apply `routes.other` → stream through.
+//! fetch context → judge → record decision → forward what was judged →
+//! record outcome → answer. Everything else: screen → classify → apply
+//! `routes.other` (→ record) → stream through.
 //!
-//! Each stage either hands the next one a stricter value or ends the exchange
-//! with a [`Refusal`], answered in the tenant's error shape by `error.rs`.
+//! Each stage either hands the next one a stricter value or ends the
+//! exchange with a [`Refusal`], answered in the tenant's error shape by
+//! `error.rs` and recorded in the audit log.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use crate::audit::AuditLog;
+use crate::audit::events::{Facts, Refused};
 use crate::body::{self, BodyError};
-use crate::config::{Config, OtherRoutes};
-use crate::context::{ContextClient, RequestFacts};
+use crate::config::{AuditFailure, Config, OtherRoutes};
+use crate::context::{ContextClient, ContextError, RequestFacts};
 use crate::error::Refusal;
 use crate::identity;
 use crate::policy::reload::Policies;
@@ -28,7 +32,7 @@ use crate::policy::{self, Decision, Input, Mode, Outcome};
 use crate::route::{self, Governed, Route};
 use crate::schema::{self, OrgRef, Validated};
 use crate::server::Peer;
-use crate::upstream::{self, SetupError, Upstream};
+use crate::upstream::{self, SetupError, Upstream, UpstreamError};
 use crate::{BoxBody, full};
 
 /// The id of the exchange, on every response (DESIGN §3).
@@ -44,19 +48,24 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
-/// The gateway: configuration and the tenant client, shared by every
-/// connection.
+/// The gateway: configuration, the tenant client, the policies in force and
+/// the audit log, shared by every connection.
 pub struct Gateway {
     config: Arc<Config>,
     upstream: Upstream,
     policies: Arc<Policies>,
     context: ContextClient,
+    audit: Arc<AuditLog>,
 }
 
 impl Gateway {
     /// A gateway for a validated configuration whose `upstream.url` is set,
-    /// judging by `policies`.
-    pub fn new(config: Config, policies: Arc<Policies>) -> Result<Gateway, SetupError> {
+    /// judging by `policies` and recording in `audit`.
+    pub fn new(
+        config: Config,
+        policies: Arc<Policies>,
+        audit: Arc<AuditLog>,
+    ) -> Result<Gateway, SetupError> {
         let url = config
             .upstream
             .url
@@ -73,23 +82,24 @@ impl Gateway {
             upstream,
             policies,
             context,
+            audit,
         })
     }
 
     /// Serves one exchange. Never fails: every refusal is an answer.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
-        let id = Uuid::now_v7().to_string();
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let mut resp = match self.exchange(req, &id).await {
+        let mut facts = start_facts(&req);
+        let id = facts.exchange_id.clone();
+        let mut resp = match self.exchange(req, &mut facts).await {
             Ok(resp) => resp,
             Err(refusal) => {
                 let status = refusal.status();
                 if status.is_server_error() {
-                    warn!(audit_id = %id, %method, %path, %status, error = %refusal, "refused");
+                    warn!(audit_id = %id, method = %facts.method, path = %facts.path, %status, error = %refusal, "refused");
                 } else {
-                    info!(audit_id = %id, %method, %path, %status, reason = %refusal, "refused");
+                    info!(audit_id = %id, method = %facts.method, path = %facts.path, %status, reason = %refusal, "refused");
                 }
+                self.record_refusal(&facts, &refusal).await;
                 refusal.into_response(&id).map(full)
             }
         };
@@ -102,7 +112,7 @@ impl Gateway {
     async fn exchange(
         &self,
         req: Request<Incoming>,
-        id: &str,
+        facts: &mut Facts,
     ) -> Result<Response<BoxBody>, Refusal> {
         // Screen: headers that could turn any request into a governed one at
         // the tenant are refused before classification can be fooled by them.
@@ -110,8 +120,8 @@ impl Gateway {
         // Classify, with the tenant's routing semantics.
         let route = route::classify(req.method(), req.uri().path(), req.uri().query())?;
         match route {
-            Route::Governed(g) => self.governed(req, g, id).await,
-            Route::Other => self.other(req, id).await,
+            Route::Governed(g) => self.governed(req, g, facts).await,
+            Route::Other => self.other(req, facts).await,
         }
     }
 
@@ -119,39 +129,74 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         route: Governed,
-        id: &str,
+        facts: &mut Facts,
     ) -> Result<Response<BoxBody>, Refusal> {
+        facts.operation = Some(route.operation.id().to_owned());
+        facts.path = route.path.clone();
+        facts.org_id = route.id.clone();
+        facts.connection_id = route.connection_id.clone();
         let (parts, body) = req.into_parts();
+        // Identify the caller first, so even a refused request names who sent it.
+        let caller = identity::passthrough(&parts.headers);
+        facts.caller = caller.clone();
         // Read the body: media type, encoding and size before any parsing.
-        let body = self.read_body(&parts.headers, body, &route).await?;
+        let body = self.read_body(&parts.headers, body, &route, facts).await?;
         // Validate against the schema before any rule runs, so rules only
         // ever see well-typed values.
         let validated = schema::validate(&route, body, self.config.schema.unknown_fields)?;
-        // Identify the caller: rules and the record name who asked.
-        let caller = identity::passthrough(&parts.headers);
+        note_validated(facts, &validated);
         // Fetch the context the applicable rules read. One policy set judges
         // the whole exchange, even if a reload lands meanwhile.
         let policy = self.policies.current();
-        let facts = RequestFacts {
+        let request = RequestFacts {
             caller: caller.to_value(),
             request: request_value(&parts, &route),
-            now: chrono::Utc::now(),
+            now: facts.time,
         };
         let inputs = self
             .context
-            .inputs(&policy, &route, &validated, &parts.headers, &facts)
+            .inputs(&policy, &route, &validated, &parts.headers, &request)
             .await?;
+        facts.changes = inputs.clone();
         // Judge every change by every applicable rule.
         let decision = policy::evaluate(&policy, &inputs);
+        facts.decision = Some(decision.clone());
         if decision.outcome == Outcome::Deny {
             return Err(Refusal::PolicyDenied(decision));
         }
+        // Record the decision, durably, before anything leaves: a request the
+        // tenant received always has its record.
+        self.record_decision(facts, decision.outcome.as_str())
+            .await?;
         // Forward exactly what was judged: canonical method and path, the
         // body re-serialised, framing recomputed.
-        let forwarded = forward_request(&self.upstream, &parts.headers, &route, &validated, id)?;
-        let resp = self.upstream.send_buffered(forwarded).await?;
+        let forwarded = forward_request(
+            &self.upstream,
+            &parts.headers,
+            &route,
+            &validated,
+            &facts.exchange_id,
+        )?;
+        let started = Instant::now();
+        let resp = match self.upstream.send_buffered(forwarded).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.record_failure(facts, &e, started).await;
+                return Err(e.into());
+            }
+        };
+        // Record the outcome; the exchange is over whatever the store says.
+        let max = usize::try_from(self.config.audit.max_body).unwrap_or(usize::MAX);
+        let outcome = facts.outcome_event(
+            resp.status().as_u16(),
+            resp.headers(),
+            Some(resp.body()),
+            started.elapsed(),
+            max,
+        );
+        self.audit.record_later(outcome).await;
         info!(
-            audit_id = %id,
+            audit_id = %facts.exchange_id,
             operation = %route.operation,
             path = %route.path,
             decision = decision.outcome.as_str(),
@@ -170,6 +215,140 @@ impl Gateway {
         Ok(Response::from_parts(parts, full(bytes)))
     }
 
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        route: &Governed,
+        facts: &mut Facts,
+    ) -> Result<Option<Map<String, Value>>, Refusal> {
+        body::check_encoding(headers)?;
+        let limit = self.config.limits.max_body;
+        if route.operation.is_delete() {
+            let bytes = body::read_limited(headers, body, limit).await?;
+            if !bytes.is_empty() {
+                facts.request_body = Some(raw_text(&bytes, self.config.audit.max_body));
+                return Err(BodyError::Unexpected.into());
+            }
+            return Ok(None);
+        }
+        body::check_json_media_type(headers)?;
+        let bytes = body::read_limited(headers, body, limit).await?;
+        match schema::parse_strict(&bytes) {
+            Ok(map) => Ok(Some(map)),
+            Err(e) => {
+                // Kept as text: the attempt is evidence, parseable or not.
+                facts.request_body = Some(raw_text(&bytes, self.config.audit.max_body));
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn other(
+        &self,
+        req: Request<Incoming>,
+        facts: &mut Facts,
+    ) -> Result<Response<BoxBody>, Refusal> {
+        facts.operation = Some("other".into());
+        facts.caller = identity::passthrough(req.headers());
+        let mode = self.config.other_routes(req.method());
+        if mode == OtherRoutes::Deny {
+            return Err(Refusal::OtherRouteDenied);
+        }
+        if mode == OtherRoutes::Audit {
+            self.record_decision(facts, Outcome::Allow.as_str()).await?;
+        }
+        let (mut parts, body) = req.into_parts();
+        parts.uri = self.upstream.uri(&facts.path)?;
+        parts.version = http::Version::HTTP_11;
+        upstream::strip_hop_by_hop(&mut parts.headers);
+        set_correlation_id(&mut parts.headers, &facts.exchange_id);
+        let body = body.map_err(Into::into).boxed();
+        let started = Instant::now();
+        let resp = match self.upstream.send(Request::from_parts(parts, body)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if mode == OtherRoutes::Audit {
+                    self.record_failure(facts, &e, started).await;
+                }
+                return Err(e.into());
+            }
+        };
+        if mode == OtherRoutes::Audit {
+            // The body streams through unrecorded: ungoverned answers can
+            // carry secrets (client secrets, keys) the log must not keep.
+            let max = usize::try_from(self.config.audit.max_body).unwrap_or(usize::MAX);
+            let outcome = facts.outcome_event(
+                resp.status().as_u16(),
+                resp.headers(),
+                None,
+                started.elapsed(),
+                max,
+            );
+            self.audit.record_later(outcome).await;
+        }
+        let (mut parts, body) = resp.into_parts();
+        upstream::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed(),
+        ))
+    }
+
+    /// Records the decision to forward, durably. Under `audit.on_failure =
+    /// "reject"` a failure refuses the request (503) and nothing is sent.
+    async fn record_decision(&self, facts: &Facts, decision: &str) -> Result<(), Refusal> {
+        match self
+            .audit
+            .record(facts.decision_event(decision, None))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if self.config.audit.on_failure == AuditFailure::Forward => {
+                error!(audit_id = %facts.exchange_id, error = %e, "decision not recorded; forwarding anyway (audit.on_failure = forward)");
+                Ok(())
+            }
+            Err(e) => Err(Refusal::AuditUnavailable(e)),
+        }
+    }
+
+    async fn record_failure(&self, facts: &Facts, e: &UpstreamError, started: Instant) {
+        let kind = match e {
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Protocol(_) => "protocol",
+        };
+        let event = facts.failed_outcome_event(kind, &e.public_message(), started.elapsed());
+        self.audit.record_later(event).await;
+    }
+
+    /// Records a request tollgate answered itself. Nothing was forwarded, so
+    /// the answer does not wait on the store: a failure is logged.
+    async fn record_refusal(&self, facts: &Facts, refusal: &Refusal) {
+        let decision = match refusal {
+            // Recorded where they happened, or impossible to record.
+            Refusal::Upstream(_) | Refusal::AuditUnavailable(_) => return,
+            Refusal::PolicyDenied(_) | Refusal::OtherRouteDenied | Refusal::Context(_) => "deny",
+            _ => "invalid",
+        };
+        let code = match refusal {
+            Refusal::Context(ContextError::Refused(_)) => "tenant_refused_credentials".to_owned(),
+            other => other.error_code().to_owned(),
+        };
+        let refused = Refused {
+            status: refusal.status().as_u16(),
+            code,
+            message: refusal.to_string(),
+        };
+        if let Err(e) = self
+            .audit
+            .record(facts.decision_event(decision, Some(&refused)))
+            .await
+        {
+            error!(audit_id = %facts.exchange_id, error = %e, "refusal not recorded");
+        }
+    }
+
     fn forget(&self, validated: &Validated, inputs: &[Input]) {
         for (change, input) in validated.changes.iter().zip(inputs) {
             let Some(cid) = change.connection_id.as_deref() else {
@@ -183,49 +362,52 @@ impl Gateway {
             }
         }
     }
+}
 
-    async fn read_body(
-        &self,
-        headers: &HeaderMap,
-        body: Incoming,
-        route: &Governed,
-    ) -> Result<Option<Map<String, Value>>, Refusal> {
-        body::check_encoding(headers)?;
-        if route.operation.is_delete() {
-            let bytes = body::read_limited(headers, body, self.config.limits.max_body).await?;
-            if !bytes.is_empty() {
-                return Err(BodyError::Unexpected.into());
-            }
-            return Ok(None);
-        }
-        body::check_json_media_type(headers)?;
-        let bytes = body::read_limited(headers, body, self.config.limits.max_body).await?;
-        Ok(Some(schema::parse_strict(&bytes)?))
-    }
-
-    async fn other(&self, req: Request<Incoming>, id: &str) -> Result<Response<BoxBody>, Refusal> {
-        if self.config.other_routes(req.method()) == OtherRoutes::Deny {
-            return Err(Refusal::OtherRouteDenied);
-        }
-        let (mut parts, body) = req.into_parts();
-        let target = parts
-            .uri
+/// What is known of a request before any stage runs.
+fn start_facts(req: &Request<Incoming>) -> Facts {
+    let header = |name: header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Facts {
+        exchange_id: Uuid::now_v7().to_string(),
+        time: chrono::Utc::now(),
+        method: req.method().to_string(),
+        path: req
+            .uri()
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
-        parts.uri = self.upstream.uri(&target)?;
-        parts.version = http::Version::HTTP_11;
-        upstream::strip_hop_by_hop(&mut parts.headers);
-        set_correlation_id(&mut parts.headers, id);
-        let body = body.map_err(Into::into).boxed();
-        let resp = self.upstream.send(Request::from_parts(parts, body)).await?;
-        let (mut parts, body) = resp.into_parts();
-        upstream::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed(),
-        ))
+            .unwrap_or_else(|| "/".into()),
+        source_ip: req.extensions().get::<Peer>().map(|p| p.0.ip().to_string()),
+        user_agent: header(header::USER_AGENT),
+        ..Facts::default()
     }
+}
+
+/// Notes what validation established: the judged body, and the
+/// organization and connection the record is indexed by.
+fn note_validated(facts: &mut Facts, validated: &Validated) {
+    facts.request_body = validated.body.clone().map(Value::Object);
+    facts.unknown_fields = validated.unknown_fields.clone();
+    if let Some(first) = validated.changes.first() {
+        if facts.org_id.is_none()
+            && let OrgRef::Existing(org) = &first.org
+        {
+            facts.org_id = Some(org.clone());
+        }
+        if facts.connection_id.is_none() {
+            facts.connection_id = first.connection_id.clone();
+        }
+    }
+}
+
+/// A body that could not be parsed, as text for the record, capped.
+fn raw_text(bytes: &[u8], max: u64) -> Value {
+    let max = usize::try_from(max).unwrap_or(usize::MAX).min(bytes.len());
+    Value::String(String::from_utf8_lossy(&bytes[..max]).into_owned())
 }
 
 fn screen(headers: &HeaderMap) -> Result<(), Refusal> {

@@ -25,6 +25,9 @@ pub struct Input {
     pub caller: Value,
     pub request: Value,
     pub now: DateTime<Utc>,
+    /// Which context was fetched from the tenant for this change (what was
+    /// not is null in `org`, `connection` or `before`).
+    pub fetched: super::Needs,
 }
 
 /// One rule's verdict on one change.

@@ -110,6 +110,11 @@ pub fn inputs(given: &Given) -> Result<Vec<Input>, String> {
             caller: Value::Object(caller.clone()),
             request: json!({"method": null, "path": null, "source_ip": null, "user_agent": null}),
             now: Utc::now(),
+            fetched: super::Needs {
+                org: true,
+                connection: true,
+                before: true,
+            },
         });
     }
     Ok(out)

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tollgate::audit::{AuditLog, Store};
 use tollgate::config::Config;
 use tollgate::policy::reload::Policies;
 use tollgate::proxy::Gateway;
@@ -22,6 +23,43 @@ use tollgate::sandbox::{Received, Sandbox};
 use tollgate::server;
 
 pub const TOKEN: &str = "Bearer test-token";
+
+/// Where the audit log is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// The Postgres server the storage tests use.
+pub fn postgres_base_url() -> String {
+    std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh, empty audit store URL: a SQLite file in `dir`, or a new schema
+/// of the test database. Postgres must be there: a storage test is never
+/// skipped for lack of it.
+pub async fn fresh_store_url(backend: Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("audit.db").display()),
+        Backend::Postgres => {
+            let base = postgres_base_url();
+            let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+            let pool = sqlx::PgPool::connect(&base).await.unwrap_or_else(|e| {
+                panic!("PostgreSQL at {base} is required for the storage tests: {e}")
+            });
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                .execute(&pool)
+                .await
+                .expect("create schema");
+            pool.close().await;
+            format!("{base}?options[search_path]={schema}")
+        }
+    }
+}
 
 /// A gateway in front of a tenant.
 pub struct Harness {
@@ -33,6 +71,98 @@ pub struct Harness {
     /// The policy directory (empty unless the test writes rules).
     pub policy_dir: tempfile::TempDir,
     pub policies: Arc<Policies>,
+    pub audit: Arc<AuditLog>,
+    pub store: Store,
+    pub store_url: String,
+}
+
+/// How a harness is set up.
+pub struct Setup {
+    toml: String,
+    files: Vec<(String, String)>,
+    backend: Backend,
+    store_url: Option<String>,
+    upstream: Option<(String, Sandbox)>,
+}
+
+impl Setup {
+    pub fn config(mut self, toml: &str) -> Setup {
+        self.toml = toml.to_owned();
+        self
+    }
+
+    pub fn policies(mut self, files: &[(&str, &str)]) -> Setup {
+        self.files = files
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        self
+    }
+
+    pub fn backend(mut self, backend: Backend) -> Setup {
+        self.backend = backend;
+        self
+    }
+
+    /// Writes to this store (shared with another harness).
+    pub fn store_url(mut self, url: &str) -> Setup {
+        self.store_url = Some(url.to_owned());
+        self
+    }
+
+    pub fn upstream(mut self, url: &str, tenant: Sandbox) -> Setup {
+        self.upstream = Some((url.to_owned(), tenant));
+        self
+    }
+
+    pub async fn start(self) -> Harness {
+        let (url, tenant) = match self.upstream {
+            Some(u) => u,
+            None => {
+                let (tenant, addr) = start_sandbox().await;
+                (format!("http://{addr}"), tenant)
+            }
+        };
+        let policy_dir = tempfile::tempdir().expect("policy dir");
+        for (name, text) in &self.files {
+            std::fs::write(policy_dir.path().join(name), text).expect("write policy");
+        }
+        let store_url = match self.store_url {
+            Some(u) => u,
+            None => fresh_store_url(self.backend, policy_dir.path()).await,
+        };
+        let env = vec![
+            ("TOLLGATE_UPSTREAM_URL".to_owned(), url),
+            ("TOLLGATE_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("TOLLGATE_AUDIT_URL".to_owned(), store_url.clone()),
+        ];
+        let config = Config::load(&self.toml, "test.toml", env).expect("test config");
+        let policies = Arc::new(Policies::load(policy_dir.path()).expect("policies load"));
+        let store = Store::open(&store_url).await.expect("audit store");
+        let audit = Arc::new(AuditLog::start(store.clone()).await.expect("audit log"));
+        let gateway = Gateway::new(config, policies.clone(), audit.clone()).expect("gateway");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
+        let addr = listener.local_addr().expect("gateway addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, Arc::new(gateway), 256, async {
+            let _ = stopped.await;
+        }));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Harness {
+            addr,
+            tenant,
+            client,
+            stop: Some(stop),
+            task: Some(task),
+            policy_dir,
+            policies,
+            audit,
+            store,
+            store_url,
+        }
+    }
 }
 
 /// An answer, as the client saw it.
@@ -73,66 +203,46 @@ pub async fn start_sandbox() -> (Sandbox, SocketAddr) {
     tokio::spawn(server::serve(
         listener,
         Arc::new(tenant.clone()),
-        64,
+        256,
         std::future::pending(),
     ));
     (tenant, addr)
 }
 
 impl Harness {
+    pub fn setup() -> Setup {
+        Setup {
+            toml: String::new(),
+            files: Vec::new(),
+            backend: Backend::Sqlite,
+            store_url: None,
+            upstream: None,
+        }
+    }
+
     /// A gateway with default configuration in front of the sandbox.
     pub async fn start() -> Harness {
-        Harness::with_config("").await
+        Harness::setup().start().await
     }
 
     /// A gateway configured by `toml` in front of the sandbox.
     pub async fn with_config(toml: &str) -> Harness {
-        let (tenant, tenant_addr) = start_sandbox().await;
-        Harness::in_front_of(toml, &format!("http://{tenant_addr}"), tenant).await
+        Harness::setup().config(toml).start().await
     }
 
     /// A gateway judging by these policy files, in front of the sandbox.
     pub async fn with_policies(toml: &str, files: &[(&str, &str)]) -> Harness {
-        let (tenant, tenant_addr) = start_sandbox().await;
-        Harness::build(toml, &format!("http://{tenant_addr}"), tenant, files).await
+        Harness::setup().config(toml).policies(files).start().await
     }
 
     /// A gateway configured by `toml` in front of the tenant at `url`
     /// (`tenant` is the sandbox behind it, if any).
     pub async fn in_front_of(toml: &str, url: &str, tenant: Sandbox) -> Harness {
-        Harness::build(toml, url, tenant, &[]).await
-    }
-
-    async fn build(toml: &str, url: &str, tenant: Sandbox, files: &[(&str, &str)]) -> Harness {
-        let policy_dir = tempfile::tempdir().expect("policy dir");
-        for (name, text) in files {
-            std::fs::write(policy_dir.path().join(name), text).expect("write policy");
-        }
-        let env = vec![
-            ("TOLLGATE_UPSTREAM_URL".to_owned(), url.to_owned()),
-            ("TOLLGATE_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
-        ];
-        let config = Config::load(toml, "test.toml", env).expect("test config");
-        let policies = Arc::new(Policies::load(policy_dir.path()).expect("policies load"));
-        let gateway = Gateway::new(config, policies.clone()).expect("gateway");
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Harness::setup()
+            .config(toml)
+            .upstream(url, tenant)
+            .start()
             .await
-            .expect("bind gateway");
-        let addr = listener.local_addr().expect("gateway addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(listener, Arc::new(gateway), 64, async {
-            let _ = stopped.await;
-        }));
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Harness {
-            addr,
-            tenant,
-            client,
-            stop: Some(stop),
-            task: Some(task),
-            policy_dir,
-            policies,
-        }
     }
 
     /// Asks the server to shut down gracefully.
@@ -192,7 +302,7 @@ impl Harness {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// Requests the tenant received, other than the ones tests make directly.
+    /// Requests the tenant received.
     pub fn received(&self) -> Vec<Received> {
         self.tenant.received()
     }

@@ -3,6 +3,8 @@
 
 mod harness;
 
+mod audit;
+
 mod governed;
 mod passthrough;
 mod policy;

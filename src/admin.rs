@@ -1,0 +1,252 @@
+//! The admin listener: `/healthz`, `/readyz`, and, behind `admin.token`,
+//! the audit and policy API (DESIGN §5).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::audit::{self, Store, query};
+use crate::config::Secret;
+use crate::error::{error_response, json_response};
+use crate::policy::reload::Policies;
+use crate::server::Handler;
+use crate::{BoxBody, full};
+
+/// The admin API.
+pub struct Admin {
+    store: Store,
+    policies: Arc<Policies>,
+    token: Option<Secret>,
+}
+
+impl Admin {
+    pub fn new(store: Store, policies: Arc<Policies>, token: Option<Secret>) -> Admin {
+        Admin {
+            store,
+            policies,
+            token,
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let given = crate::identity::bearer(req.headers()).unwrap_or_default();
+        // Compare digests: equal length, and no early exit on the secret.
+        Sha256::digest(given.as_bytes()) == Sha256::digest(token.expose().as_bytes())
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Bytes> {
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        let method = req.method().clone();
+        match (method, path.as_str()) {
+            (Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            (Method::GET, "/readyz") => self.ready().await,
+            (_, p) if p.starts_with("/v1/") || p == "/v1" => {
+                if !self.authorized(&req) {
+                    let why = if self.token.is_some() {
+                        "a valid admin bearer token is required"
+                    } else {
+                        "the admin API is disabled: set admin.token"
+                    };
+                    let mut r = error_response(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_token",
+                        why,
+                        Default::default(),
+                        "",
+                    );
+                    strip_audit_id(&mut r);
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    );
+                    return r;
+                }
+                self.api(req).await
+            }
+            _ => plain_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+
+    async fn ready(&self) -> Response<Bytes> {
+        let store = self.store.ping().await.is_ok();
+        let status = if store {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(
+            status,
+            &json!({
+                "status": if store { "ready" } else { "unready" },
+                "audit_store": if store { "ok" } else { "unreachable" },
+                "policy_version": self.policies.current().version,
+            }),
+        )
+    }
+
+    async fn api(&self, req: Request<Incoming>) -> Response<Bytes> {
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        let params = query_params(req.uri().query().unwrap_or_default());
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/v1/exchanges") => self.exchanges(&params).await,
+            (Method::GET, p) if p.starts_with("/v1/exchanges/") => {
+                let id = percent_decode_str(&p["/v1/exchanges/".len()..])
+                    .decode_utf8_lossy()
+                    .into_owned();
+                match query::show(&self.store, &id).await {
+                    Ok(events) if events.is_empty() => {
+                        plain_error(StatusCode::NOT_FOUND, "not_found", "no such exchange")
+                    }
+                    Ok(events) => json_response(
+                        StatusCode::OK,
+                        &json!({"exchange_id": id, "events": events}),
+                    ),
+                    Err(e) => store_error(&e),
+                }
+            }
+            (Method::GET, "/v1/policy") => {
+                json_response(StatusCode::OK, &policy_json(&self.policies))
+            }
+            (Method::POST, "/v1/policy/reload") => match self.policies.reload() {
+                Ok(_) => json_response(StatusCode::OK, &policy_json(&self.policies)),
+                Err(errors) => {
+                    let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    json_response(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &json!({"statusCode": 422, "error": "Unprocessable Entity", "errorCode": "policy_invalid",
+                                "message": "the policy set does not load; the previous set stays in force",
+                                "errors": list, "version": self.policies.current().version}),
+                    )
+                }
+            },
+            _ => plain_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+
+    async fn exchanges(&self, params: &HashMap<String, String>) -> Response<Bytes> {
+        let filter = match filter_from(params) {
+            Ok(f) => f,
+            Err(e) => return plain_error(StatusCode::BAD_REQUEST, "invalid_query_string", &e),
+        };
+        match query::exchanges(&self.store, &filter).await {
+            Ok(list) => json_response(StatusCode::OK, &json!(list)),
+            Err(e) => store_error(&e),
+        }
+    }
+}
+
+/// The filter of `GET /v1/exchanges`: the same names as `audit query`.
+pub fn filter_from(params: &HashMap<String, String>) -> Result<query::Filter, String> {
+    let now = chrono::Utc::now();
+    let get = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
+    for k in params.keys() {
+        if ![
+            "since",
+            "until",
+            "org",
+            "connection",
+            "caller",
+            "operation",
+            "decision",
+            "rule",
+            "limit",
+        ]
+        .contains(&k.as_str())
+        {
+            return Err(format!("unknown parameter {k:?}"));
+        }
+    }
+    Ok(query::Filter {
+        since_us: Some(query::parse_time(
+            &get("since").unwrap_or_else(|| "24h".into()),
+            now,
+        )?),
+        until_us: get("until")
+            .map(|u| query::parse_time(&u, now))
+            .transpose()?,
+        org: get("org"),
+        connection: get("connection"),
+        caller: get("caller"),
+        operation: get("operation"),
+        decision: get("decision"),
+        rule: get("rule"),
+        limit: match get("limit") {
+            Some(l) => l
+                .parse()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or("limit must be 1 to 10000")?,
+            None => 100,
+        },
+    })
+}
+
+fn query_params(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let d = |s: &str| {
+                percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (d(k), d(v))
+        })
+        .collect()
+}
+
+fn policy_json(policies: &Policies) -> Value {
+    let set = policies.current();
+    let rules: Vec<Value> = set
+        .rules
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id, "description": r.description, "file": r.file,
+                "operations": r.operations.iter().map(|o| o.id()).collect::<Vec<_>>(),
+                "when": r.when.as_ref().map(|w| w.source.clone()), "deny": r.deny.source,
+                "message": r.message, "mode": r.mode,
+            })
+        })
+        .collect();
+    json!({"version": set.version, "dir": policies.dir().display().to_string(), "files": set.files, "rules": rules})
+}
+
+fn strip_audit_id(r: &mut Response<Bytes>) {
+    let body: Value = serde_json::from_slice(r.body()).unwrap_or(Value::Null);
+    if let Value::Object(mut m) = body {
+        m.remove("audit_id");
+        *r.body_mut() = Bytes::from(Value::Object(m).to_string());
+    }
+}
+
+fn plain_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
+    let mut r = error_response(status, code, message, Default::default(), "");
+    strip_audit_id(&mut r);
+    r
+}
+
+fn store_error(e: &audit::StoreError) -> Response<Bytes> {
+    tracing::warn!(error = %e, "admin API: audit store error");
+    plain_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "tollgate_audit_unavailable",
+        "the audit store is unavailable",
+    )
+}
+
+impl Handler for Admin {
+    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        self.route(req).await.map(full)
+    }
+}

@@ -1,0 +1,308 @@
+//! The two stores: SQLite (embedded, the default) and Postgres (teams,
+//! replicas). Two concrete pools behind one type; the SQL is the same text
+//! for both, so each function is written once and run on either pool.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::QueryBuilder;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::{Index, Row, rules_column};
+
+/// The store could not do what was asked. The text is for logs and the
+/// operator's terminal, never for a response body.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("audit.url: {0}")]
+    Url(String),
+    #[error("audit store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("audit store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// An audit store.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same code on whichever pool the store has.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+const COLUMNS: &str = "chain_id, seq, event_id, exchange_id, kind, time_us, operation, org_id, \
+                       connection_id, caller, decision, rules, prev_hash, hash, body";
+
+/// How long a connection may be waited for before the store counts as down.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// Connects to `sqlite://PATH` (created if missing, WAL) or
+    /// `postgres://…`, without migrating.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| StoreError::Url(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a commit is on disk before the decision is acknowledged.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(ACQUIRE_TIMEOUT);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Ok(Store::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options =
+                PgConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Ok(Store::Postgres(pool))
+        } else {
+            Err(StoreError::Url(
+                "must start with sqlite:// or postgres://".into(),
+            ))
+        }
+    }
+
+    /// Connects and applies the embedded migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations (idempotent; Postgres serialises
+    /// concurrent runs with an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
+            Store::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Whether the store answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => { sqlx::query("SELECT 1").execute(pool).await?; });
+        Ok(())
+    }
+
+    /// Registers a writer's chain.
+    pub async fn register_chain(
+        &self,
+        chain_id: &str,
+        started_us: i64,
+        host: &str,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("INSERT INTO audit_chains (chain_id, started_us, host) VALUES ($1, $2, $3)")
+                .bind(chain_id)
+                .bind(started_us)
+                .bind(host)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// The registered chains.
+    pub async fn chains(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<String> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT chain_id FROM audit_chains ORDER BY chain_id")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// The last (seq, hash) of a chain, if it has events: where a writer
+    /// resumes after a failed commit whose fate it cannot know.
+    pub async fn chain_head(&self, chain_id: &str) -> Result<Option<(i64, String)>, StoreError> {
+        let head: Option<(i64, String)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT seq, hash FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1")
+                .bind(chain_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(head)
+    }
+
+    /// Appends rows in one transaction: all are durable, or none.
+    pub async fn append(&self, rows: &[Row]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
+            qb.push_values(rows, |mut b, r| {
+                b.push_bind(r.chain_id.clone())
+                    .push_bind(r.seq)
+                    .push_bind(r.event_id.clone())
+                    .push_bind(r.exchange_id.clone())
+                    .push_bind(r.kind.clone())
+                    .push_bind(r.time_us)
+                    .push_bind(r.index.operation.clone())
+                    .push_bind(r.index.org_id.clone())
+                    .push_bind(r.index.connection_id.clone())
+                    .push_bind(r.index.caller.clone())
+                    .push_bind(r.index.decision.clone())
+                    .push_bind(rules_column(&r.index.rules))
+                    .push_bind(r.prev_hash.clone())
+                    .push_bind(r.hash.clone())
+                    .push_bind(r.body.clone());
+            });
+            qb.build().execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Up to `limit` rows after `after` (chain, seq), in chain order: the
+    /// walk `audit verify` takes, a page at a time.
+    pub async fn rows_after(
+        &self,
+        after: Option<(&str, i64)>,
+        limit: i64,
+    ) -> Result<Vec<Row>, StoreError> {
+        on_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events "));
+            if let Some((chain, seq)) = after {
+                qb.push("WHERE chain_id > ").push_bind(chain.to_owned())
+                    .push(" OR (chain_id = ").push_bind(chain.to_owned())
+                    .push(" AND seq > ").push_bind(seq).push(") ");
+            }
+            qb.push("ORDER BY chain_id, seq LIMIT ").push_bind(limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(decode).collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        })
+    }
+
+    /// Every event of an exchange, decision first.
+    pub async fn exchange_events(&self, exchange_id: &str) -> Result<Vec<Row>, StoreError> {
+        on_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE exchange_id = "));
+            qb.push_bind(exchange_id.to_owned()).push(" ORDER BY time_us, kind");
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(decode).collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        })
+    }
+
+    /// Decision events matching a filter, newest first.
+    pub async fn decisions(&self, f: &super::query::Filter) -> Result<Vec<Row>, StoreError> {
+        on_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE kind = 'decision'"));
+            if let Some(t) = f.since_us {
+                qb.push(" AND time_us >= ").push_bind(t);
+            }
+            if let Some(t) = f.until_us {
+                qb.push(" AND time_us < ").push_bind(t);
+            }
+            for (col, value) in [
+                ("org_id", &f.org),
+                ("connection_id", &f.connection),
+                ("caller", &f.caller),
+                ("operation", &f.operation),
+                ("decision", &f.decision),
+            ] {
+                if let Some(v) = value {
+                    qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+                }
+            }
+            if let Some(rule) = &f.rule {
+                qb.push(" AND rules LIKE ").push_bind(format!("%,{rule},%"));
+            }
+            qb.push(" ORDER BY time_us DESC, exchange_id DESC LIMIT ").push_bind(f.limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(decode).collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        })
+    }
+
+    /// The outcome events of these exchanges.
+    pub async fn outcomes(&self, exchange_ids: &[String]) -> Result<Vec<Row>, StoreError> {
+        if exchange_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_pool!(self, pool => {
+            let mut out = Vec::new();
+            // Bounded IN lists keep every backend within its bind limit.
+            for ids in exchange_ids.chunks(500) {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT {COLUMNS} FROM audit_events WHERE kind = 'outcome' AND exchange_id IN ("
+                ));
+                let mut sep = qb.separated(", ");
+                for id in ids {
+                    sep.push_bind(id.clone());
+                }
+                qb.push(")");
+                for r in qb.build().fetch_all(pool).await? {
+                    out.push(decode(&r)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn decode<R>(r: &R) -> Result<Row, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> Option<String>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    let rules: Option<String> = r.try_get("rules")?;
+    Ok(Row {
+        chain_id: r.try_get("chain_id")?,
+        seq: r.try_get("seq")?,
+        event_id: r.try_get("event_id")?,
+        exchange_id: r.try_get("exchange_id")?,
+        kind: r.try_get("kind")?,
+        time_us: r.try_get("time_us")?,
+        index: Index {
+            operation: r.try_get("operation")?,
+            org_id: r.try_get("org_id")?,
+            connection_id: r.try_get("connection_id")?,
+            caller: r.try_get("caller")?,
+            decision: r.try_get("decision")?,
+            rules: rules
+                .map(|s| {
+                    s.split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+        body: r.try_get("body")?,
+    })
+}

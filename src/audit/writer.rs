@@ -1,0 +1,214 @@
+//! The writer: one task per running instance owns the chain head and
+//! commits events in batches (group commit).
+//!
+//! Requests hand their events to the task and wait for the batch that holds
+//! them to be durable. While one batch commits, the next accumulates, so
+//! durability before forwarding costs one disk flush per batch, not per
+//! request.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+use super::{ChainHead, NewEvent, Store, StoreError};
+
+/// Most events committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+/// Events waiting for the writer before callers feel back-pressure.
+const QUEUE: usize = 8192;
+/// How long a caller waits for its event to be durable.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An event could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit store could not record the event: {0}")]
+    Unavailable(String),
+    #[error("the audit writer did not confirm the event within {0:?}")]
+    Timeout(Duration),
+    #[error("the audit writer has stopped")]
+    Closed,
+}
+
+enum Pending {
+    Event {
+        event: Box<NewEvent>,
+        ack: Option<oneshot::Sender<Result<(), AuditError>>>,
+    },
+    /// Acknowledged once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// This instance's audit log: its chain and its writer task.
+pub struct AuditLog {
+    tx: mpsc::Sender<Pending>,
+    chain_id: String,
+    store: Store,
+}
+
+impl AuditLog {
+    /// Registers a new chain for this instance and starts its writer.
+    pub async fn start(store: Store) -> Result<AuditLog, StoreError> {
+        AuditLog::start_with_batch(store, MAX_BATCH).await
+    }
+
+    /// As [`AuditLog::start`], with at most `max_batch` events per commit (1
+    /// turns group commit off: for measurements).
+    pub async fn start_with_batch(store: Store, max_batch: usize) -> Result<AuditLog, StoreError> {
+        let chain_id = uuid::Uuid::now_v7().to_string();
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into());
+        store
+            .register_chain(&chain_id, chrono::Utc::now().timestamp_micros(), &host)
+            .await?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(
+            store.clone(),
+            ChainHead::new(chain_id.clone()),
+            rx,
+            max_batch.max(1),
+        ));
+        Ok(AuditLog {
+            tx,
+            chain_id,
+            store,
+        })
+    }
+
+    /// This instance's chain.
+    pub fn chain_id(&self) -> &str {
+        &self.chain_id
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Records an event and waits until it is durable.
+    pub async fn record(&self, event: NewEvent) -> Result<(), AuditError> {
+        let (ack, done) = oneshot::channel();
+        let pending = Pending::Event {
+            event: Box::new(event),
+            ack: Some(ack),
+        };
+        let wait = async {
+            self.tx
+                .send(pending)
+                .await
+                .map_err(|_| AuditError::Closed)?;
+            done.await.map_err(|_| AuditError::Closed)?
+        };
+        tokio::time::timeout(ACK_TIMEOUT, wait)
+            .await
+            .map_err(|_| AuditError::Timeout(ACK_TIMEOUT))?
+    }
+
+    /// Queues an event without waiting for it (outcomes: the exchange is
+    /// over; a crash before the commit leaves the decision as "unknown").
+    pub async fn record_later(&self, event: NewEvent) {
+        if self
+            .tx
+            .send(Pending::Event {
+                event: Box::new(event),
+                ack: None,
+            })
+            .await
+            .is_err()
+        {
+            error!("audit writer stopped; an outcome event was not recorded");
+        }
+    }
+
+    /// Waits until every event queued so far has been written (or failed).
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Pending::Flush(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+async fn write_loop(
+    store: Store,
+    mut head: ChainHead,
+    mut rx: mpsc::Receiver<Pending>,
+    max_batch: usize,
+) {
+    let mut resync = false;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut events = Vec::with_capacity(batch.len());
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut flushes = Vec::new();
+        for p in batch {
+            match p {
+                Pending::Event { event, ack } => {
+                    events.push(*event);
+                    acks.push(ack);
+                }
+                Pending::Flush(done) => flushes.push(done),
+            }
+        }
+        if !events.is_empty() {
+            let result = commit(&store, &mut head, &events, &mut resync).await;
+            for ack in acks.into_iter().flatten() {
+                let _ = ack.send(result.clone());
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Links the events to the chain and commits them; the head moves only if
+/// the commit succeeded.
+async fn commit(
+    store: &Store,
+    head: &mut ChainHead,
+    events: &[NewEvent],
+    resync: &mut bool,
+) -> Result<(), AuditError> {
+    // After a failed commit the rows may or may not be in: ask the store.
+    if *resync {
+        match store.chain_head(&head.chain_id).await {
+            Ok(found) => {
+                if let Some((seq, hash)) = found {
+                    head.seq = seq;
+                    head.hash = hash;
+                }
+                *resync = false;
+            }
+            Err(e) => return Err(fail(e, events.len())),
+        }
+    }
+    let mut next = head.clone();
+    let rows: Vec<_> = events.iter().map(|e| next.link(e)).collect();
+    let started = Instant::now();
+    match store.append(&rows).await {
+        Ok(()) => {
+            metrics::histogram!("tollgate_audit_write_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("tollgate_audit_batch_size").record(rows.len() as f64);
+            *head = next;
+            Ok(())
+        }
+        Err(e) => {
+            *resync = true;
+            Err(fail(e, events.len()))
+        }
+    }
+}
+
+fn fail(e: StoreError, n: usize) -> AuditError {
+    metrics::counter!("tollgate_audit_write_failures_total").increment(n as u64);
+    warn!(error = %e, events = n, "audit write failed");
+    AuditError::Unavailable(e.to_string())
+}

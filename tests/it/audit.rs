@@ -1,0 +1,576 @@
+//! The audit log through the gateway, on SQLite and Postgres both.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use tollgate::audit::{self, Store, query, verify};
+use tollgate::sandbox::seed::*;
+
+use crate::harness::{BACKENDS, Backend, Harness};
+
+fn item() -> String {
+    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
+}
+
+/// A bearer JWT whose claims name a CI client.
+fn jwt() -> String {
+    use base64::Engine;
+    let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let claims = json!({"azp": "ci-bot", "sub": "ci-bot@clients", "gty": "client-credentials",
+                        "scope": "update:organization_connections"});
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        enc(br#"{"alg":"RS256","typ":"JWT"}"#),
+        enc(claims.to_string().as_bytes())
+    )
+}
+
+const NO_FULL: &str = "[[rule]]\nid = \"no-full-access\"\ndeny = 'after.organization_access_level == \"full\"'\nmessage = \"no full access\"\n";
+
+async fn exec(store: &Store, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match store {
+        Store::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        Store::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Every text the store holds, for searching raw rows.
+async fn dump(store: &Store) -> String {
+    let sql = "SELECT chain_id || exchange_id || event_id || kind || COALESCE(operation,'') || COALESCE(org_id,'') \
+               || COALESCE(connection_id,'') || COALESCE(caller,'') || COALESCE(decision,'') || COALESCE(rules,'') \
+               || prev_hash || hash || body FROM audit_events";
+    let rows: Vec<String> = match store {
+        Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+        Store::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+    }
+    .expect("dump");
+    rows.join("\n")
+}
+
+async fn events(h: &Harness, id: &str) -> Vec<Value> {
+    h.audit.flush().await;
+    query::show(&h.store, id).await.expect("show")
+}
+
+fn drop_triggers(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;"
+        }
+        Backend::Postgres => "DROP TRIGGER audit_events_no_change ON audit_events;",
+    }
+}
+
+#[tokio::test]
+async fn a_forwarded_exchange_has_both_events_and_a_denied_one_its_decision() {
+    for backend in BACKENDS {
+        let h = Harness::setup()
+            .backend(backend)
+            .policies(&[("r.toml", NO_FULL)])
+            .start()
+            .await;
+        let auth = format!("Bearer {}", jwt());
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("user-agent", "terraform/1.9"),
+        ];
+        let ok = h
+            .send_with(
+                Method::PATCH,
+                &item(),
+                &headers,
+                br#"{"organization_access_level":"limited"}"#,
+            )
+            .await;
+        assert_eq!(ok.status, StatusCode::OK);
+        let evs = events(&h, &ok.audit_id()).await;
+        assert_eq!(evs.len(), 2, "{backend:?}: {evs:?}");
+        let (d, o) = (&evs[0]["event"], &evs[1]["event"]);
+        assert_eq!(d["kind"], "decision");
+        assert_eq!(o["kind"], "outcome");
+        assert_eq!(d["exchange_id"], o["exchange_id"]);
+        assert_eq!(d["decision"], "allow");
+        assert_eq!(d["operation"], "organization_connection.update");
+        assert_eq!(d["org_id"], ORG_ACME);
+        assert_eq!(d["connection_id"], CON_SAML);
+        assert_eq!(d["caller"], "ci-bot");
+        assert_eq!(d["data"]["caller"]["grant_type"], "client-credentials");
+        assert_eq!(
+            d["data"]["caller"]["token_fingerprint"]
+                .as_str()
+                .map(str::len),
+            Some(64)
+        );
+        assert_eq!(
+            d["data"]["request_body"],
+            json!({"organization_access_level": "limited"})
+        );
+        assert_eq!(d["data"]["path"], item());
+        assert_eq!(d["data"]["user_agent"], "terraform/1.9");
+        assert_eq!(
+            d["data"]["changes"][0]["before"]["organization_access_level"],
+            "readonly"
+        );
+        assert_eq!(
+            d["data"]["policy_version"],
+            h.policies.current().version.as_str()
+        );
+        assert_eq!(o["data"]["status"], 200);
+        assert_eq!(o["data"]["body"]["organization_access_level"], "limited");
+        assert!(o["data"]["headers"]["x-ratelimit-remaining"].is_string());
+
+        let denied = h
+            .send_with(
+                Method::PATCH,
+                &item(),
+                &headers,
+                br#"{"organization_access_level":"full"}"#,
+            )
+            .await;
+        assert_eq!(denied.status, StatusCode::FORBIDDEN);
+        let evs = events(&h, &denied.audit_id()).await;
+        assert_eq!(evs.len(), 1, "a denial has its decision alone");
+        assert_eq!(evs[0]["event"]["decision"], "deny");
+        assert_eq!(evs[0]["event"]["rules"], json!(["no-full-access"]));
+        assert_eq!(evs[0]["event"]["data"]["error"]["status"], 403);
+
+        let invalid = h
+            .send_with(Method::PATCH, &item(), &headers, br#"{"a":1,"a":2}"#)
+            .await;
+        assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+        let evs = events(&h, &invalid.audit_id()).await;
+        assert_eq!(evs[0]["event"]["decision"], "invalid");
+        assert_eq!(evs[0]["event"]["data"]["request_body"], r#"{"a":1,"a":2}"#);
+        assert_eq!(
+            evs[0]["event"]["data"]["error"]["errorCode"],
+            "invalid_body"
+        );
+
+        // The token is nowhere in the store; only its fingerprint.
+        let raw = dump(&h.store).await;
+        let token = jwt();
+        for part in token.split('.') {
+            assert!(!raw.contains(part), "{backend:?}: a token part is stored");
+        }
+        assert!(!raw.to_ascii_lowercase().contains("authorization"));
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_record_refuses_and_forwards_nothing() {
+    for backend in BACKENDS {
+        let h = Harness::setup().backend(backend).start().await;
+        exec(
+            &h.store,
+            "ALTER TABLE audit_events RENAME TO audit_events_away",
+        )
+        .await;
+        let a = h
+            .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{backend:?}: {a:?}"
+        );
+        assert_eq!(a.error_code(), "tollgate_audit_unavailable");
+        assert!(!a.audit_id().is_empty());
+        assert!(
+            h.received().is_empty(),
+            "{backend:?}: the tenant received nothing"
+        );
+        // Ungoverned writes are audited by default: refused too.
+        let a = h.send(Method::POST, "/api/v2/clients", Some("{}")).await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(h.received().is_empty());
+
+        // The store comes back: service resumes by itself, the chain intact.
+        exec(
+            &h.store,
+            "ALTER TABLE audit_events_away RENAME TO audit_events",
+        )
+        .await;
+        let a = h
+            .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{backend:?}");
+        h.audit.flush().await;
+        let report = verify::verify(&h.store).await.expect("verify");
+        assert!(report.ok(), "{backend:?}: {report:?}");
+    }
+}
+
+#[tokio::test]
+async fn on_failure_forward_forwards_without_a_record() {
+    let h = Harness::setup()
+        .config("[audit]\non_failure = \"forward\"\n")
+        .start()
+        .await;
+    exec(
+        &h.store,
+        "ALTER TABLE audit_events RENAME TO audit_events_away",
+    )
+    .await;
+    let a = h
+        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let got = h.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].method, Method::PATCH);
+}
+
+#[tokio::test]
+async fn concurrent_exchanges_are_all_recorded_in_one_valid_chain() {
+    for backend in BACKENDS {
+        let h = std::sync::Arc::new(Harness::setup().backend(backend).start().await);
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move {
+                let body = format!(r#"{{"show_as_button":{}}}"#, i % 2 == 0);
+                h.send(Method::PATCH, &item(), Some(&body)).await
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            let a = t.await.expect("join");
+            assert_eq!(a.status, StatusCode::OK);
+            ids.push(a.audit_id());
+        }
+        h.audit.flush().await;
+        let filter = query::Filter {
+            limit: 1000,
+            ..Default::default()
+        };
+        let rows = query::exchanges(&h.store, &filter).await.expect("query");
+        assert_eq!(rows.len(), 200, "{backend:?}");
+        assert!(
+            rows.iter()
+                .all(|r| r.outcome == "completed" && r.status == Some(200))
+        );
+        for id in &ids {
+            assert!(rows.iter().any(|r| &r.exchange_id == id));
+        }
+        let report = verify::verify(&h.store).await.expect("verify");
+        assert_eq!(
+            (report.chains, report.events, report.valid_events),
+            (1, 400, 400),
+            "{backend:?}"
+        );
+        assert!(report.ok());
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_postgres_write_two_valid_chains() {
+    let a = Harness::setup().backend(Backend::Postgres).start().await;
+    let b = Harness::setup().store_url(&a.store_url).start().await;
+    let path = item();
+    for _ in 0..10 {
+        let (x, y) = tokio::join!(
+            a.send(Method::PATCH, &path, Some(r#"{"show_as_button":true}"#)),
+            b.send(Method::PATCH, &path, Some(r#"{"show_as_button":false}"#)),
+        );
+        assert_eq!((x.status, y.status), (StatusCode::OK, StatusCode::OK));
+    }
+    a.audit.flush().await;
+    b.audit.flush().await;
+    assert_ne!(a.audit.chain_id(), b.audit.chain_id());
+    let report = verify::verify(&a.store).await.expect("verify");
+    assert_eq!(
+        (report.chains, report.valid_chains, report.events),
+        (2, 2, 40),
+        "{report:?}"
+    );
+}
+
+/// Runs `tamper` on a store holding 3 exchanges (6 events) and returns the
+/// verification report.
+async fn tampered(backend: Backend, tamper: &str) -> verify::Report {
+    let h = Harness::setup().backend(backend).start().await;
+    for _ in 0..3 {
+        let a = h
+            .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    h.audit.flush().await;
+    assert!(verify::verify(&h.store).await.expect("verify").ok());
+    exec(&h.store, drop_triggers(backend)).await;
+    exec(&h.store, tamper).await;
+    verify::verify(&h.store).await.expect("verify")
+}
+
+#[tokio::test]
+async fn verify_detects_every_kind_of_tampering() {
+    for backend in BACKENDS {
+        let edit = "UPDATE audit_events SET body = REPLACE(body, '\"show_as_button\":false', '\"show_as_button\":true') WHERE seq = 3";
+        let r = tampered(backend, edit).await;
+        assert_eq!(r.breaks.len(), 1, "{backend:?} edit: {r:?}");
+        assert_eq!(r.breaks[0].seq, 3);
+        assert!(r.breaks[0].reason.contains("edited"), "{r:?}");
+
+        let r = tampered(
+            backend,
+            "UPDATE audit_events SET decision = 'deny' WHERE seq = 1",
+        )
+        .await;
+        assert!(
+            r.breaks[0].reason.contains("indexed column"),
+            "{backend:?}: {r:?}"
+        );
+
+        let r = tampered(backend, "DELETE FROM audit_events WHERE seq = 2").await;
+        assert_eq!(r.breaks[0].seq, 3, "{backend:?} delete: {r:?}");
+        assert!(r.breaks[0].reason.contains("deleted"));
+
+        // A forged event slipped in after seq 2: later events renumbered.
+        let insert = "UPDATE audit_events SET seq = seq + 100 WHERE seq > 2; \
+                      UPDATE audit_events SET seq = seq - 99 WHERE seq > 100; \
+                      INSERT INTO audit_events (chain_id, seq, event_id, exchange_id, kind, time_us, prev_hash, hash, body) \
+                      SELECT chain_id, 3, 'forged', 'forged', 'decision', time_us, hash, hash, body FROM audit_events WHERE seq = 2";
+        let r = tampered(backend, insert).await;
+        assert_eq!(r.breaks[0].seq, 3, "{backend:?} insert: {r:?}");
+
+        let reorder = "UPDATE audit_events SET seq = 100 WHERE seq = 2; UPDATE audit_events SET seq = 2 WHERE seq = 3; \
+                       UPDATE audit_events SET seq = 3 WHERE seq = 100";
+        let r = tampered(backend, reorder).await;
+        assert_eq!(r.breaks[0].seq, 2, "{backend:?} reorder: {r:?}");
+        assert_eq!(
+            r.valid_events, 1,
+            "only the event before the break counts as valid in that chain"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_store_refuses_updates_and_deletes() {
+    for backend in BACKENDS {
+        let h = Harness::setup().backend(backend).start().await;
+        h.send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+            .await;
+        h.audit.flush().await;
+        for sql in [
+            "UPDATE audit_events SET decision = 'deny'",
+            "DELETE FROM audit_events",
+        ] {
+            let sql = sqlx::AssertSqlSafe(sql);
+            let r = match &h.store {
+                Store::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+                Store::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+            };
+            let e = r.expect_err("append-only");
+            assert!(e.to_string().contains("append-only"), "{backend:?}: {e}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn queries_filter_and_export() {
+    for backend in BACKENDS {
+        let h = Harness::setup()
+            .backend(backend)
+            .policies(&[("r.toml", NO_FULL)])
+            .start()
+            .await;
+        let auth = format!("Bearer {}", jwt());
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let full = h
+            .send_with(
+                Method::PATCH,
+                &item(),
+                &headers,
+                br#"{"organization_access_level":"full"}"#,
+            )
+            .await;
+        let ok = h
+            .send(
+                Method::POST,
+                &format!("/api/v2/organizations/{ORG_GLOBEX}/connections"),
+                Some(&json!({"connection_id": CON_OIDC}).to_string()),
+            )
+            .await;
+        assert_eq!(ok.status, StatusCode::CREATED);
+        h.audit.flush().await;
+        let q = |f: query::Filter| {
+            let store = h.store.clone();
+            async move {
+                query::exchanges(&store, &query::Filter { limit: 100, ..f })
+                    .await
+                    .expect("query")
+            }
+        };
+        let all = q(query::Filter::default()).await;
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].exchange_id, ok.audit_id(), "newest first");
+        let by = |f: query::Filter| async {
+            q(f).await
+                .iter()
+                .map(|e| e.exchange_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            by(query::Filter {
+                org: Some(ORG_ACME.into()),
+                ..Default::default()
+            })
+            .await,
+            vec![full.audit_id()]
+        );
+        assert_eq!(
+            by(query::Filter {
+                connection: Some(CON_OIDC.into()),
+                ..Default::default()
+            })
+            .await,
+            vec![ok.audit_id()]
+        );
+        assert_eq!(
+            by(query::Filter {
+                caller: Some("ci-bot".into()),
+                ..Default::default()
+            })
+            .await,
+            vec![full.audit_id()]
+        );
+        assert_eq!(
+            by(query::Filter {
+                decision: Some("deny".into()),
+                ..Default::default()
+            })
+            .await,
+            vec![full.audit_id()]
+        );
+        assert_eq!(
+            by(query::Filter {
+                rule: Some("no-full-access".into()),
+                ..Default::default()
+            })
+            .await,
+            vec![full.audit_id()]
+        );
+        assert_eq!(
+            by(query::Filter {
+                operation: Some("organization_connection.create".into()),
+                ..Default::default()
+            })
+            .await,
+            vec![ok.audit_id()]
+        );
+        let future = chrono::Utc::now().timestamp_micros() + 60_000_000;
+        assert!(
+            by(query::Filter {
+                since_us: Some(future),
+                ..Default::default()
+            })
+            .await
+            .is_empty()
+        );
+        assert_eq!(
+            by(query::Filter {
+                until_us: Some(future),
+                ..Default::default()
+            })
+            .await
+            .len(),
+            2
+        );
+
+        // Formats.
+        let json_out: Value =
+            serde_json::from_str(&query::render(&all, query::Format::Json)).expect("json");
+        assert_eq!(json_out.as_array().map(Vec::len), Some(2));
+        assert_eq!(json_out[1]["decision"], "deny");
+        assert_eq!(json_out[1]["outcome"], "refused");
+        assert_eq!(json_out[1]["status"], 403);
+        let jsonl = query::render(&all, query::Format::Jsonl);
+        assert_eq!(jsonl.lines().count(), 2);
+        assert!(
+            jsonl
+                .lines()
+                .all(|l| serde_json::from_str::<Value>(l).is_ok())
+        );
+        let csv = query::render(&all, query::Format::Csv);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("exchange_id,time,operation"));
+        assert!(lines[2].contains(",deny,no-full-access,"), "{csv}");
+        let table = query::render(&all, query::Format::Table);
+        assert!(table.lines().next().is_some_and(|l| l.starts_with("TIME")));
+        assert!(table.contains("201") && table.contains("403"), "{table}");
+    }
+}
+
+#[tokio::test]
+async fn a_decision_without_outcome_shows_as_unknown() {
+    for backend in BACKENDS {
+        let h = Harness::setup().backend(backend).start().await;
+        // What a crash between the two events leaves behind.
+        let facts = audit::events::Facts {
+            exchange_id: "01a00000-0000-7000-8000-000000000001".into(),
+            time: chrono::Utc::now(),
+            method: "PATCH".into(),
+            path: item(),
+            operation: Some("organization_connection.update".into()),
+            ..Default::default()
+        };
+        h.audit
+            .record(facts.decision_event("allow", None))
+            .await
+            .expect("record");
+        let rows = query::exchanges(
+            &h.store,
+            &query::Filter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("query");
+        assert_eq!(rows[0].outcome, "unknown", "{backend:?}");
+        assert_eq!(rows[0].status, None);
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_that_times_out_leaves_a_failed_outcome() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let h = Harness::setup()
+        .config("[upstream]\ntimeout = \"200ms\"\n")
+        .upstream(&format!("http://{addr}"), tollgate::sandbox::Sandbox::new())
+        .start()
+        .await;
+    let a = h.send(Method::DELETE, &item(), None).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let evs = events(&h, &a.audit_id()).await;
+    assert_eq!(evs.len(), 2);
+    assert_eq!(evs[1]["event"]["data"]["error"]["kind"], "timeout");
+    let rows = query::exchanges(
+        &h.store,
+        &query::Filter {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("query");
+    assert_eq!(rows[0].outcome, "failed");
+}
