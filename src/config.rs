@@ -349,7 +349,22 @@ pub fn parse_upstream_url(url: &str) -> Result<http::Uri, String> {
     if uri.query().is_some() {
         return Err("must not carry a query string".into());
     }
+    // A bearer token must never cross a network in clear text.
+    if uri.scheme_str() == Some("http") && !uri.host().is_some_and(is_loopback) {
+        return Err(
+            "http:// is allowed only for a tenant on this host (localhost, 127.0.0.1, [::1]); use https://"
+                .into(),
+        );
+    }
     Ok(uri)
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Applies `TOLLGATE_<SECTION>_<KEY>` variables to a parsed document. A

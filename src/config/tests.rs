@@ -79,6 +79,8 @@ fn errors_name_the_key() {
     assert!(e.contains("max_body"), "{e}");
     let e = error("[upstream]\nurl = \"ftp://x\"\n", &[]);
     assert!(e.contains("upstream.url"), "{e}");
+    let e = error("[upstream]\nurl = \"http://tenant.example.com\"\n", &[]);
+    assert!(e.contains("upstream.url") && e.contains("https"), "{e}");
     let e = error("[upstream]\ntimeout = \"5 fortnights\"\n", &[]);
     assert!(e.contains("timeout"), "{e}");
     let e = error("[limits]\nmax_body = 0\n", &[]);

@@ -3,10 +3,13 @@
 
 mod harness;
 
+mod admin;
 mod audit;
+mod cli;
 
 mod governed;
 mod passthrough;
 mod policy;
+mod replay;
 mod tricks;
 mod upstream;

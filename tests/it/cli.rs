@@ -1,0 +1,220 @@
+//! The `tollgate` binary, as a user runs it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn tollgate(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(args).current_dir(REPO);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run tollgate")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn curl(addr: &str, body: &str) -> (u16, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = http::Request::patch(format!(
+        "http://{addr}/api/v2/organizations/org_acme/connections/con_saml"
+    ))
+    .header("authorization", "Bearer sandbox")
+    .header("content-type", "application/json")
+    .body(http_body_util::Full::new(bytes::Bytes::from(
+        body.to_owned(),
+    )))
+    .expect("request");
+    let resp = client.request(req).await.expect("answer");
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The README's first command, end to end: serve --sandbox, the two curl
+/// examples, SIGTERM, then the log from the command line.
+#[tokio::test]
+async fn serve_sandbox_judges_records_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let mut child = Command::new(BIN)
+        .args(["serve", "--sandbox"])
+        .current_dir(REPO)
+        .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
+        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
+        .env("TOLLGATE_AUDIT_URL", &db)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.contains("tollgate listening")
+                && let Some(rest) = line.split("addr=").nth(1)
+            {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+        panic!("tollgate exited before listening");
+    })
+    .await
+    .expect("listening in time");
+
+    let (status, body) = curl(&addr, r#"{"organization_access_level":"full"}"#).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["rules"][0]["id"], "no-full-access");
+    let (status, body) = curl(&addr, r#"{"organization_access_level":"limited"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["organization_access_level"], "limited");
+
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("stopped")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+
+    let env = [("TOLLGATE_AUDIT_URL", db.as_str())];
+    let out = tollgate(&["audit", "query", "--format", "json"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(2));
+    assert_eq!(rows[0]["decision"], "allow");
+    assert_eq!(
+        rows[0]["outcome"], "completed",
+        "the last outcome was written before exit"
+    );
+    assert_eq!(rows[1]["decision"], "deny");
+    let out = tollgate(&["audit", "verify"], &env);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains("3/3 events valid"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = tollgate(
+        &["audit", "query", "--decision", "deny", "--format", "csv"],
+        &env,
+    );
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+    let id = rows[1]["exchange_id"].as_str().expect("id");
+    let out = tollgate(&["audit", "show", id], &env);
+    assert!(text(&out.stdout).contains("\"kind\": \"decision\""));
+}
+
+#[test]
+fn policy_commands_report_and_exit_as_documented() {
+    let out = tollgate(&["policy", "check"], &[]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).starts_with("ok: 3 rules in 2 files, version "));
+    let out = tollgate(&["policy", "test"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).trim_end().ends_with("passed, 0 failed"));
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(dir.path().join("tests")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("r.toml"),
+        "[[rule]]\nid = \"r\"\ndeny = 'after.show_as_button == false'\nmessage = \"m\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("tests/t.toml"),
+        "[[case]]\nname = \"hidden is fine\"\noperation = \"organization_connection.update\"\nbody = { show_as_button = false }\nexpect = \"allow\"\n",
+    )
+    .expect("write");
+    let d = dir.path().to_str().expect("utf-8");
+    let out = tollgate(&["policy", "test", d], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("FAIL t.toml: hidden is fine: expected allow, got deny"),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("0 passed, 1 failed"));
+
+    std::fs::write(
+        dir.path().join("r.toml"),
+        "[[rule]]\nid = \"r\"\ndeny = 'after.x === 1'\nmessage = \"m\"\n",
+    )
+    .expect("write");
+    let out = tollgate(&["policy", "check", d], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("r.toml: rule r: deny: line 1, column"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = tollgate(
+        &[
+            "policy",
+            "explain",
+            "--operation",
+            "organization_connection.update",
+            "--body",
+            r#"{"is_signup_enabled":true}"#,
+            "--strategy",
+            "samlp",
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("decision: deny"), "{stdout}");
+    assert!(
+        stdout.contains("signup-on-database-only      enforce  violated"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_the_key() {
+    let out = tollgate(&["serve"], &[("TOLLGATE_LIMITS_MAX_BODY", "lots")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("TOLLGATE_LIMITS_MAX_BODY"),
+        "{}",
+        text(&out.stderr)
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("tollgate.toml");
+    std::fs::write(&file, "[upstream]\nurl = \"http://tenant.example.com\"\n").expect("write");
+    let out = tollgate(
+        &["serve", "--config", file.to_str().expect("utf-8")],
+        &[("TOLLGATE_AUDIT_URL", "sqlite://:memory:")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("upstream.url"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tollgate(&["serve", "--config", "/nonexistent/tollgate.toml"], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("/nonexistent/tollgate.toml"));
+}

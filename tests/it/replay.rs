@@ -1,0 +1,80 @@
+//! `policy replay`: recorded requests re-judged with a candidate set.
+
+use http::{Method, StatusCode};
+use tollgate::audit::replay::replay;
+use tollgate::policy::load_dir;
+use tollgate::sandbox::seed::*;
+
+use crate::harness::{BACKENDS, Harness};
+
+#[tokio::test]
+async fn replay_lists_the_decisions_a_candidate_would_change() {
+    for backend in BACKENDS {
+        // Recorded under a set that only reads `after`.
+        let recorded_rules = "[[rule]]\nid = \"no-hidden\"\ndeny = 'after.show_as_button == false'\nmessage = \"m\"\nmode = \"warn\"\n";
+        let h = Harness::setup()
+            .backend(backend)
+            .policies(&[("r.toml", recorded_rules)])
+            .start()
+            .await;
+        let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
+        let limited = h
+            .send(
+                Method::PATCH,
+                &path,
+                Some(r#"{"organization_access_level":"limited"}"#),
+            )
+            .await;
+        let full = h
+            .send(
+                Method::PATCH,
+                &path,
+                Some(r#"{"organization_access_level":"full"}"#),
+            )
+            .await;
+        assert_eq!(
+            (limited.status, full.status),
+            (StatusCode::OK, StatusCode::OK)
+        );
+        let invalid = h
+            .send(
+                Method::PATCH,
+                &path,
+                Some(r#"{"organization_access_level":"owner"}"#),
+            )
+            .await;
+        assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+        h.audit.flush().await;
+
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            dir.path().join("c.toml"),
+            "[[rule]]\nid = \"no-full-access\"\ndeny = 'after.organization_access_level == \"full\"'\nmessage = \"m\"\n",
+        )
+        .expect("write");
+        let candidate = load_dir(dir.path()).expect("candidate");
+        let result = replay(&h.store, &candidate, 0).await.expect("replay");
+        assert_eq!(
+            result.judged, 2,
+            "{backend:?}: invalid requests are not re-judged"
+        );
+        assert_eq!(result.changed.len(), 1);
+        let c = &result.changed[0];
+        assert_eq!(c.exchange_id, full.audit_id());
+        assert_eq!(c.recorded, "allow");
+        assert_eq!(c.candidate.as_deref(), Some("deny"));
+        assert_eq!(c.rules, vec!["no-full-access".to_owned()]);
+
+        // A candidate reading context that was never fetched cannot be judged
+        // from the record: it says so instead of guessing.
+        std::fs::write(
+            dir.path().join("c.toml"),
+            "[[rule]]\nid = \"saml-only\"\ndeny = 'connection.strategy != \"samlp\"'\nmessage = \"m\"\n",
+        )
+        .expect("write");
+        let candidate = load_dir(dir.path()).expect("candidate");
+        let result = replay(&h.store, &candidate, 0).await.expect("replay");
+        assert_eq!(result.changed.len(), 2);
+        assert!(result.changed.iter().all(|c| c.candidate.is_none()));
+    }
+}
