@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use eval::{Decision, Input, Outcome, RuleResult, Verdict, evaluate};
-pub use load::{LoadError, load_dir};
+pub use load::{LoadError, load_dir, load_sources};
 
 use crate::route::Operation;
 
@@ -84,6 +84,9 @@ pub struct Rule {
     /// The file it was read from (its name within the policy directory).
     pub file: String,
     pub needs: Needs,
+    /// The variables its expressions read (of [`VARIABLES`]): only those are
+    /// converted for CEL when it is evaluated.
+    pub variables: Vec<&'static str>,
     /// Association fields the `deny` expression reads (`after.x`, `body.x`),
     /// in order: where a violation points.
     pub fields: Vec<String>,
@@ -132,6 +135,19 @@ impl PolicySet {
             .fold(Needs::default(), |n, r| n.union(r.needs))
     }
 }
+
+/// The variables rules can read (DESIGN §4).
+pub const VARIABLES: [&str; 9] = [
+    "operation",
+    "org",
+    "connection",
+    "body",
+    "before",
+    "after",
+    "caller",
+    "request",
+    "now",
+];
 
 /// The operations a rule without `operations` applies to: every create and
 /// update. Deletes must be named explicitly.

@@ -158,30 +158,45 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
+        let chunks = chunks(rows, self.max_statement_bytes());
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
-            qb.push_values(rows, |mut b, r| {
-                b.push_bind(r.chain_id.clone())
-                    .push_bind(r.seq)
-                    .push_bind(r.event_id.clone())
-                    .push_bind(r.exchange_id.clone())
-                    .push_bind(r.kind.clone())
-                    .push_bind(r.time_us)
-                    .push_bind(r.index.operation.clone())
-                    .push_bind(r.index.org_id.clone())
-                    .push_bind(r.index.connection_id.clone())
-                    .push_bind(r.index.caller.clone())
-                    .push_bind(r.index.decision.clone())
-                    .push_bind(rules_column(&r.index.rules))
-                    .push_bind(r.prev_hash.clone())
-                    .push_bind(r.hash.clone())
-                    .push_bind(r.body.clone());
-            });
-            qb.build().execute(&mut *tx).await?;
+            for chunk in chunks {
+                let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.chain_id.clone())
+                        .push_bind(r.seq)
+                        .push_bind(r.event_id.clone())
+                        .push_bind(r.exchange_id.clone())
+                        .push_bind(r.kind.clone())
+                        .push_bind(r.time_us)
+                        .push_bind(r.index.operation.clone())
+                        .push_bind(r.index.org_id.clone())
+                        .push_bind(r.index.connection_id.clone())
+                        .push_bind(r.index.caller.clone())
+                        .push_bind(r.index.decision.clone())
+                        .push_bind(rules_column(&r.index.rules))
+                        .push_bind(r.prev_hash.clone())
+                        .push_bind(r.hash.clone())
+                        .push_bind(r.body.clone());
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// The most row bytes one INSERT statement carries. Postgres over TCP:
+    /// sqlx does not set TCP_NODELAY, and a message larger than the socket's
+    /// send buffer goes out in two writes, the second held back by Nagle's
+    /// algorithm until the server's delayed ACK (40 ms). Statements that fit
+    /// in one write avoid the stall; the transaction still commits once.
+    fn max_statement_bytes(&self) -> usize {
+        match self {
+            Store::Sqlite(_) => usize::MAX,
+            Store::Postgres(_) => 12 * 1024,
+        }
     }
 
     /// Up to `limit` rows after `after` (chain, seq), in chain order: the
@@ -268,6 +283,22 @@ impl Store {
             Ok(out)
         })
     }
+}
+
+/// Splits rows into runs of at most `max_bytes` (at least one row each).
+fn chunks(rows: &[Row], max_bytes: usize) -> Vec<&[Row]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in rows.iter().enumerate() {
+        let size = r.body.len() + 256;
+        if i > start && bytes + size > max_bytes {
+            out.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    out.push(&rows[start..]);
+    out
 }
 
 fn decode<R>(r: &R) -> Result<Row, sqlx::Error>

@@ -114,7 +114,13 @@ pub fn evaluate(set: &PolicySet, inputs: &[Input]) -> Decision {
         if applicable.is_empty() {
             continue;
         }
-        let ctx = context(set, input);
+        let mut wanted: Vec<&str> = applicable
+            .iter()
+            .flat_map(|r| r.variables.iter().copied())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let ctx = context(set, input, &wanted);
         for rule in applicable {
             results.push(judge(rule, &ctx, input));
         }
@@ -136,7 +142,10 @@ pub fn evaluate(set: &PolicySet, inputs: &[Input]) -> Decision {
     }
 }
 
-fn context<'a>(set: &PolicySet, input: &'a Input) -> cel::Context<'a, 'a> {
+/// The CEL context for one change: only the variables some applicable rule
+/// reads are converted (converting JSON to CEL values is most of the cost of
+/// an evaluation).
+fn context<'a>(set: &PolicySet, input: &'a Input, wanted: &[&str]) -> cel::Context<'a, 'a> {
     let mut ctx = cel::Context::with_env(set.env.clone());
     let vars = [
         ("org", &input.org),
@@ -148,12 +157,18 @@ fn context<'a>(set: &PolicySet, input: &'a Input) -> cel::Context<'a, 'a> {
         ("request", &input.request),
     ];
     for (name, value) in vars {
-        // A serde_json value always converts: it has no type CEL lacks.
-        let v = cel::to_value(value).unwrap_or(cel::Value::Null);
-        ctx.add_variable_from_value(name, v);
+        if wanted.contains(&name) {
+            // A serde_json value always converts: it has no type CEL lacks.
+            let v = cel::to_value(value).unwrap_or(cel::Value::Null);
+            ctx.add_variable_from_value(name, v);
+        }
     }
-    ctx.add_variable_from_value("operation", cel::Value::from(input.operation.id()));
-    ctx.add_variable_from_value("now", cel::Value::Timestamp(input.now.fixed_offset()));
+    if wanted.contains(&"operation") {
+        ctx.add_variable_from_value("operation", cel::Value::from(input.operation.id()));
+    }
+    if wanted.contains(&"now") {
+        ctx.add_variable_from_value("now", cel::Value::Timestamp(input.now.fixed_offset()));
+    }
     ctx
 }
 

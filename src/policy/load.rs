@@ -167,10 +167,18 @@ fn compile_rule(env: &cel::Env, file: &str, def: &RuleDef) -> Result<Rule, Strin
         .as_deref()
         .map(|w| compile(env, "when", w))
         .transpose()?;
-    let needs = [Some(&deny), when.as_ref()]
-        .into_iter()
-        .flatten()
+    let programs: Vec<&Compiled> = [Some(&deny), when.as_ref()].into_iter().flatten().collect();
+    let needs = programs
+        .iter()
         .fold(Needs::default(), |n, c| n.union(needs_of(&c.program)));
+    let variables = super::VARIABLES
+        .into_iter()
+        .filter(|v| {
+            programs
+                .iter()
+                .any(|c| c.program.references().has_variable(v))
+        })
+        .collect();
     Ok(Rule {
         id: def.id.clone(),
         description: def.description.clone(),
@@ -182,15 +190,33 @@ fn compile_rule(env: &cel::Env, file: &str, def: &RuleDef) -> Result<Rule, Strin
         mode: def.mode,
         file: file.to_owned(),
         needs,
+        variables,
     })
 }
 
 fn compile(env: &cel::Env, key: &str, source: &str) -> Result<Compiled, String> {
     match env.compile(source) {
-        Ok(program) => Ok(Compiled {
-            source: source.to_owned(),
-            program,
-        }),
+        Ok(program) => {
+            // A misspelt variable would fail every evaluation (and so deny
+            // every request): refuse it at load instead.
+            let refs = program.references();
+            let mut bound = Vec::new();
+            comprehension_vars(program.expression(), &mut bound);
+            if let Some(unknown) = refs
+                .variables()
+                .into_iter()
+                .find(|v| !super::VARIABLES.contains(v) && !bound.contains(v))
+            {
+                return Err(format!(
+                    "{key}: unknown variable {unknown} (known: {})",
+                    super::VARIABLES.join(", ")
+                ));
+            }
+            Ok(Compiled {
+                source: source.to_owned(),
+                program,
+            })
+        }
         Err(errors) => {
             let first = errors.errors.first();
             let message = match first {
@@ -199,6 +225,56 @@ fn compile(env: &cel::Env, key: &str, source: &str) -> Result<Compiled, String> 
             };
             Err(message)
         }
+    }
+}
+
+/// Names bound by macros (`exists(s, …)`, `all`, `map`, …): not variables
+/// a rule reads from the request.
+fn comprehension_vars<'a>(e: &'a cel::IdedExpr, out: &mut Vec<&'a str>) {
+    use cel::common::ast::{EntryExpr, Expr};
+    match &e.expr {
+        Expr::Comprehension(c) => {
+            out.push(&c.iter_var);
+            if let Some(v) = &c.iter_var2 {
+                out.push(v);
+            }
+            out.push(&c.accu_var);
+            for sub in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                comprehension_vars(sub, out);
+            }
+        }
+        Expr::Call(call) => {
+            if let Some(t) = &call.target {
+                comprehension_vars(t, out);
+            }
+            for a in &call.args {
+                comprehension_vars(a, out);
+            }
+        }
+        Expr::List(l) => l.elements.iter().for_each(|x| comprehension_vars(x, out)),
+        Expr::Select(s) => comprehension_vars(&s.operand, out),
+        Expr::Map(m) => {
+            for entry in &m.entries {
+                if let EntryExpr::MapEntry(me) = &entry.expr {
+                    comprehension_vars(&me.key, out);
+                    comprehension_vars(&me.value, out);
+                }
+            }
+        }
+        Expr::Struct(st) => {
+            for entry in &st.entries {
+                if let EntryExpr::StructField(f) = &entry.expr {
+                    comprehension_vars(&f.value, out);
+                }
+            }
+        }
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
     }
 }
 

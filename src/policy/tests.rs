@@ -317,3 +317,27 @@ fn the_version_is_the_hash_of_the_files() {
     assert_ne!(a.version, c.version);
     assert_eq!(a.version.len(), 64);
 }
+
+#[test]
+fn macros_and_comprehension_variables_work() {
+    let mut g = given(UPDATE, json!({}));
+    g.caller = obj(json!({"scopes": ["read:x", "admin"]}));
+    assert_eq!(
+        outcome(&rule(r#"caller.scopes.exists(s, s == "admin")"#), &g),
+        Outcome::Deny
+    );
+    assert_eq!(
+        outcome(&rule(r#"caller.scopes.all(s, s.startsWith("read:"))"#), &g),
+        Outcome::Allow
+    );
+    assert_eq!(
+        outcome(&rule(r#"has(body.show_as_button)"#), &g),
+        Outcome::Allow
+    );
+}
+
+#[test]
+fn unknown_variables_are_load_errors() {
+    let e = errors(&rule("aftr.organization_access_level == \"full\""));
+    assert!(e[0].contains("unknown variable aftr"), "{e:?}");
+}
