@@ -251,8 +251,14 @@ async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow::Result<Exi
 
 fn render_verify(r: &verify::Report) -> String {
     let mut out = format!(
-        "Results found for {} events in {} chains:\n{}/{} events valid\n{}/{} chains valid\n",
-        r.events, r.chains, r.valid_events, r.events, r.valid_chains, r.chains
+        "Results found for {} events in {} {}:\n{}/{} events valid\n{}/{} chains valid\n",
+        r.events,
+        r.chains,
+        if r.chains == 1 { "chain" } else { "chains" },
+        r.valid_events,
+        r.events,
+        r.valid_chains,
+        r.chains
     );
     for b in &r.breaks {
         out.push_str(&format!(

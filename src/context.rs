@@ -287,10 +287,12 @@ impl ContextClient {
             caller: facts.caller.clone(),
             request: facts.request.clone(),
             now: facts.now,
+            // What the record can vouch for: fetched, or known without asking
+            // (a new organization; no connection named; no `before` for a create).
             fetched: Needs {
-                org: needs.org || needs.before,
-                connection: needs.connection,
-                before: needs.before && !op.is_create(),
+                org: needs.org || needs.before || matches!(change.org, OrgRef::New(_)),
+                connection: needs.connection || cid.is_none(),
+                before: needs.before || op.is_create(),
             },
         })
     }

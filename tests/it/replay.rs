@@ -36,6 +36,14 @@ async fn replay_lists_the_decisions_a_candidate_would_change() {
             (limited.status, full.status),
             (StatusCode::OK, StatusCode::OK)
         );
+        let create = h
+            .send(
+                Method::POST,
+                &format!("/api/v2/organizations/{ORG_GLOBEX}/connections"),
+                Some(&format!(r#"{{"connection_id":"{CON_OIDC}"}}"#)),
+            )
+            .await;
+        assert_eq!(create.status, StatusCode::CREATED);
         let invalid = h
             .send(
                 Method::PATCH,
@@ -55,10 +63,11 @@ async fn replay_lists_the_decisions_a_candidate_would_change() {
         let candidate = load_dir(dir.path()).expect("candidate");
         let result = replay(&h.store, &candidate, 0).await.expect("replay");
         assert_eq!(
-            result.judged, 2,
+            result.judged, 3,
             "{backend:?}: invalid requests are not re-judged"
         );
-        assert_eq!(result.changed.len(), 1);
+        // The create is judged from its record too: a create has no `before`.
+        assert_eq!(result.changed.len(), 1, "{backend:?}: {:?}", result.changed);
         let c = &result.changed[0];
         assert_eq!(c.exchange_id, full.audit_id());
         assert_eq!(c.recorded, "allow");
@@ -74,7 +83,7 @@ async fn replay_lists_the_decisions_a_candidate_would_change() {
         .expect("write");
         let candidate = load_dir(dir.path()).expect("candidate");
         let result = replay(&h.store, &candidate, 0).await.expect("replay");
-        assert_eq!(result.changed.len(), 2);
+        assert_eq!(result.changed.len(), 3, "{backend:?}: {:?}", result.changed);
         assert!(result.changed.iter().all(|c| c.candidate.is_none()));
     }
 }
