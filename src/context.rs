@@ -228,7 +228,17 @@ impl ContextClient {
     ) -> Result<Vec<Input>, ContextError> {
         let auth = headers.get(header::AUTHORIZATION);
         try_join_all(validated.changes.iter().map(|change| {
-            let needs = policy.needs(route.operation, change.operation);
+            let mut needs = policy.needs(route.operation, change.operation);
+            // A delete's record keeps what it removed, whatever the rules
+            // read: compliance asks "what was removed", and replay can judge
+            // delete rules written later.
+            if change.operation.is_delete() {
+                needs = Needs {
+                    org: true,
+                    connection: true,
+                    before: true,
+                };
+            }
             self.input(route.operation, change, needs, auth, facts)
         }))
         .await

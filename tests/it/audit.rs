@@ -557,7 +557,9 @@ async fn a_tenant_that_times_out_leaves_a_failed_outcome() {
         .upstream(&format!("http://{addr}"), tollgate::sandbox::Sandbox::new())
         .start()
         .await;
-    let a = h.send(Method::DELETE, &item(), None).await;
+    let a = h
+        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+        .await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     tokio::time::sleep(Duration::from_millis(10)).await;
     let evs = events(&h, &a.audit_id()).await;

@@ -94,7 +94,13 @@ async fn each_operation_is_forwarded_as_judged() {
             case.method, case.path, answer
         );
 
-        let received = h.received();
+        // Context lookups (GETs, which deletes always make) aside, exactly
+        // one request per call reached the tenant.
+        let received: Vec<_> = h
+            .received()
+            .into_iter()
+            .filter(|r| r.method != Method::GET)
+            .collect();
         assert_eq!(
             received.len(),
             i + 1,
