@@ -61,6 +61,18 @@ pub enum Command {
     Audit(AuditCommand),
     /// Apply the audit store's migrations (serve does it too).
     Migrate,
+    /// Manage broker-mode API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key: prints it once, and the lines for tollgate.toml.
+    New {
+        /// The caller's name, as rules and the audit log will see it.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +184,12 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve { sandbox } => serve(config, sandbox).await.map(|()| ExitCode::SUCCESS),
         Command::Policy(cmd) => policy_command(cmd, &config).await,
         Command::Audit(cmd) => audit_command(cmd, &config).await,
+        Command::Keys(KeysCommand::New { name }) => {
+            let (key, hash) = crate::identity::new_key();
+            println!("API key for {name} (shown once; give it to the caller, keep no copy):\n\n  {key}\n");
+            println!("Add to tollgate.toml:\n\n[[identity.keys]]\nname = {name:?}\nhash = \"{hash}\"\n# operations = [\"organization_connection.update\"]   # optional: only these");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate => {
             let store = Store::open(&config.audit.url).await?;
             println!(

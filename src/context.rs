@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use crate::policy::{Input, Needs, PolicySet, state};
@@ -223,10 +223,9 @@ impl ContextClient {
         policy: &PolicySet,
         route: &Governed,
         validated: &Validated,
-        headers: &HeaderMap,
+        auth: Option<&HeaderValue>,
         facts: &RequestFacts,
     ) -> Result<Vec<Input>, ContextError> {
-        let auth = headers.get(header::AUTHORIZATION);
         try_join_all(validated.changes.iter().map(|change| {
             let mut needs = policy.needs(route.operation, change.operation);
             // A delete's record keeps what it removed, whatever the rules

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::audit::AuditError;
 use crate::body::BodyError;
 use crate::context::ContextError;
+use crate::identity::IdentityError;
 use crate::policy::{Decision, Mode, RuleResult};
 use crate::route::RouteError;
 use crate::schema::{JsonError, SchemaError};
@@ -42,6 +43,8 @@ pub enum Refusal {
     Context(#[from] ContextError),
     #[error("the audit log cannot record the attempt; nothing was forwarded")]
     AuditUnavailable(AuditError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 /// "denied by rule a: message" / "denied by rules a, b: message; message".
@@ -117,6 +120,24 @@ impl Refusal {
                 message: String::new(),
                 extra: Map::new(),
             },
+            Refusal::Identity(
+                IdentityError::MissingToken | IdentityError::InvalidToken(_) | IdentityError::UnknownKey,
+            ) => plain(StatusCode::UNAUTHORIZED, "invalid_token"),
+            Refusal::Identity(IdentityError::KeyForbidden { .. }) => {
+                plain(StatusCode::FORBIDDEN, "insufficient_scope")
+            }
+            Refusal::Identity(IdentityError::JwksUnavailable(_)) => Answer {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "tollgate_context_unavailable",
+                message: "the tenant's signing keys could not be fetched".into(),
+                extra: Map::new(),
+            },
+            Refusal::Identity(IdentityError::TokenUnavailable(_)) => Answer {
+                status: StatusCode::BAD_GATEWAY,
+                code: "tollgate_upstream_error",
+                message: "a Management API token could not be obtained from the tenant".into(),
+                extra: Map::new(),
+            },
             Refusal::AuditUnavailable(_) => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "tollgate_audit_unavailable",
@@ -160,6 +181,10 @@ impl Refusal {
         if let Refusal::Route(RouteError::MethodNotAllowed { allow, .. }) = self {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if a.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -1,14 +1,119 @@
-//! Who is calling: the claims of the caller's bearer token (passthrough
-//! mode), as `caller` for rules and the audit log.
+//! Who is calling, and which credential reaches the tenant (DESIGN §7).
 //!
-//! In passthrough mode the tenant verifies the token; tollgate reads its
-//! claims to name the caller and marks them `verified = false`. The token
-//! itself is never stored or logged: only its SHA-256 fingerprint.
+//! Passthrough (default): the caller's bearer token is forwarded; its claims
+//! name the caller. With `identity.verify`, the token is verified (RS256)
+//! against the tenant's JWKS before anything else, and `caller.verified` is
+//! true. Broker: callers present tollgate API keys; tollgate obtains its own
+//! Management API token and injects it, so automation never holds the
+//! tenant credential. Tokens and keys are never stored or logged: only
+//! SHA-256 fingerprints.
+
+mod broker;
+mod verify;
 
 use base64::Engine;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+pub use broker::{Broker, new_key};
+pub use verify::Verifier;
+
+use crate::config::{self, IdentityMode};
+use crate::route::Operation;
+use crate::upstream::{SetupError, Upstream};
+
+/// The caller could not be identified, or may not do this.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("a bearer token is required")]
+    MissingToken,
+    #[error("the bearer token is not valid: {0}")]
+    InvalidToken(String),
+    #[error("the tollgate API key is not valid")]
+    UnknownKey,
+    #[error("API key {key} may not call {operation}")]
+    KeyForbidden { key: String, operation: String },
+    #[error("the tenant's signing keys could not be fetched: {0}")]
+    JwksUnavailable(String),
+    #[error("a Management API token could not be obtained: {0}")]
+    TokenUnavailable(String),
+}
+
+/// Identification, as configured.
+pub enum Identity {
+    Passthrough { verifier: Option<Verifier> },
+    Broker(Broker),
+}
+
+impl Identity {
+    /// Sets up identification for the tenant at `upstream_url`.
+    pub fn new(cfg: &config::Identity, upstream: &Upstream, upstream_url: &str) -> Result<Identity, SetupError> {
+        let base = upstream_url.trim_end_matches('/');
+        let audience = cfg.audience.clone().unwrap_or_else(|| format!("{base}/api/v2/"));
+        match cfg.mode {
+            IdentityMode::Passthrough if cfg.verify => {
+                let issuer = cfg.issuer.clone().unwrap_or_else(|| format!("{base}/"));
+                let jwks = cfg
+                    .jwks_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')));
+                let verifier = Verifier::new(upstream.clone(), &jwks, issuer, audience, cfg.jwks_min_refresh.0)?;
+                Ok(Identity::Passthrough {
+                    verifier: Some(verifier),
+                })
+            }
+            IdentityMode::Passthrough => Ok(Identity::Passthrough { verifier: None }),
+            IdentityMode::Broker => Ok(Identity::Broker(Broker::new(cfg, upstream.clone(), audience))),
+        }
+    }
+
+    /// Identifies the caller of a request for `operation` (`None`: an
+    /// ungoverned request). Runs before anything else is read.
+    pub async fn identify(&self, headers: &HeaderMap, operation: Option<Operation>) -> Result<Caller, IdentityError> {
+        match self {
+            Identity::Passthrough { verifier: None } => Ok(passthrough(headers)),
+            Identity::Passthrough { verifier: Some(v) } => {
+                let token = bearer(headers).ok_or(IdentityError::MissingToken)?;
+                let claims = v.verify(token).await?;
+                let mut caller = Caller {
+                    verified: true,
+                    token_fingerprint: Some(fingerprint(token)),
+                    ..Caller::default()
+                };
+                apply_claims(&mut caller, &claims);
+                Ok(caller)
+            }
+            Identity::Broker(b) => b.authenticate(headers, operation),
+        }
+    }
+
+    /// The `Authorization` the tenant receives: the caller's own, or in
+    /// broker mode tollgate's token (the caller's key never leaves).
+    pub async fn tenant_authorization(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, IdentityError> {
+        match self {
+            Identity::Passthrough { .. } => Ok(headers.get(header::AUTHORIZATION).cloned()),
+            Identity::Broker(b) => {
+                let token = b.token().await?;
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map(Some)
+                    .map_err(|_| IdentityError::TokenUnavailable("the token is not a valid header".into()))
+            }
+        }
+    }
+}
+
+/// SHA-256 of a secret, hex.
+pub fn fingerprint(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Parses `sha256:<hex>` (or bare hex) into the digest.
+pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
+    let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
+    let bytes = hex::decode(hex_part).ok()?;
+    bytes.try_into().ok()
+}
 
 /// The caller, as far as the request tells.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -58,7 +163,7 @@ pub fn passthrough(headers: &HeaderMap) -> Caller {
         return Caller::default();
     };
     let mut caller = Caller {
-        token_fingerprint: Some(hex::encode(Sha256::digest(token.as_bytes()))),
+        token_fingerprint: Some(fingerprint(token)),
         ..Caller::default()
     };
     if let Some(claims) = claims(token) {

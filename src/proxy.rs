@@ -26,7 +26,7 @@ use crate::body::{self, BodyError};
 use crate::config::{AuditFailure, Config, OtherRoutes};
 use crate::context::{ContextClient, ContextError, RequestFacts};
 use crate::error::Refusal;
-use crate::identity;
+use crate::identity::{Identity, IdentityError};
 use crate::policy::reload::Policies;
 use crate::policy::{self, Decision, Input, Mode, Outcome};
 use crate::route::{self, Governed, Route};
@@ -56,6 +56,7 @@ pub struct Gateway {
     policies: Arc<Policies>,
     context: ContextClient,
     audit: Arc<AuditLog>,
+    identity: Identity,
 }
 
 impl Gateway {
@@ -77,12 +78,14 @@ impl Gateway {
             config.upstream.ca_file.as_deref(),
         )?;
         let context = ContextClient::new(upstream.clone(), config.context.cache_ttl.0);
+        let identity = Identity::new(&config.identity, &upstream, &url)?;
         Ok(Gateway {
             config: Arc::new(config),
             upstream,
             policies,
             context,
             audit,
+            identity,
         })
     }
 
@@ -136,8 +139,11 @@ impl Gateway {
         facts.org_id = route.id.clone();
         facts.connection_id = route.connection_id.clone();
         let (parts, body) = req.into_parts();
-        // Identify the caller first, so even a refused request names who sent it.
-        let caller = identity::passthrough(&parts.headers);
+        // Identify the caller before anything else: an unverified token or an
+        // unknown key gets nothing but a 401. (A refused request still
+        // records whatever the token names.)
+        facts.caller = crate::identity::passthrough(&parts.headers);
+        let caller = self.identity.identify(&parts.headers, Some(route.operation)).await?;
         facts.caller = caller.clone();
         // Read the body: media type, encoding and size before any parsing.
         let body = self.read_body(&parts.headers, body, &route, facts).await?;
@@ -153,9 +159,11 @@ impl Gateway {
             request: request_value(&parts, &route),
             now: facts.time,
         };
+        // The credential the tenant sees: the caller's, or the broker's.
+        let auth = self.identity.tenant_authorization(&parts.headers).await?;
         let inputs = self
             .context
-            .inputs(&policy, &route, &validated, &parts.headers, &request)
+            .inputs(&policy, &route, &validated, auth.as_ref(), &request)
             .await?;
         facts.changes = inputs.clone();
         // Judge every change by every applicable rule.
@@ -173,6 +181,7 @@ impl Gateway {
         let forwarded = forward_request(
             &self.upstream,
             &parts.headers,
+            auth,
             &route,
             &validated,
             &facts.exchange_id,
@@ -250,7 +259,8 @@ impl Gateway {
         facts: &mut Facts,
     ) -> Result<Response<BoxBody>, Refusal> {
         facts.operation = Some("other".into());
-        facts.caller = identity::passthrough(req.headers());
+        facts.caller = crate::identity::passthrough(req.headers());
+        facts.caller = self.identity.identify(req.headers(), None).await?;
         let mode = self.config.other_routes(req.method());
         if mode == OtherRoutes::Deny {
             return Err(Refusal::OtherRouteDenied);
@@ -263,6 +273,8 @@ impl Gateway {
         parts.version = http::Version::HTTP_11;
         upstream::strip_hop_by_hop(&mut parts.headers);
         set_correlation_id(&mut parts.headers, &facts.exchange_id);
+        let auth = self.identity.tenant_authorization(&parts.headers).await?;
+        set_authorization(&mut parts.headers, auth);
         let body = body.map_err(Into::into).boxed();
         let started = Instant::now();
         let resp = match self.upstream.send(Request::from_parts(parts, body)).await {
@@ -329,6 +341,10 @@ impl Gateway {
             // Recorded where they happened, or impossible to record.
             Refusal::Upstream(_) | Refusal::AuditUnavailable(_) => return,
             Refusal::PolicyDenied(_) | Refusal::OtherRouteDenied | Refusal::Context(_) => "deny",
+            Refusal::Identity(IdentityError::MissingToken | IdentityError::InvalidToken(_) | IdentityError::UnknownKey) => {
+                "invalid"
+            }
+            Refusal::Identity(_) => "deny",
             _ => "invalid",
         };
         let code = match refusal {
@@ -460,6 +476,14 @@ fn add_warnings(headers: &mut HeaderMap, decision: &Decision) {
     }
 }
 
+/// Puts the tenant's credential in place of the caller's.
+fn set_authorization(headers: &mut HeaderMap, auth: Option<HeaderValue>) {
+    headers.remove(header::AUTHORIZATION);
+    if let Some(a) = auth {
+        headers.insert(header::AUTHORIZATION, a);
+    }
+}
+
 fn set_correlation_id(headers: &mut HeaderMap, id: &str) {
     headers.remove(&CORRELATION_ID);
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -471,12 +495,14 @@ fn set_correlation_id(headers: &mut HeaderMap, id: &str) {
 fn forward_request(
     upstream: &Upstream,
     client_headers: &HeaderMap,
+    auth: Option<HeaderValue>,
     route: &Governed,
     validated: &Validated,
     id: &str,
 ) -> Result<Request<BoxBody>, Refusal> {
     let mut headers = client_headers.clone();
     upstream::strip_hop_by_hop(&mut headers);
+    set_authorization(&mut headers, auth);
     for h in [
         header::CONTENT_LENGTH,
         header::CONTENT_TYPE,

@@ -63,6 +63,11 @@ struct State {
     profiles: Vec<String>,
     received: Vec<Received>,
     next_id: u64,
+    /// What `/.well-known/jwks.json` serves.
+    jwks: Value,
+    /// `expires_in` of the tokens `/oauth/token` issues.
+    token_ttl: u64,
+    tokens_issued: u64,
 }
 
 /// The simulated tenant.
@@ -123,6 +128,8 @@ impl Sandbox {
             ],
             profiles: vec![SELF_SERVICE_PROFILE.into()],
             next_id: 1,
+            jwks: json!({"keys": []}),
+            token_ttl: 86400,
             ..State::default()
         };
         let mut existing = association_defaults();
@@ -145,6 +152,21 @@ impl Sandbox {
         self.lock().received.clone()
     }
 
+    /// Sets the signing keys `/.well-known/jwks.json` serves.
+    pub fn set_jwks(&self, jwks: Value) {
+        self.lock().jwks = jwks;
+    }
+
+    /// Sets the lifetime of the tokens `/oauth/token` issues.
+    pub fn set_token_ttl(&self, seconds: u64) {
+        self.lock().token_ttl = seconds;
+    }
+
+    /// How many tokens `/oauth/token` has issued.
+    pub fn tokens_issued(&self) -> u64 {
+        self.lock().tokens_issued
+    }
+
     /// The association's current fields, if it exists.
     pub fn association(&self, org: &str, connection: &str) -> Option<Map<String, Value>> {
         self.lock()
@@ -160,6 +182,13 @@ impl Sandbox {
         headers: &HeaderMap,
         body: &[u8],
     ) -> (StatusCode, Value) {
+        // The authentication endpoints take no bearer token.
+        if method == Method::GET && path == "/.well-known/jwks.json" {
+            return (StatusCode::OK, self.lock().jwks.clone());
+        }
+        if method == Method::POST && path == "/oauth/token" {
+            return with_body(body, |b| self.lock().issue_token(&b));
+        }
         let authorized = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -254,6 +283,21 @@ impl Sandbox {
 }
 
 impl State {
+    /// The client-credentials grant: any client id with a non-empty secret.
+    fn issue_token(&mut self, body: &Map<String, Value>) -> (StatusCode, Value) {
+        let s = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
+        if s("grant_type") != "client_credentials" || s("client_id").is_empty() || s("client_secret").is_empty() {
+            return error(StatusCode::UNAUTHORIZED, "Unauthorized", Some("access_denied"));
+        }
+        self.tokens_issued += 1;
+        let token = format!("sandbox-mgmt-token-{}", self.tokens_issued);
+        (
+            StatusCode::OK,
+            json!({"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl,
+                   "scope": "read:organizations update:organizations"}),
+        )
+    }
+
     fn org(&self, id: &str) -> Option<&Organization> {
         self.organizations.iter().find(|o| o.id == id)
     }
