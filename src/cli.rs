@@ -186,8 +186,12 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => audit_command(cmd, &config).await,
         Command::Keys(KeysCommand::New { name }) => {
             let (key, hash) = crate::identity::new_key();
-            println!("API key for {name} (shown once; give it to the caller, keep no copy):\n\n  {key}\n");
-            println!("Add to tollgate.toml:\n\n[[identity.keys]]\nname = {name:?}\nhash = \"{hash}\"\n# operations = [\"organization_connection.update\"]   # optional: only these");
+            println!(
+                "API key for {name} (shown once; give it to the caller, keep no copy):\n\n  {key}\n"
+            );
+            println!(
+                "Add to tollgate.toml:\n\n[[identity.keys]]\nname = {name:?}\nhash = \"{hash}\"\n# operations = [\"organization_connection.update\"]   # optional: only these"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

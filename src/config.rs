@@ -395,19 +395,33 @@ impl Config {
 
     fn validate_identity(&self) -> Result<(), ConfigError> {
         let id = &self.identity;
-        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        let invalid =
+            |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
         if id.mode == IdentityMode::Broker {
             if id.client_id.as_deref().is_none_or(str::is_empty) {
                 return invalid("identity.client_id", "is required in broker mode".into());
             }
-            if id.client_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
-                return invalid("identity.client_secret", "is required in broker mode".into());
+            if id
+                .client_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().is_empty())
+            {
+                return invalid(
+                    "identity.client_secret",
+                    "is required in broker mode".into(),
+                );
             }
             if id.keys.is_empty() {
-                return invalid("identity.keys", "broker mode needs at least one key (tollgate keys new NAME)".into());
+                return invalid(
+                    "identity.keys",
+                    "broker mode needs at least one key (tollgate keys new NAME)".into(),
+                );
             }
             if id.verify {
-                return invalid("identity.verify", "applies to passthrough mode; broker callers present API keys".into());
+                return invalid(
+                    "identity.verify",
+                    "applies to passthrough mode; broker callers present API keys".into(),
+                );
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -416,11 +430,17 @@ impl Config {
                 return invalid("identity.keys", format!("duplicate key name {:?}", k.name));
             }
             if crate::identity::parse_key_hash(&k.hash).is_none() {
-                return invalid("identity.keys", format!("key {:?}: hash must be sha256:<64 hex digits>", k.name));
+                return invalid(
+                    "identity.keys",
+                    format!("key {:?}: hash must be sha256:<64 hex digits>", k.name),
+                );
             }
             for op in k.operations.iter().flatten() {
                 if crate::route::Operation::from_id(op).is_none() {
-                    return invalid("identity.keys", format!("key {:?}: unknown operation {op:?}", k.name));
+                    return invalid(
+                        "identity.keys",
+                        format!("key {:?}: unknown operation {op:?}", k.name),
+                    );
                 }
             }
         }

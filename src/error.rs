@@ -121,7 +121,9 @@ impl Refusal {
                 extra: Map::new(),
             },
             Refusal::Identity(
-                IdentityError::MissingToken | IdentityError::InvalidToken(_) | IdentityError::UnknownKey,
+                IdentityError::MissingToken
+                | IdentityError::InvalidToken(_)
+                | IdentityError::UnknownKey,
             ) => plain(StatusCode::UNAUTHORIZED, "invalid_token"),
             Refusal::Identity(IdentityError::KeyForbidden { .. }) => {
                 plain(StatusCode::FORBIDDEN, "insufficient_scope")

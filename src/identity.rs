@@ -48,29 +48,49 @@ pub enum Identity {
 
 impl Identity {
     /// Sets up identification for the tenant at `upstream_url`.
-    pub fn new(cfg: &config::Identity, upstream: &Upstream, upstream_url: &str) -> Result<Identity, SetupError> {
+    pub fn new(
+        cfg: &config::Identity,
+        upstream: &Upstream,
+        upstream_url: &str,
+    ) -> Result<Identity, SetupError> {
         let base = upstream_url.trim_end_matches('/');
-        let audience = cfg.audience.clone().unwrap_or_else(|| format!("{base}/api/v2/"));
+        let audience = cfg
+            .audience
+            .clone()
+            .unwrap_or_else(|| format!("{base}/api/v2/"));
         match cfg.mode {
             IdentityMode::Passthrough if cfg.verify => {
                 let issuer = cfg.issuer.clone().unwrap_or_else(|| format!("{base}/"));
-                let jwks = cfg
-                    .jwks_url
-                    .clone()
-                    .unwrap_or_else(|| format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')));
-                let verifier = Verifier::new(upstream.clone(), &jwks, issuer, audience, cfg.jwks_min_refresh.0)?;
+                let jwks = cfg.jwks_url.clone().unwrap_or_else(|| {
+                    format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/'))
+                });
+                let verifier = Verifier::new(
+                    upstream.clone(),
+                    &jwks,
+                    issuer,
+                    audience,
+                    cfg.jwks_min_refresh.0,
+                )?;
                 Ok(Identity::Passthrough {
                     verifier: Some(verifier),
                 })
             }
             IdentityMode::Passthrough => Ok(Identity::Passthrough { verifier: None }),
-            IdentityMode::Broker => Ok(Identity::Broker(Broker::new(cfg, upstream.clone(), audience))),
+            IdentityMode::Broker => Ok(Identity::Broker(Broker::new(
+                cfg,
+                upstream.clone(),
+                audience,
+            ))),
         }
     }
 
     /// Identifies the caller of a request for `operation` (`None`: an
     /// ungoverned request). Runs before anything else is read.
-    pub async fn identify(&self, headers: &HeaderMap, operation: Option<Operation>) -> Result<Caller, IdentityError> {
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        operation: Option<Operation>,
+    ) -> Result<Caller, IdentityError> {
         match self {
             Identity::Passthrough { verifier: None } => Ok(passthrough(headers)),
             Identity::Passthrough { verifier: Some(v) } => {
@@ -90,14 +110,19 @@ impl Identity {
 
     /// The `Authorization` the tenant receives: the caller's own, or in
     /// broker mode tollgate's token (the caller's key never leaves).
-    pub async fn tenant_authorization(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, IdentityError> {
+    pub async fn tenant_authorization(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<HeaderValue>, IdentityError> {
         match self {
             Identity::Passthrough { .. } => Ok(headers.get(header::AUTHORIZATION).cloned()),
             Identity::Broker(b) => {
                 let token = b.token().await?;
                 HeaderValue::from_str(&format!("Bearer {token}"))
                     .map(Some)
-                    .map_err(|_| IdentityError::TokenUnavailable("the token is not a valid header".into()))
+                    .map_err(|_| {
+                        IdentityError::TokenUnavailable("the token is not a valid header".into())
+                    })
             }
         }
     }

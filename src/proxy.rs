@@ -142,9 +142,9 @@ impl Gateway {
         // Identify the caller before anything else: an unverified token or an
         // unknown key gets nothing but a 401. (A refused request still
         // records whatever the token names.)
-        facts.caller = crate::identity::passthrough(&parts.headers);
-        let caller = self.identity.identify(&parts.headers, Some(route.operation)).await?;
-        facts.caller = caller.clone();
+        let caller = self
+            .identify(&parts.headers, Some(route.operation), facts)
+            .await?;
         // Read the body: media type, encoding and size before any parsing.
         let body = self.read_body(&parts.headers, body, &route, facts).await?;
         // Validate against the schema before any rule runs, so rules only
@@ -259,8 +259,7 @@ impl Gateway {
         facts: &mut Facts,
     ) -> Result<Response<BoxBody>, Refusal> {
         facts.operation = Some("other".into());
-        facts.caller = crate::identity::passthrough(req.headers());
-        facts.caller = self.identity.identify(req.headers(), None).await?;
+        self.identify(req.headers(), None, facts).await?;
         let mode = self.config.other_routes(req.method());
         if mode == OtherRoutes::Deny {
             return Err(Refusal::OtherRouteDenied);
@@ -307,6 +306,30 @@ impl Gateway {
         ))
     }
 
+    /// Identifies the caller into `facts`; a refused caller is still named
+    /// there as far as the request tells (token claims, or the key's name).
+    async fn identify(
+        &self,
+        headers: &HeaderMap,
+        operation: Option<route::Operation>,
+        facts: &mut Facts,
+    ) -> Result<crate::identity::Caller, Refusal> {
+        match self.identity.identify(headers, operation).await {
+            Ok(caller) => {
+                facts.caller = caller.clone();
+                Ok(caller)
+            }
+            Err(e) => {
+                facts.caller = crate::identity::passthrough(headers);
+                if let IdentityError::KeyForbidden { key, .. } = &e {
+                    facts.caller.client_id = None;
+                    facts.caller.key = Some(key.clone());
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     /// Records the decision to forward, durably. Under `audit.on_failure =
     /// "reject"` a failure refuses the request (503) and nothing is sent.
     async fn record_decision(&self, facts: &Facts, decision: &str) -> Result<(), Refusal> {
@@ -341,9 +364,11 @@ impl Gateway {
             // Recorded where they happened, or impossible to record.
             Refusal::Upstream(_) | Refusal::AuditUnavailable(_) => return,
             Refusal::PolicyDenied(_) | Refusal::OtherRouteDenied | Refusal::Context(_) => "deny",
-            Refusal::Identity(IdentityError::MissingToken | IdentityError::InvalidToken(_) | IdentityError::UnknownKey) => {
-                "invalid"
-            }
+            Refusal::Identity(
+                IdentityError::MissingToken
+                | IdentityError::InvalidToken(_)
+                | IdentityError::UnknownKey,
+            ) => "invalid",
             Refusal::Identity(_) => "deny",
             _ => "invalid",
         };

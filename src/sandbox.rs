@@ -286,8 +286,15 @@ impl State {
     /// The client-credentials grant: any client id with a non-empty secret.
     fn issue_token(&mut self, body: &Map<String, Value>) -> (StatusCode, Value) {
         let s = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
-        if s("grant_type") != "client_credentials" || s("client_id").is_empty() || s("client_secret").is_empty() {
-            return error(StatusCode::UNAUTHORIZED, "Unauthorized", Some("access_denied"));
+        if s("grant_type") != "client_credentials"
+            || s("client_id").is_empty()
+            || s("client_secret").is_empty()
+        {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                Some("access_denied"),
+            );
         }
         self.tokens_issued += 1;
         let token = format!("sandbox-mgmt-token-{}", self.tokens_issued);

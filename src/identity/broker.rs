@@ -62,7 +62,11 @@ impl Broker {
     }
 
     /// The caller behind an API key, if the key is known and may call this.
-    pub fn authenticate(&self, headers: &HeaderMap, operation: Option<Operation>) -> Result<Caller, IdentityError> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        operation: Option<Operation>,
+    ) -> Result<Caller, IdentityError> {
         let presented = bearer(headers).ok_or(IdentityError::MissingToken)?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         // Compare digests of equal length; which key matched leaks nothing
@@ -124,12 +128,24 @@ impl Broker {
         });
         let mut req = Request::new(crate::full(Bytes::from(body.to_string())));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.upstream.uri("/oauth/token").map_err(|e| fail(e.to_string()))?;
-        req.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let resp = self.upstream.send_buffered(req).await.map_err(|e| fail(e.to_string()))?;
+        *req.uri_mut() = self
+            .upstream
+            .uri("/oauth/token")
+            .map_err(|e| fail(e.to_string()))?;
+        req.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let resp = self
+            .upstream
+            .send_buffered(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(fail(format!("the token endpoint answered {}", resp.status())));
+            return Err(fail(format!(
+                "the token endpoint answered {}",
+                resp.status()
+            )));
         }
         let v: Value = serde_json::from_slice(resp.body()).map_err(|e| fail(e.to_string()))?;
         let token = v
@@ -146,8 +162,12 @@ pub fn new_key() -> (String, String) {
     let mut raw = [0u8; 32];
     let rng = rustls::crypto::aws_lc_rs::default_provider().secure_random;
     // The system's CSPRNG failing is not something to limp on from.
-    rng.fill(&mut raw).expect("the system random number generator works");
-    let key = format!("tg_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+    rng.fill(&mut raw)
+        .expect("the system random number generator works");
+    let key = format!(
+        "tg_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
     let hash = format!("sha256:{}", fingerprint(&key));
     (key, hash)
 }

@@ -62,16 +62,22 @@ impl Verifier {
         // Only RS256: `none` and HS256 (signed with the public key as a
         // shared secret) are the classic confusions.
         if header.alg != Algorithm::RS256 {
-            return Err(invalid(format!("algorithm {:?} is not accepted; RS256 only", header.alg)));
+            return Err(invalid(format!(
+                "algorithm {:?} is not accepted; RS256 only",
+                header.alg
+            )));
         }
-        let kid = header.kid.ok_or_else(|| invalid("the token names no key (kid)".into()))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| invalid("the token names no key (kid)".into()))?;
         let key = self.key(&kid).await?;
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = 30;
-        let data = jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| invalid(e.to_string()))?;
+        let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(data.claims)
     }
 
@@ -87,7 +93,9 @@ impl Verifier {
                 return Ok(k.clone());
             }
             if keys.fetched.is_some_and(|t| t.elapsed() < self.min_refresh) {
-                return Err(IdentityError::InvalidToken(format!("unknown signing key {kid:?}")));
+                return Err(IdentityError::InvalidToken(format!(
+                    "unknown signing key {kid:?}"
+                )));
             }
         }
         let fresh = self.fetch().await?;
@@ -104,8 +112,10 @@ impl Verifier {
         let mut req = Request::new(crate::full(Bytes::new()));
         *req.method_mut() = Method::GET;
         *req.uri_mut() = self.jwks_uri.clone();
-        req.headers_mut()
-            .insert(header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        req.headers_mut().insert(
+            header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
         let resp = self
             .upstream
             .send_buffered(req)
@@ -114,7 +124,8 @@ impl Verifier {
         if !resp.status().is_success() {
             return Err(unavailable(format!("the JWKS answered {}", resp.status())));
         }
-        let set: JwkSet = serde_json::from_slice(resp.body()).map_err(|e| unavailable(e.to_string()))?;
+        let set: JwkSet =
+            serde_json::from_slice(resp.body()).map_err(|e| unavailable(e.to_string()))?;
         let mut by_kid = HashMap::new();
         for jwk in &set.keys {
             if let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) {

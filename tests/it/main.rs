@@ -8,6 +8,7 @@ mod audit;
 mod cli;
 
 mod governed;
+mod identity;
 mod passthrough;
 mod policy;
 mod replay;
