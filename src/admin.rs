@@ -1,8 +1,9 @@
-//! The admin listener: `/healthz`, `/readyz`, and, behind `admin.token`,
-//! the audit and policy API (DESIGN §5).
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and, behind
+//! `admin.token`, the audit and policy API (DESIGN §5).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -16,14 +17,21 @@ use crate::config::Secret;
 use crate::error::{error_response, json_response};
 use crate::policy::reload::Policies;
 use crate::server::Handler;
+use crate::upstream::Upstream;
 use crate::{BoxBody, full};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// The admin API.
 pub struct Admin {
     store: Store,
     policies: Arc<Policies>,
     token: Option<Secret>,
+    upstream: Option<Upstream>,
+    metrics: Option<PrometheusHandle>,
 }
+
+/// How recently the tenant must have answered for `/readyz` not to ask it.
+const TENANT_RECENTLY: Duration = Duration::from_secs(30);
 
 impl Admin {
     pub fn new(store: Store, policies: Arc<Policies>, token: Option<Secret>) -> Admin {
@@ -31,7 +39,21 @@ impl Admin {
             store,
             policies,
             token,
+            upstream: None,
+            metrics: None,
         }
+    }
+
+    /// Readiness also requires the tenant to be reachable.
+    pub fn with_upstream(mut self, upstream: Upstream) -> Admin {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// `/metrics` renders this recorder.
+    pub fn with_metrics(mut self, metrics: Option<PrometheusHandle>) -> Admin {
+        self.metrics = metrics;
+        self
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
@@ -49,6 +71,19 @@ impl Admin {
         match (method, path.as_str()) {
             (Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             (Method::GET, "/readyz") => self.ready().await,
+            (Method::GET, "/metrics") => {
+                let text = self
+                    .metrics
+                    .as_ref()
+                    .map(PrometheusHandle::render)
+                    .unwrap_or_default();
+                let mut r = Response::new(Bytes::from(text));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
             (_, p) if p.starts_with("/v1/") || p == "/v1" => {
                 if !self.authorized(&req) {
                     let why = if self.token.is_some() {
@@ -76,9 +111,17 @@ impl Admin {
         }
     }
 
+    /// Ready: the audit store answers, a policy set is loaded (always, once
+    /// started: a set that fails to load never replaces it), and the tenant
+    /// answered recently.
     async fn ready(&self) -> Response<Bytes> {
         let store = self.store.ping().await.is_ok();
-        let status = if store {
+        let tenant = match &self.upstream {
+            Some(u) => u.reachable(TENANT_RECENTLY).await,
+            None => true,
+        };
+        let ready = store && tenant;
+        let status = if ready {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -86,8 +129,9 @@ impl Admin {
         json_response(
             status,
             &json!({
-                "status": if store { "ready" } else { "unready" },
+                "status": if ready { "ready" } else { "unready" },
                 "audit_store": if store { "ok" } else { "unreachable" },
+                "tenant": if tenant { "ok" } else { "unreachable" },
                 "policy_version": self.policies.current().version,
             }),
         )

@@ -375,14 +375,16 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
     if config.admin.token.is_none() {
         warn!("admin.token is not set: the /v1 admin API answers 401");
     }
-    let admin = Admin::new(store.clone(), policies.clone(), config.admin.token.clone());
+    let gateway = Gateway::new(config.clone(), policies.clone(), audit.clone())?;
+    let admin = Admin::new(store.clone(), policies, config.admin.token.clone())
+        .with_upstream(gateway.upstream().clone())
+        .with_metrics(crate::telemetry::metrics());
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
         Arc::new(admin),
         64,
         server::shutdown_signal(),
     ));
-    let gateway = Gateway::new(config.clone(), policies, audit.clone())?;
     let listener = TcpListener::bind(config.listen.addr)
         .await
         .map_err(|e| anyhow::anyhow!("listen.addr {}: {e}", config.listen.addr))?;

@@ -64,11 +64,13 @@ impl ContextClient {
 
     fn cached(&self, path: &str) -> Option<Option<Value>> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let (at, v) = cache.get(path)?;
-        let hit = at.elapsed() < self.ttl;
-        metrics::counter!("tollgate_context_cache_total", "result" => if hit { "hit" } else { "miss" })
-            .increment(1);
-        hit.then(|| v.clone())
+        let found = cache
+            .get(path)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone());
+        let result = if found.is_some() { "hit" } else { "miss" };
+        metrics::counter!("tollgate_context_cache_total", "result" => result).increment(1);
+        found
     }
 
     fn store(&self, path: &str, value: Option<Value>) {

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .value_source("config")
         .is_some_and(|s| s != ValueSource::DefaultValue);
     let cli = Cli::from_arg_matches(&matches)?;
-    tollgate::telemetry::init(cli.log_format);
+    let _telemetry = tollgate::telemetry::init(cli.log_format);
     let config = cli::load_config(&cli.config, explicit)?;
     cli::run(cli.command, config).await
 }

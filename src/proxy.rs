@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 use uuid::Uuid;
 
 use crate::audit::AuditLog;
@@ -89,26 +89,75 @@ impl Gateway {
         })
     }
 
+    /// The tenant client (for readiness checks).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     /// Serves one exchange. Never fails: every refusal is an answer.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        let started = Instant::now();
         let mut facts = start_facts(&req);
         let id = facts.exchange_id.clone();
-        let mut resp = match self.exchange(req, &mut facts).await {
-            Ok(resp) => resp,
+        let span = tracing::info_span!(
+            "tollgate.exchange",
+            audit_id = %id,
+            method = %facts.method,
+            operation = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            org = tracing::field::Empty,
+            connection = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        let result = self
+            .exchange(req, &mut facts)
+            .instrument(span.clone())
+            .await;
+        let (mut resp, decision) = match result {
+            Ok(resp) => {
+                let decision = facts
+                    .decision
+                    .as_ref()
+                    .map_or("pass", |d| d.outcome.as_str());
+                (resp, decision)
+            }
             Err(refusal) => {
                 let status = refusal.status();
+                let _in = span.enter();
                 if status.is_server_error() {
                     warn!(audit_id = %id, method = %facts.method, path = %facts.path, %status, error = %refusal, "refused");
                 } else {
                     info!(audit_id = %id, method = %facts.method, path = %facts.path, %status, reason = %refusal, "refused");
                 }
-                self.record_refusal(&facts, &refusal).await;
-                refusal.into_response(&id).map(full)
+                drop(_in);
+                let decision = refusal_decision(&refusal);
+                self.record_refusal(&facts, &refusal, decision)
+                    .instrument(span.clone())
+                    .await;
+                (
+                    refusal.into_response(&id).map(full),
+                    decision.unwrap_or("error"),
+                )
             }
         };
         if let Ok(v) = HeaderValue::from_str(&id) {
             resp.headers_mut().insert(AUDIT_ID.clone(), v);
         }
+        let operation = facts.operation.clone().unwrap_or_else(|| "unknown".into());
+        span.record("operation", operation.as_str());
+        span.record("decision", decision);
+        span.record("status", resp.status().as_u16());
+        if let Some(org) = &facts.org_id {
+            span.record("org", org.as_str());
+        }
+        if let Some(c) = &facts.connection_id {
+            span.record("connection", c.as_str());
+        }
+        let class = format!("{}xx", resp.status().as_u16() / 100);
+        metrics::counter!("tollgate_requests_total", "operation" => operation.clone(), "decision" => decision, "status" => class)
+            .increment(1);
+        metrics::histogram!("tollgate_request_duration_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
         resp
     }
 
@@ -164,10 +213,12 @@ impl Gateway {
         let inputs = self
             .context
             .inputs(&policy, &route, &validated, auth.as_ref(), &request)
+            .instrument(tracing::info_span!("context.fetch"))
             .await?;
         facts.changes = inputs.clone();
         // Judge every change by every applicable rule.
-        let decision = policy::evaluate(&policy, &inputs);
+        let decision = tracing::info_span!("policy.evaluate", rules = policy.rules.len())
+            .in_scope(|| policy::evaluate(&policy, &inputs));
         facts.decision = Some(decision.clone());
         if decision.outcome == Outcome::Deny {
             return Err(Refusal::PolicyDenied(decision));
@@ -187,7 +238,15 @@ impl Gateway {
             &facts.exchange_id,
         )?;
         let started = Instant::now();
-        let resp = match self.upstream.send_buffered(forwarded).await {
+        let call = async {
+            let mut forwarded = forwarded;
+            crate::telemetry::inject_trace_context(forwarded.headers_mut());
+            self.upstream.send_buffered(forwarded).await
+        };
+        let sent = call.instrument(tracing::info_span!("upstream.call")).await;
+        metrics::histogram!("tollgate_upstream_duration_seconds", "operation" => route.operation.id())
+            .record(started.elapsed().as_secs_f64());
+        let resp = match sent {
             Ok(resp) => resp,
             Err(e) => {
                 self.record_failure(facts, &e, started).await;
@@ -275,8 +334,16 @@ impl Gateway {
         let auth = self.identity.tenant_authorization(&parts.headers).await?;
         set_authorization(&mut parts.headers, auth);
         let body = body.map_err(Into::into).boxed();
+        crate::telemetry::inject_trace_context(&mut parts.headers);
         let started = Instant::now();
-        let resp = match self.upstream.send(Request::from_parts(parts, body)).await {
+        let sent = self
+            .upstream
+            .send(Request::from_parts(parts, body))
+            .instrument(tracing::info_span!("upstream.call"))
+            .await;
+        metrics::histogram!("tollgate_upstream_duration_seconds", "operation" => "other")
+            .record(started.elapsed().as_secs_f64());
+        let resp = match sent {
             Ok(resp) => resp,
             Err(e) => {
                 if mode == OtherRoutes::Audit {
@@ -333,11 +400,8 @@ impl Gateway {
     /// Records the decision to forward, durably. Under `audit.on_failure =
     /// "reject"` a failure refuses the request (503) and nothing is sent.
     async fn record_decision(&self, facts: &Facts, decision: &str) -> Result<(), Refusal> {
-        match self
-            .audit
-            .record(facts.decision_event(decision, None))
-            .await
-        {
+        let write = self.audit.record(facts.decision_event(decision, None));
+        match write.instrument(tracing::info_span!("audit.write")).await {
             Ok(()) => Ok(()),
             Err(e) if self.config.audit.on_failure == AuditFailure::Forward => {
                 error!(audit_id = %facts.exchange_id, error = %e, "decision not recorded; forwarding anyway (audit.on_failure = forward)");
@@ -359,19 +423,8 @@ impl Gateway {
 
     /// Records a request tollgate answered itself. Nothing was forwarded, so
     /// the answer does not wait on the store: a failure is logged.
-    async fn record_refusal(&self, facts: &Facts, refusal: &Refusal) {
-        let decision = match refusal {
-            // Recorded where they happened, or impossible to record.
-            Refusal::Upstream(_) | Refusal::AuditUnavailable(_) => return,
-            Refusal::PolicyDenied(_) | Refusal::OtherRouteDenied | Refusal::Context(_) => "deny",
-            Refusal::Identity(
-                IdentityError::MissingToken
-                | IdentityError::InvalidToken(_)
-                | IdentityError::UnknownKey,
-            ) => "invalid",
-            Refusal::Identity(_) => "deny",
-            _ => "invalid",
-        };
+    async fn record_refusal(&self, facts: &Facts, refusal: &Refusal, decision: Option<&str>) {
+        let Some(decision) = decision else { return };
         let code = match refusal {
             Refusal::Context(ContextError::Refused(_)) => "tenant_refused_credentials".to_owned(),
             other => other.error_code().to_owned(),
@@ -402,6 +455,22 @@ impl Gateway {
                 self.context.invalidate(resolved, cid);
             }
         }
+    }
+}
+
+/// The decision a refusal is recorded with; `None`: not recorded here
+/// (upstream failures are recorded as outcomes; an audit failure cannot be).
+fn refusal_decision(refusal: &Refusal) -> Option<&'static str> {
+    match refusal {
+        Refusal::Upstream(_) | Refusal::AuditUnavailable(_) => None,
+        Refusal::PolicyDenied(_) | Refusal::OtherRouteDenied | Refusal::Context(_) => Some("deny"),
+        Refusal::Identity(
+            IdentityError::MissingToken
+            | IdentityError::InvalidToken(_)
+            | IdentityError::UnknownKey,
+        ) => Some("invalid"),
+        Refusal::Identity(_) => Some("deny"),
+        _ => Some("invalid"),
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +58,9 @@ pub enum SetupError {
 /// The tenant, as tollgate calls it.
 #[derive(Clone)]
 pub struct Upstream {
+    /// When the tenant last answered anything (ms since the Unix epoch, 0:
+    /// never): readiness asks whether it was reachable recently.
+    last_answer: Arc<AtomicU64>,
     client: Client<HttpsConnector<HttpConnector>, BoxBody>,
     scheme: Scheme,
     authority: Authority,
@@ -149,6 +153,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Ok(Upstream {
+            last_answer: Arc::new(AtomicU64::new(0)),
             client,
             scheme,
             authority,
@@ -184,8 +189,24 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                self.last_answer.store(now_ms(), Ordering::Relaxed);
+                Ok(resp)
+            }
         }
+    }
+
+    /// Whether the tenant answered within `recently`; if not, asks it now
+    /// (any HTTP answer counts: reachable is not the same as authorised).
+    pub async fn reachable(&self, recently: Duration) -> bool {
+        let last = self.last_answer.load(Ordering::Relaxed);
+        if last > 0 && now_ms().saturating_sub(last) < recently.as_millis() as u64 {
+            return true;
+        }
+        let Ok(uri) = self.uri("/") else { return false };
+        let mut req = Request::new(crate::full(Bytes::new()));
+        *req.uri_mut() = uri;
+        self.send(req).await.is_ok()
     }
 
     /// Sends a request and reads the whole answer, all within the deadline.
@@ -203,6 +224,13 @@ impl Upstream {
         };
         Ok(Response::from_parts(parts, bytes))
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 /// An error and its causes, on one line, for the log.

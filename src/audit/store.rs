@@ -107,9 +107,9 @@ impl Store {
         }
     }
 
-    /// Whether the store answers.
+    /// Whether the store answers and holds the log.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        on_pool!(self, pool => { sqlx::query("SELECT 1").execute(pool).await?; });
+        on_pool!(self, pool => { sqlx::query("SELECT 1 FROM audit_events LIMIT 1").execute(pool).await?; });
         Ok(())
     }
 

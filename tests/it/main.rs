@@ -9,6 +9,7 @@ mod cli;
 
 mod governed;
 mod identity;
+mod observability;
 mod passthrough;
 mod policy;
 mod replay;

@@ -1,0 +1,261 @@
+//! Metrics, readiness and traces.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tollgate::BoxBody;
+use tollgate::admin::Admin;
+use tollgate::sandbox::seed::*;
+use tollgate::server::{self, Handler};
+use tollgate::upstream::Upstream;
+
+use crate::harness::{Answer, Harness, start_sandbox};
+
+async fn get(addr: SocketAddr, path: &str) -> Answer {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .expect("request");
+    let resp = client.request(req).await.expect("answer");
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+async fn serve_admin(admin: Admin) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::serve(
+        listener,
+        Arc::new(admin),
+        8,
+        std::future::pending(),
+    ));
+    addr
+}
+
+#[tokio::test]
+async fn metrics_name_the_documented_series() {
+    let handle = tollgate::telemetry::metrics();
+    assert!(handle.is_some(), "the recorder installs");
+    let rule =
+        "[[rule]]\nid = \"saml-only\"\ndeny = 'connection.strategy == \"oidc\"'\nmessage = \"m\"\n";
+    let h = Harness::with_policies("", &[("r.toml", rule)]).await;
+    let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
+    for _ in 0..2 {
+        let a = h
+            .send(Method::PATCH, &path, Some(r#"{"show_as_button":false}"#))
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let a = h.send(Method::PATCH, &path, Some(r#"{"x":1}"#)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    h.policies.reload().expect("reload");
+    h.audit.flush().await;
+    let admin = Admin::new(h.store.clone(), h.policies.clone(), None).with_metrics(handle);
+    let m = get(serve_admin(admin).await, "/metrics").await;
+    assert_eq!(m.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    for series in [
+        r#"tollgate_requests_total{operation="organization_connection.update",decision="allow",status="2xx"}"#,
+        r#"tollgate_requests_total{operation="organization_connection.update",decision="invalid",status="4xx"}"#,
+        "tollgate_request_duration_seconds_bucket{operation=\"organization_connection.update\",le=\"0.005\"}",
+        "tollgate_upstream_duration_seconds_bucket",
+        "tollgate_audit_write_duration_seconds_bucket",
+        "tollgate_audit_batch_size_bucket",
+        r#"tollgate_policy_reloads_total{result="success"}"#,
+        r#"tollgate_context_cache_total{result="hit"}"#,
+        r#"tollgate_context_cache_total{result="miss"}"#,
+        "# HELP tollgate_requests_total",
+        "# TYPE tollgate_request_duration_seconds histogram",
+    ] {
+        assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_store_and_the_tenant() {
+    let h = Harness::start().await;
+    let (_, tenant) = start_sandbox().await;
+    let upstream =
+        Upstream::new(&format!("http://{tenant}"), Duration::from_secs(2), None).expect("upstream");
+    let addr =
+        serve_admin(Admin::new(h.store.clone(), h.policies.clone(), None).with_upstream(upstream))
+            .await;
+    let r = get(addr, "/readyz").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(get(addr, "/healthz").await.status, StatusCode::OK);
+
+    // The store loses its log.
+    let sql = sqlx::AssertSqlSafe("ALTER TABLE audit_events RENAME TO gone");
+    match &h.store {
+        tollgate::audit::Store::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        tollgate::audit::Store::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+    }
+    .expect("rename");
+    let r = get(addr, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["audit_store"], "unreachable");
+
+    // A tenant nobody answers for.
+    let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let h2 = Harness::start().await;
+    let upstream = Upstream::new(&format!("http://{dead_addr}"), Duration::from_secs(2), None)
+        .expect("upstream");
+    let addr = serve_admin(
+        Admin::new(h2.store.clone(), h2.policies.clone(), None).with_upstream(upstream),
+    )
+    .await;
+    let r = get(addr, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["tenant"], "unreachable");
+}
+
+/// An OTLP/HTTP receiver: keeps every request body.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Bytes>>>);
+
+impl Handler for Collector {
+    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        let path = req.uri().path().to_owned();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        if path == "/v1/traces" {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(body);
+        }
+        Response::new(tollgate::full(Bytes::new()))
+    }
+}
+
+/// The binary exports the exchange span and its stages over OTLP, and the
+/// tenant receives the trace context.
+#[tokio::test]
+async fn traces_reach_an_otlp_collector_and_the_tenant() {
+    let collector = Collector::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    tokio::spawn(server::serve(
+        listener,
+        Arc::new(collector.clone()),
+        8,
+        std::future::pending(),
+    ));
+    let (tenant, tenant_addr) = start_sandbox().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("TOLLGATE_UPSTREAM_URL", format!("http://{tenant_addr}"))
+        .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
+        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
+        .env(
+            "TOLLGATE_AUDIT_URL",
+            format!("sqlite://{}", dir.path().join("a.db").display()),
+        )
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.contains("tollgate listening")
+                && let Some(rest) = line.split("addr=").nth(1)
+            {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+        panic!("exited before listening");
+    })
+    .await
+    .expect("listening");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = Request::patch(format!(
+        "http://{addr}/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"
+    ))
+    .header("authorization", "Bearer t")
+    .header("content-type", "application/json")
+    .body(http_body_util::Full::new(Bytes::from_static(
+        br#"{"show_as_button":false}"#,
+    )))
+    .expect("request");
+    assert_eq!(
+        client.request(req).await.expect("answer").status(),
+        StatusCode::OK
+    );
+
+    let patch = tenant
+        .received()
+        .into_iter()
+        .find(|r| r.method == Method::PATCH)
+        .expect("patch");
+    let traceparent = patch
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        traceparent.starts_with("00-") && traceparent.len() == 55,
+        "{traceparent:?}"
+    );
+
+    let pid = child.id().expect("pid").to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("stopped")
+        .expect("wait");
+    let bodies = collector
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let all: Vec<u8> = bodies.iter().flat_map(|b| b.to_vec()).collect();
+    let has = |s: &str| all.windows(s.len()).any(|w| w == s.as_bytes());
+    for span in [
+        "tollgate.exchange",
+        "context.fetch",
+        "policy.evaluate",
+        "audit.write",
+        "upstream.call",
+        "tollgate",
+    ] {
+        assert!(has(span), "span {span} not exported");
+    }
+    // The trace the tenant saw is the exported one.
+    let trace_id = hex::decode(&traceparent[3..35]).expect("hex");
+    assert!(
+        all.windows(16).any(|w| w == trace_id.as_slice()),
+        "trace id not exported"
+    );
+    assert!(!has("hyper"), "HTTP-stack spans are not exported");
+}
