@@ -368,10 +368,23 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
         chain = audit.chain_id(),
         "audit log open"
     );
+    let listen_tls = tls_for(
+        "listen",
+        &config.listen.tls_cert,
+        &config.listen.tls_key,
+        &config.listen.client_ca,
+    )?;
+    let admin_tls = tls_for(
+        "admin",
+        &config.admin.tls_cert,
+        &config.admin.tls_key,
+        &None,
+    )?;
+    reload_tls_on_sighup([listen_tls.clone(), admin_tls.clone()]);
     let admin_listener = TcpListener::bind(config.admin.addr)
         .await
         .map_err(|e| anyhow::anyhow!("admin.addr {}: {e}", config.admin.addr))?;
-    info!(addr = %admin_listener.local_addr()?, "admin listening");
+    info!(addr = %admin_listener.local_addr()?, tls = admin_tls.is_some(), "admin listening");
     if config.admin.token.is_none() {
         warn!("admin.token is not set: the /v1 admin API answers 401");
     }
@@ -379,27 +392,75 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
     let admin = Admin::new(store.clone(), policies, config.admin.token.clone())
         .with_upstream(gateway.upstream().clone())
         .with_metrics(crate::telemetry::metrics());
-    let admin_task = tokio::spawn(server::serve(
+    let admin_task = tokio::spawn(server::serve_tls(
         admin_listener,
         Arc::new(admin),
         64,
         server::shutdown_signal(),
+        admin_tls,
     ));
     let listener = TcpListener::bind(config.listen.addr)
         .await
         .map_err(|e| anyhow::anyhow!("listen.addr {}: {e}", config.listen.addr))?;
     info!(
         addr = %listener.local_addr()?,
+        tls = listen_tls.is_some(),
+        client_certificates = config.listen.client_ca.is_some(),
         upstream = config.upstream.url.as_deref().unwrap_or_default(),
         "tollgate listening"
     );
     let max = usize::try_from(config.limits.max_connections).unwrap_or(usize::MAX);
-    server::serve(listener, Arc::new(gateway), max, server::shutdown_signal()).await;
+    server::serve_tls(
+        listener,
+        Arc::new(gateway),
+        max,
+        server::shutdown_signal(),
+        listen_tls,
+    )
+    .await;
     // Outcomes of the last exchanges are still queued: write them.
     audit.flush().await;
     let _ = admin_task.await;
     info!("stopped");
     Ok(())
+}
+
+fn tls_for(
+    section: &'static str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    client_ca: &Option<PathBuf>,
+) -> anyhow::Result<Option<Arc<crate::tls::ServerTls>>> {
+    let files = crate::config::tls_files(section, cert, key, client_ca)?;
+    let Some(files) = files else { return Ok(None) };
+    let tls = crate::tls::ServerTls::load(files).map_err(|e| anyhow::anyhow!("{section}.{e}"))?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Reloads listener certificates on SIGHUP; a certificate that does not
+/// load leaves the one in force.
+fn reload_tls_on_sighup<const N: usize>(tls: [Option<Arc<crate::tls::ServerTls>>; N]) {
+    let tls: Vec<_> = tls.into_iter().flatten().collect();
+    if tls.is_empty() {
+        return;
+    }
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            for t in &tls {
+                match t.reload() {
+                    Ok(()) => info!("TLS certificate reloaded"),
+                    Err(e) => {
+                        warn!(error = %e, "TLS certificate not reloaded; the previous one stays")
+                    }
+                }
+            }
+        }
+    });
 }
 
 async fn policy_command(cmd: PolicyCommand, config: &Config) -> anyhow::Result<ExitCode> {

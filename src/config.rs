@@ -115,6 +115,10 @@ pub struct Admin {
     pub addr: SocketAddr,
     /// Bearer token for `/v1/*`. Unset: the API answers 401 to everyone.
     pub token: Option<Secret>,
+    /// PEM certificate chain: serve the admin API over HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Admin {
@@ -122,6 +126,8 @@ impl Default for Admin {
         Admin {
             addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -219,13 +225,47 @@ impl Default for ContextConfig {
 pub struct Listen {
     /// Address the gateway listens on.
     pub addr: SocketAddr,
+    /// PEM certificate chain: serve HTTPS (reloaded on SIGHUP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: require client certificates that chain to them.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
         Listen {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
         }
+    }
+}
+
+/// The TLS files of a listener, if it serves HTTPS.
+pub fn tls_files(
+    section: &'static str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    client_ca: &Option<PathBuf>,
+) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+        })),
+        (None, None) if client_ca.is_some() => Err(ConfigError::Invalid {
+            key: section,
+            message: "client_ca needs tls_cert and tls_key".into(),
+        }),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::Invalid {
+            key: section,
+            message: "tls_cert and tls_key go together".into(),
+        }),
     }
 }
 
@@ -384,6 +424,13 @@ impl Config {
             });
         }
         self.validate_identity()?;
+        tls_files(
+            "listen",
+            &self.listen.tls_cert,
+            &self.listen.tls_key,
+            &self.listen.client_ca,
+        )?;
+        tls_files("admin", &self.admin.tls_cert, &self.admin.tls_key, &None)?;
         if self.limits.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "limits.max_connections",

@@ -34,6 +34,7 @@ pub mod sandbox;
 pub mod schema;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use bytes::Bytes;

@@ -37,6 +37,18 @@ pub async fn serve<H: Handler>(
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_tls(listener, handler, max_connections, shutdown, None).await;
+}
+
+/// As [`serve`], over TLS when `tls` is given (its certificate can be
+/// reloaded while serving: each new connection uses the current one).
+pub async fn serve_tls<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(max_connections.max(1)));
@@ -70,10 +82,29 @@ pub async fn serve<H: Handler>(
             req.extensions_mut().insert(Peer(peer));
             async move { Ok::<_, std::convert::Infallible>(handler.handle(req).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Err(e) => {
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -83,6 +83,7 @@ pub struct Setup {
     backend: Backend,
     store_url: Option<String>,
     upstream: Option<(String, Sandbox)>,
+    tls: Option<Arc<tollgate::tls::ServerTls>>,
 }
 
 impl Setup {
@@ -107,6 +108,12 @@ impl Setup {
     /// Writes to this store (shared with another harness).
     pub fn store_url(mut self, url: &str) -> Setup {
         self.store_url = Some(url.to_owned());
+        self
+    }
+
+    /// Serves HTTPS with this certificate.
+    pub fn tls(mut self, tls: Arc<tollgate::tls::ServerTls>) -> Setup {
+        self.tls = Some(tls);
         self
     }
 
@@ -146,9 +153,16 @@ impl Setup {
             .expect("bind gateway");
         let addr = listener.local_addr().expect("gateway addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(listener, Arc::new(gateway), 256, async {
+        let shutdown = async {
             let _ = stopped.await;
-        }));
+        };
+        let task = tokio::spawn(server::serve_tls(
+            listener,
+            Arc::new(gateway),
+            256,
+            shutdown,
+            self.tls,
+        ));
         let client = Client::builder(TokioExecutor::new()).build_http();
         Harness {
             addr,
@@ -217,6 +231,7 @@ impl Harness {
             backend: Backend::Sqlite,
             store_url: None,
             upstream: None,
+            tls: None,
         }
     }
 

@@ -13,5 +13,6 @@ mod observability;
 mod passthrough;
 mod policy;
 mod replay;
+mod tls;
 mod tricks;
 mod upstream;

@@ -1,0 +1,175 @@
+//! TLS on the gateway listener: a test CA, client certificates, reload.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tollgate::tls::{ServerTls, TlsFiles};
+
+use crate::harness::Harness;
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key"))
+                .expect("ca"),
+        }
+    }
+
+    /// A leaf certificate and key, PEM.
+    fn leaf(&self, name: &str) -> (String, String) {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .expect("params")
+            .signed_by(&key, &self.issuer)
+            .expect("leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+}
+
+fn write_server_files(dir: &Path, ca: &Ca, client_ca: Option<&Ca>) -> TlsFiles {
+    let (cert, key) = ca.leaf("localhost");
+    std::fs::write(dir.join("cert.pem"), cert).expect("write");
+    std::fs::write(dir.join("key.pem"), key).expect("write");
+    let client_ca = client_ca.map(|c| {
+        std::fs::write(dir.join("client-ca.pem"), c.pem()).expect("write");
+        dir.join("client-ca.pem")
+    });
+    TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+        client_ca,
+    }
+}
+
+/// A client trusting `ca`, presenting `identity` if given.
+fn client(
+    ca: &Ca,
+    identity: Option<(String, String)>,
+) -> Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("ca"))
+        .expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+            )
+            .expect("client auth"),
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+async fn get(
+    c: &Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
+    port: u16,
+) -> Result<StatusCode, String> {
+    let req = Request::get(format!("https://localhost:{port}/api/v2/organizations"))
+        .header("authorization", "Bearer t")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    c.request(req)
+        .await
+        .map(|r| r.status())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn the_gateway_serves_https_and_reloads_its_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let tls = Arc::new(ServerTls::load(write_server_files(dir.path(), &ca, None)).expect("tls"));
+    let h = Harness::setup().tls(tls.clone()).start().await;
+    let port = h.addr.port();
+    assert_eq!(get(&client(&ca, None), port).await, Ok(StatusCode::OK));
+    // Plain HTTP to the TLS port gets no answer.
+    let out = h
+        .raw(b"GET /api/v2/organizations HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(!out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // A certificate from another CA is picked up by reload, without a restart.
+    let ca2 = Ca::new();
+    write_server_files(dir.path(), &ca2, None);
+    tls.reload().expect("reload");
+    assert_eq!(get(&client(&ca2, None), port).await, Ok(StatusCode::OK));
+    assert!(
+        get(&client(&ca, None), port).await.is_err(),
+        "the old certificate is gone"
+    );
+
+    // A broken file leaves the certificate in force.
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").expect("write");
+    assert!(tls.reload().is_err());
+    assert_eq!(get(&client(&ca2, None), port).await, Ok(StatusCode::OK));
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_when_configured() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let clients = Ca::new();
+    let tls = Arc::new(
+        ServerTls::load(write_server_files(dir.path(), &ca, Some(&clients))).expect("tls"),
+    );
+    let h = Harness::setup().tls(tls).start().await;
+    let port = h.addr.port();
+    assert!(
+        get(&client(&ca, None), port).await.is_err(),
+        "no client certificate"
+    );
+    let stranger = Ca::new();
+    assert!(
+        get(&client(&ca, Some(stranger.leaf("ci-bot"))), port)
+            .await
+            .is_err(),
+        "a certificate from another CA"
+    );
+    assert_eq!(
+        get(&client(&ca, Some(clients.leaf("ci-bot"))), port).await,
+        Ok(StatusCode::OK)
+    );
+    assert_eq!(
+        h.received().len(),
+        1,
+        "only the authenticated client reached the tenant"
+    );
+}
