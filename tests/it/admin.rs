@@ -1,15 +1,12 @@
 //! The admin listener: health, readiness and the token-protected API.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tollgate::admin::Admin;
 use tollgate::config::Secret;
 use tollgate::sandbox::seed::*;
-use tollgate::server;
 
 use crate::harness::{Answer, BACKENDS, Harness};
 
@@ -21,15 +18,7 @@ async fn admin(h: &Harness) -> SocketAddr {
         h.policies.clone(),
         Some(Secret::new(TOKEN)),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        Arc::new(admin),
-        8,
-        std::future::pending(),
-    ));
-    addr
+    crate::harness::serve_on_port_0(admin).await
 }
 
 async fn call(addr: SocketAddr, method: Method, path: &str, token: Option<&str>) -> Answer {
@@ -81,14 +70,7 @@ async fn the_api_requires_the_token() {
     }
     // No token configured: the API is closed to everyone.
     let closed = Admin::new(h.store.clone(), h.policies.clone(), None);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let closed_addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        Arc::new(closed),
-        8,
-        std::future::pending(),
-    ));
+    let closed_addr = crate::harness::serve_on_port_0(closed).await;
     let r = call(closed_addr, Method::GET, "/v1/policy", Some("")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }

@@ -417,54 +417,58 @@ async fn queries_filter_and_export() {
                 .map(|e| e.exchange_id.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(
-            by(query::Filter {
-                org: Some(ORG_ACME.into()),
-                ..Default::default()
-            })
-            .await,
-            vec![full.audit_id()]
-        );
-        assert_eq!(
-            by(query::Filter {
-                connection: Some(CON_OIDC.into()),
-                ..Default::default()
-            })
-            .await,
-            vec![ok.audit_id()]
-        );
-        assert_eq!(
-            by(query::Filter {
-                caller: Some("ci-bot".into()),
-                ..Default::default()
-            })
-            .await,
-            vec![full.audit_id()]
-        );
-        assert_eq!(
-            by(query::Filter {
-                decision: Some("deny".into()),
-                ..Default::default()
-            })
-            .await,
-            vec![full.audit_id()]
-        );
-        assert_eq!(
-            by(query::Filter {
-                rule: Some("no-full-access".into()),
-                ..Default::default()
-            })
-            .await,
-            vec![full.audit_id()]
-        );
-        assert_eq!(
-            by(query::Filter {
-                operation: Some("organization_connection.create".into()),
-                ..Default::default()
-            })
-            .await,
-            vec![ok.audit_id()]
-        );
+        let f = query::Filter::default;
+        let cases = [
+            (
+                query::Filter {
+                    org: Some(ORG_ACME.into()),
+                    ..f()
+                },
+                full.audit_id(),
+            ),
+            (
+                query::Filter {
+                    connection: Some(CON_OIDC.into()),
+                    ..f()
+                },
+                ok.audit_id(),
+            ),
+            (
+                query::Filter {
+                    caller: Some("ci-bot".into()),
+                    ..f()
+                },
+                full.audit_id(),
+            ),
+            (
+                query::Filter {
+                    decision: Some("deny".into()),
+                    ..f()
+                },
+                full.audit_id(),
+            ),
+            (
+                query::Filter {
+                    rule: Some("no-full-access".into()),
+                    ..f()
+                },
+                full.audit_id(),
+            ),
+            (
+                query::Filter {
+                    operation: Some("organization_connection.create".into()),
+                    ..f()
+                },
+                ok.audit_id(),
+            ),
+        ];
+        for (filter, expected) in cases {
+            assert_eq!(
+                by(filter.clone()).await,
+                vec![expected],
+                "{backend:?}: {filter:?}"
+            );
+        }
         let future = chrono::Utc::now().timestamp_micros() + 60_000_000;
         assert!(
             by(query::Filter {

@@ -1,11 +1,6 @@
 //! The `tollgate` binary, as a user runs it.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -50,34 +45,8 @@ async fn curl(addr: &str, body: &str) -> (u16, Value) {
 async fn serve_sandbox_judges_records_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("dir");
     let db = format!("sqlite://{}", dir.path().join("audit.db").display());
-    let mut child = Command::new(BIN)
-        .args(["serve", "--sandbox"])
-        .current_dir(REPO)
-        .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
-        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
-        .env("TOLLGATE_AUDIT_URL", &db)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            if line.contains("tollgate listening")
-                && let Some(rest) = line.split("addr=").nth(1)
-            {
-                return rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-            }
-        }
-        panic!("tollgate exited before listening");
-    })
-    .await
-    .expect("listening in time");
+    let (child, addr) =
+        crate::harness::spawn_serve(&["--sandbox"], &[("TOLLGATE_AUDIT_URL", db.clone())]).await;
 
     let (status, body) = curl(&addr, r#"{"organization_access_level":"full"}"#).await;
     assert_eq!(status, 403);
@@ -86,17 +55,7 @@ async fn serve_sandbox_judges_records_and_stops_on_sigterm() {
     assert_eq!(status, 200);
     assert_eq!(body["organization_access_level"], "limited");
 
-    let pid = child.id().expect("pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("stopped")
-        .expect("wait");
-    assert!(status.success(), "{status:?}");
+    crate::harness::terminate(child).await;
 
     let env = [("TOLLGATE_AUDIT_URL", db.as_str())];
     let out = tollgate(&["audit", "query", "--format", "json"], &env);

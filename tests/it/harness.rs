@@ -209,6 +209,74 @@ impl Answer {
     }
 }
 
+/// Serves a handler on an ephemeral port until the test ends.
+pub async fn serve_on_port_0<H: server::Handler>(handler: H) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::serve(
+        listener,
+        Arc::new(handler),
+        64,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Runs `tollgate serve ARGS` from the repository with these variables (and
+/// ephemeral listen and admin ports); returns the process and the address it
+/// listens on, read from its log.
+pub async fn spawn_serve(args: &[&str], env: &[(&str, String)]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.arg("serve")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
+        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn tollgate");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.contains("tollgate listening")
+                && let Some(rest) = line.split("addr=").nth(1)
+            {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+        panic!("tollgate exited before listening");
+    })
+    .await
+    .expect("listening in time");
+    // Keep draining the log so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// Sends SIGTERM and waits for a successful exit.
+pub async fn terminate(mut child: tokio::process::Child) {
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("stopped in time")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
 /// Starts a sandbox tenant on an ephemeral port.
 pub async fn start_sandbox() -> (Sandbox, SocketAddr) {
     let tenant = Sandbox::new();

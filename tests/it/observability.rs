@@ -1,7 +1,6 @@
 //! Metrics, readiness and traces.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,12 +8,11 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tollgate::BoxBody;
 use tollgate::admin::Admin;
 use tollgate::sandbox::seed::*;
-use tollgate::server::{self, Handler};
+use tollgate::server::Handler;
 use tollgate::upstream::Upstream;
 
 use crate::harness::{Answer, Harness, start_sandbox};
@@ -35,15 +33,7 @@ async fn get(addr: SocketAddr, path: &str) -> Answer {
 }
 
 async fn serve_admin(admin: Admin) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        Arc::new(admin),
-        8,
-        std::future::pending(),
-    ));
-    addr
+    crate::harness::serve_on_port_0(admin).await
 }
 
 #[tokio::test]
@@ -150,49 +140,21 @@ impl Handler for Collector {
 #[tokio::test]
 async fn traces_reach_an_otlp_collector_and_the_tenant() {
     let collector = Collector::default();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let otlp = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        Arc::new(collector.clone()),
-        8,
-        std::future::pending(),
-    ));
+    let otlp = crate::harness::serve_on_port_0(collector.clone()).await;
     let (tenant, tenant_addr) = start_sandbox().await;
     let dir = tempfile::tempdir().expect("dir");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("serve")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("TOLLGATE_UPSTREAM_URL", format!("http://{tenant_addr}"))
-        .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
-        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
-        .env(
-            "TOLLGATE_AUDIT_URL",
-            format!("sqlite://{}", dir.path().join("a.db").display()),
-        )
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            if line.contains("tollgate listening")
-                && let Some(rest) = line.split("addr=").nth(1)
-            {
-                return rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-            }
-        }
-        panic!("exited before listening");
-    })
-    .await
-    .expect("listening");
+    let (child, addr) = crate::harness::spawn_serve(
+        &[],
+        &[
+            ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant_addr}")),
+            (
+                "TOLLGATE_AUDIT_URL",
+                format!("sqlite://{}", dir.path().join("a.db").display()),
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+        ],
+    )
+    .await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
     let req = Request::patch(format!(
@@ -225,15 +187,7 @@ async fn traces_reach_an_otlp_collector_and_the_tenant() {
         "{traceparent:?}"
     );
 
-    let pid = child.id().expect("pid").to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("stopped")
-        .expect("wait");
+    crate::harness::terminate(child).await;
     let bodies = collector
         .0
         .lock()
