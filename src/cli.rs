@@ -1,20 +1,21 @@
-//! The command line.
+//! The command line: the commands and `serve`; `audit` and `policy` live in
+//! their own files.
+
+mod audit;
+mod policy;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::audit::{AuditLog, Store, query, verify};
+use crate::audit::{AuditLog, Store};
 use crate::config::Config;
 use crate::policy::reload::Policies;
-use crate::policy::testcases::{self, Given};
-use crate::policy::{self, Verdict};
 use crate::proxy::Gateway;
 use crate::sandbox::Sandbox;
 use crate::server;
@@ -182,8 +183,8 @@ pub fn load_config(path: &Path, explicit: bool) -> anyhow::Result<Config> {
 pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { sandbox } => serve(config, sandbox).await.map(|()| ExitCode::SUCCESS),
-        Command::Policy(cmd) => policy_command(cmd, &config).await,
-        Command::Audit(cmd) => audit_command(cmd, &config).await,
+        Command::Policy(cmd) => policy::policy_command(cmd, &config).await,
+        Command::Audit(cmd) => audit::audit_command(cmd, &config).await,
         Command::Keys(KeysCommand::New { name }) => {
             let (key, hash) = crate::identity::new_key();
             println!(
@@ -199,134 +200,14 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!(
                 "audit store migrated ({}): {}",
                 store.backend(),
-                redact_url(&config.audit.url)
+                audit::redact_url(&config.audit.url)
             );
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// A database URL without its password, for messages.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&config.audit.url).await?;
-    match cmd {
-        AuditCommand::Query(q) => {
-            let now = chrono::Utc::now();
-            let time = |t: &str| query::parse_time(t, now).map_err(|e| anyhow::anyhow!(e));
-            let filter = query::Filter {
-                since_us: Some(time(&q.since)?),
-                until_us: q.until.as_deref().map(time).transpose()?,
-                org: q.org,
-                connection: q.connection,
-                caller: q.caller,
-                operation: q.operation,
-                decision: q.decision,
-                rule: q.rule,
-                limit: q.limit.max(1),
-            };
-            let rows = query::exchanges(&store, &filter).await?;
-            print!("{}", query::render(&rows, q.format));
-            Ok(ExitCode::SUCCESS)
-        }
-        AuditCommand::Show { exchange_id } => {
-            let events = query::show(&store, &exchange_id).await?;
-            if events.is_empty() {
-                eprintln!("no exchange {exchange_id}");
-                return Ok(ExitCode::FAILURE);
-            }
-            let decided = events.iter().any(|e| e["event"]["kind"] == "decision");
-            let outcome = events.iter().any(|e| e["event"]["kind"] == "outcome");
-            println!("{}", serde_json::to_string_pretty(&events)?);
-            if decided && !outcome {
-                println!("outcome: unknown (no outcome was recorded)");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        AuditCommand::Verify { json } => {
-            let report = verify::verify(&store).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", render_verify(&report));
-            }
-            Ok(if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-    }
-}
-
-fn render_verify(r: &verify::Report) -> String {
-    let mut out = format!(
-        "Results found for {} events in {} {}:\n{}/{} events valid\n{}/{} chains valid\n",
-        r.events,
-        r.chains,
-        if r.chains == 1 { "chain" } else { "chains" },
-        r.valid_events,
-        r.events,
-        r.valid_chains,
-        r.chains
-    );
-    for b in &r.breaks {
-        out.push_str(&format!(
-            "chain {} broken at seq {} (event {}): {}\n",
-            b.chain_id, b.seq, b.event_id, b.reason
-        ));
-    }
-    out
-}
-
-async fn replay(config: &Config, dir: &Path, since: &str) -> anyhow::Result<ExitCode> {
-    let candidate = policy::load_dir(dir).map_err(|e| load_errors(&e))?;
-    let since_us = query::parse_time(since, chrono::Utc::now()).map_err(|e| anyhow::anyhow!(e))?;
-    let store = Store::open(&config.audit.url).await?;
-    let result = crate::audit::replay::replay(&store, &candidate, since_us).await?;
-    for c in &result.changed {
-        let to = c
-            .candidate
-            .clone()
-            .unwrap_or_else(|| "undecidable (context not recorded)".into());
-        println!(
-            "{}  {}  {}  org={} connection={}  {} -> {}  {}",
-            c.exchange_id,
-            c.time,
-            c.operation,
-            c.org_id.as_deref().unwrap_or("-"),
-            c.connection_id.as_deref().unwrap_or("-"),
-            c.recorded,
-            to,
-            if c.rules.is_empty() {
-                "-".into()
-            } else {
-                c.rules.join(",")
-            }
-        );
-    }
-    println!(
-        "{} exchanges re-judged with policy version {}; {} would change",
-        result.judged,
-        candidate.version,
-        result.changed.len()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn load_errors(errors: &[policy::LoadError]) -> anyhow::Error {
+fn load_errors(errors: &[crate::policy::LoadError]) -> anyhow::Error {
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     anyhow::anyhow!("the policy set does not load:\n  {}", lines.join("\n  "))
 }
@@ -364,7 +245,7 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
     let audit = Arc::new(AuditLog::start(store.clone()).await?);
     info!(
         store = store.backend(),
-        url = %redact_url(&config.audit.url),
+        url = %audit::redact_url(&config.audit.url),
         chain = audit.chain_id(),
         "audit log open"
     );
@@ -461,143 +342,4 @@ fn reload_tls_on_sighup<const N: usize>(tls: [Option<Arc<crate::tls::ServerTls>>
             }
         }
     });
-}
-
-async fn policy_command(cmd: PolicyCommand, config: &Config) -> anyhow::Result<ExitCode> {
-    let dir_or = |d: Option<PathBuf>| d.unwrap_or_else(|| config.policy.dir.clone());
-    let (dir, result) = match cmd {
-        PolicyCommand::Check { dir } => {
-            let dir = dir_or(dir);
-            (
-                dir.clone(),
-                policy::load_dir(&dir).map(|set| {
-                    println!(
-                        "ok: {} rules in {} files, version {}",
-                        set.rules.len(),
-                        set.files.len(),
-                        set.version
-                    );
-                    ExitCode::SUCCESS
-                }),
-            )
-        }
-        PolicyCommand::Test { dir } => {
-            let dir = dir_or(dir);
-            (
-                dir.clone(),
-                policy::load_dir(&dir).map(|set| {
-                    let report = testcases::run(&set, &dir);
-                    for line in &report.lines {
-                        println!("{line}");
-                    }
-                    println!("{} passed, {} failed", report.passed, report.failed);
-                    if report.failed == 0 && report.passed > 0 {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }),
-            )
-        }
-        PolicyCommand::Explain(args) => {
-            let dir = dir_or(args.dir.clone());
-            (
-                dir.clone(),
-                policy::load_dir(&dir).map(|set| explain(&set, &args)),
-            )
-        }
-        PolicyCommand::Replay { dir, since } => return replay(config, &dir, &since).await,
-    };
-    Ok(match result {
-        Ok(code) => code,
-        Err(errors) => {
-            eprintln!("{}: the policy set does not load", dir.display());
-            for e in errors {
-                eprintln!("  {e}");
-            }
-            ExitCode::FAILURE
-        }
-    })
-}
-
-fn json_object(flag: &str, text: &str) -> Result<Map<String, Value>, String> {
-    match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(format!("{flag}: expected a JSON object")),
-        Err(e) => Err(format!("{flag}: {e}")),
-    }
-}
-
-fn explain(set: &policy::PolicySet, args: &ExplainArgs) -> ExitCode {
-    let given = (|| {
-        let mut connection = Map::new();
-        if let Some(s) = &args.strategy {
-            connection.insert("strategy".into(), Value::from(s.as_str()));
-        }
-        Ok::<_, String>(Given {
-            operation: args.operation.clone(),
-            body: json_object("--body", &args.body)?,
-            connection,
-            org: Map::new(),
-            before: args
-                .before
-                .as_deref()
-                .map(|b| json_object("--before", b))
-                .transpose()?,
-            caller: args
-                .caller
-                .as_deref()
-                .map(|c| json_object("--caller", c))
-                .transpose()?
-                .unwrap_or_default(),
-        })
-    })();
-    let decision = match given.and_then(|g| testcases::judge(set, &g)) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    println!(
-        "decision: {} (policy version {})",
-        decision.outcome.as_str(),
-        decision.policy_version
-    );
-    let applicable: Vec<&str> = decision.results.iter().map(|r| r.id.as_str()).collect();
-    for r in &decision.results {
-        let why = match &r.verdict {
-            Verdict::Pass => "deny is false".to_owned(),
-            Verdict::Skipped => "when is false: not applicable".to_owned(),
-            Verdict::Violated => match &r.field {
-                Some(f) => format!("{} (at {f})", r.message),
-                None => r.message.clone(),
-            },
-            Verdict::Error(e) => format!("error: {e}"),
-        };
-        let verdict = match r.verdict {
-            Verdict::Pass => "pass",
-            Verdict::Skipped => "skipped",
-            Verdict::Violated => "violated",
-            Verdict::Error(_) => "error",
-        };
-        println!(
-            "  {:<28} {:<8} {:<9} {why}",
-            r.id,
-            r.mode.to_string(),
-            verdict
-        );
-    }
-    for rule in &set.rules {
-        if !applicable.contains(&rule.id.as_str()) {
-            println!(
-                "  {:<28} {:<8} {:<9} does not apply to {}",
-                rule.id,
-                rule.mode.to_string(),
-                "-",
-                args.operation
-            );
-        }
-    }
-    ExitCode::SUCCESS
 }

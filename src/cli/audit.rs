@@ -1,0 +1,129 @@
+//! `tollgate audit …` and `tollgate policy replay`: reading the log.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{AuditCommand, load_errors};
+use crate::audit::{Store, query, verify};
+use crate::config::Config;
+use crate::policy;
+
+/// A database URL without its password, for messages.
+pub(super) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&config.audit.url).await?;
+    match cmd {
+        AuditCommand::Query(q) => {
+            let now = chrono::Utc::now();
+            let time = |t: &str| query::parse_time(t, now).map_err(|e| anyhow::anyhow!(e));
+            let filter = query::Filter {
+                since_us: Some(time(&q.since)?),
+                until_us: q.until.as_deref().map(time).transpose()?,
+                org: q.org,
+                connection: q.connection,
+                caller: q.caller,
+                operation: q.operation,
+                decision: q.decision,
+                rule: q.rule,
+                limit: q.limit.max(1),
+            };
+            let rows = query::exchanges(&store, &filter).await?;
+            print!("{}", query::render(&rows, q.format));
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Show { exchange_id } => {
+            let events = query::show(&store, &exchange_id).await?;
+            if events.is_empty() {
+                eprintln!("no exchange {exchange_id}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let decided = events.iter().any(|e| e["event"]["kind"] == "decision");
+            let outcome = events.iter().any(|e| e["event"]["kind"] == "outcome");
+            println!("{}", serde_json::to_string_pretty(&events)?);
+            if decided && !outcome {
+                println!("outcome: unknown (no outcome was recorded)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify { json } => {
+            let report = verify::verify(&store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_verify(&report));
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn render_verify(r: &verify::Report) -> String {
+    let mut out = format!(
+        "Results found for {} events in {} {}:\n{}/{} events valid\n{}/{} chains valid\n",
+        r.events,
+        r.chains,
+        if r.chains == 1 { "chain" } else { "chains" },
+        r.valid_events,
+        r.events,
+        r.valid_chains,
+        r.chains
+    );
+    for b in &r.breaks {
+        out.push_str(&format!(
+            "chain {} broken at seq {} (event {}): {}\n",
+            b.chain_id, b.seq, b.event_id, b.reason
+        ));
+    }
+    out
+}
+
+pub(super) async fn replay(config: &Config, dir: &Path, since: &str) -> anyhow::Result<ExitCode> {
+    let candidate = policy::load_dir(dir).map_err(|e| load_errors(&e))?;
+    let since_us = query::parse_time(since, chrono::Utc::now()).map_err(|e| anyhow::anyhow!(e))?;
+    let store = Store::open(&config.audit.url).await?;
+    let result = crate::audit::replay::replay(&store, &candidate, since_us).await?;
+    for c in &result.changed {
+        let to = c
+            .candidate
+            .clone()
+            .unwrap_or_else(|| "undecidable (context not recorded)".into());
+        println!(
+            "{}  {}  {}  org={} connection={}  {} -> {}  {}",
+            c.exchange_id,
+            c.time,
+            c.operation,
+            c.org_id.as_deref().unwrap_or("-"),
+            c.connection_id.as_deref().unwrap_or("-"),
+            c.recorded,
+            to,
+            if c.rules.is_empty() {
+                "-".into()
+            } else {
+                c.rules.join(",")
+            }
+        );
+    }
+    println!(
+        "{} exchanges re-judged with policy version {}; {} would change",
+        result.judged,
+        candidate.version,
+        result.changed.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

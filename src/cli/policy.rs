@@ -1,0 +1,155 @@
+//! `tollgate policy check|test|explain|replay`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::{Map, Value};
+
+use super::{ExplainArgs, PolicyCommand};
+use crate::config::Config;
+use crate::policy::testcases::{self, Given};
+use crate::policy::{self, Verdict};
+
+pub(super) async fn policy_command(
+    cmd: PolicyCommand,
+    config: &Config,
+) -> anyhow::Result<ExitCode> {
+    let dir_or = |d: Option<PathBuf>| d.unwrap_or_else(|| config.policy.dir.clone());
+    let (dir, result) = match cmd {
+        PolicyCommand::Check { dir } => {
+            let dir = dir_or(dir);
+            (
+                dir.clone(),
+                policy::load_dir(&dir).map(|set| {
+                    println!(
+                        "ok: {} rules in {} files, version {}",
+                        set.rules.len(),
+                        set.files.len(),
+                        set.version
+                    );
+                    ExitCode::SUCCESS
+                }),
+            )
+        }
+        PolicyCommand::Test { dir } => {
+            let dir = dir_or(dir);
+            (
+                dir.clone(),
+                policy::load_dir(&dir).map(|set| {
+                    let report = testcases::run(&set, &dir);
+                    for line in &report.lines {
+                        println!("{line}");
+                    }
+                    println!("{} passed, {} failed", report.passed, report.failed);
+                    if report.failed == 0 && report.passed > 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }),
+            )
+        }
+        PolicyCommand::Explain(args) => {
+            let dir = dir_or(args.dir.clone());
+            (
+                dir.clone(),
+                policy::load_dir(&dir).map(|set| explain(&set, &args)),
+            )
+        }
+        PolicyCommand::Replay { dir, since } => {
+            return super::audit::replay(config, &dir, &since).await;
+        }
+    };
+    Ok(match result {
+        Ok(code) => code,
+        Err(errors) => {
+            eprintln!("{}: the policy set does not load", dir.display());
+            for e in errors {
+                eprintln!("  {e}");
+            }
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn json_object(flag: &str, text: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(format!("{flag}: expected a JSON object")),
+        Err(e) => Err(format!("{flag}: {e}")),
+    }
+}
+
+fn explain(set: &policy::PolicySet, args: &ExplainArgs) -> ExitCode {
+    let given = (|| {
+        let mut connection = Map::new();
+        if let Some(s) = &args.strategy {
+            connection.insert("strategy".into(), Value::from(s.as_str()));
+        }
+        Ok::<_, String>(Given {
+            operation: args.operation.clone(),
+            body: json_object("--body", &args.body)?,
+            connection,
+            org: Map::new(),
+            before: args
+                .before
+                .as_deref()
+                .map(|b| json_object("--before", b))
+                .transpose()?,
+            caller: args
+                .caller
+                .as_deref()
+                .map(|c| json_object("--caller", c))
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    })();
+    let decision = match given.and_then(|g| testcases::judge(set, &g)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "decision: {} (policy version {})",
+        decision.outcome.as_str(),
+        decision.policy_version
+    );
+    let applicable: Vec<&str> = decision.results.iter().map(|r| r.id.as_str()).collect();
+    for r in &decision.results {
+        let why = match &r.verdict {
+            Verdict::Pass => "deny is false".to_owned(),
+            Verdict::Skipped => "when is false: not applicable".to_owned(),
+            Verdict::Violated => match &r.field {
+                Some(f) => format!("{} (at {f})", r.message),
+                None => r.message.clone(),
+            },
+            Verdict::Error(e) => format!("error: {e}"),
+        };
+        let verdict = match r.verdict {
+            Verdict::Pass => "pass",
+            Verdict::Skipped => "skipped",
+            Verdict::Violated => "violated",
+            Verdict::Error(_) => "error",
+        };
+        println!(
+            "  {:<28} {:<8} {:<9} {why}",
+            r.id,
+            r.mode.to_string(),
+            verdict
+        );
+    }
+    for rule in &set.rules {
+        if !applicable.contains(&rule.id.as_str()) {
+            println!(
+                "  {:<28} {:<8} {:<9} does not apply to {}",
+                rule.id,
+                rule.mode.to_string(),
+                "-",
+                args.operation
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}

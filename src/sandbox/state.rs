@@ -1,0 +1,364 @@
+//! The simulated tenant's data and behaviour: organizations, connections,
+//! associations, and the Management API's answers about them.
+
+use std::collections::BTreeMap;
+
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use super::{LEGACY_FIELDS, Received, association_defaults};
+use crate::schema::{self, ACCESS_LEVELS};
+
+#[derive(Clone, Debug)]
+pub(super) struct Organization {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) display_name: String,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Connection {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) strategy: String,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) organizations: Vec<Organization>,
+    pub(super) connections: Vec<Connection>,
+    /// (organization id, connection id) → the association's fields.
+    pub(super) associations: BTreeMap<(String, String), Map<String, Value>>,
+    pub(super) profiles: Vec<String>,
+    pub(super) received: Vec<Received>,
+    pub(super) next_id: u64,
+    /// What `/.well-known/jwks.json` serves.
+    pub(super) jwks: Value,
+    /// `expires_in` of the tokens `/oauth/token` issues.
+    pub(super) token_ttl: u64,
+    pub(super) tokens_issued: u64,
+}
+
+impl State {
+    /// The client-credentials grant: any client id with a non-empty secret.
+    pub(super) fn issue_token(&mut self, body: &Map<String, Value>) -> (StatusCode, Value) {
+        let s = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
+        if s("grant_type") != "client_credentials"
+            || s("client_id").is_empty()
+            || s("client_secret").is_empty()
+        {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                Some("access_denied"),
+            );
+        }
+        self.tokens_issued += 1;
+        let token = format!("sandbox-mgmt-token-{}", self.tokens_issued);
+        (
+            StatusCode::OK,
+            json!({"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl,
+                   "scope": "read:organizations update:organizations"}),
+        )
+    }
+
+    pub(super) fn org(&self, id: &str) -> Option<&Organization> {
+        self.organizations.iter().find(|o| o.id == id)
+    }
+
+    pub(super) fn connection(&self, id: &str) -> Option<&Connection> {
+        self.connections.iter().find(|c| c.id == id)
+    }
+
+    pub(super) fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn association_json(
+        &self,
+        org: &str,
+        cid: &str,
+        fields: &Map<String, Value>,
+        legacy: bool,
+    ) -> Value {
+        let mut out = Map::new();
+        out.insert("connection_id".into(), json!(cid));
+        for (k, v) in fields {
+            if !legacy || LEGACY_FIELDS.contains(&k.as_str()) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(c) = self.connection(cid) {
+            out.insert(
+                "connection".into(),
+                json!({"name": c.name, "strategy": c.strategy}),
+            );
+        }
+        let _ = org;
+        Value::Object(out)
+    }
+
+    pub(super) fn list_associations(&self, org: &str, legacy: bool) -> (StatusCode, Value) {
+        let list: Vec<Value> = self
+            .associations
+            .iter()
+            .filter(|((o, _), _)| o == org)
+            .map(|((o, c), f)| self.association_json(o, c, f, legacy))
+            .collect();
+        (StatusCode::OK, Value::Array(list))
+    }
+
+    pub(super) fn get_association(
+        &self,
+        org: &str,
+        cid: &str,
+        legacy: bool,
+    ) -> (StatusCode, Value) {
+        match self.associations.get(&(org.to_owned(), cid.to_owned())) {
+            Some(f) => (StatusCode::OK, self.association_json(org, cid, f, legacy)),
+            None => no_association(),
+        }
+    }
+
+    pub(super) fn create_association(
+        &mut self,
+        org: &str,
+        body: Map<String, Value>,
+        legacy: bool,
+    ) -> (StatusCode, Value) {
+        let Some(Value::String(cid)) = body.get("connection_id").cloned() else {
+            return invalid("Missing required property: connection_id");
+        };
+        if let Err(e) = check_fields(&body, legacy, true) {
+            return invalid(&e);
+        }
+        if self.connection(&cid).is_none() {
+            return no_connection();
+        }
+        let key = (org.to_owned(), cid.clone());
+        if self.associations.contains_key(&key) {
+            return error(
+                StatusCode::CONFLICT,
+                "The connection is already enabled for this organization",
+                Some("organization_connection_already_exists"),
+            );
+        }
+        let mut fields = association_defaults();
+        merge(&mut fields, &body);
+        if let Err(e) = tenant_rules(&fields) {
+            return invalid(&e);
+        }
+        let answer = self.association_json(org, &cid, &fields, legacy);
+        self.associations.insert(key, fields);
+        (StatusCode::CREATED, answer)
+    }
+
+    pub(super) fn update_association(
+        &mut self,
+        org: &str,
+        cid: &str,
+        body: Map<String, Value>,
+        legacy: bool,
+    ) -> (StatusCode, Value) {
+        if let Err(e) = check_fields(&body, legacy, false) {
+            return invalid(&e);
+        }
+        let key = (org.to_owned(), cid.to_owned());
+        let Some(current) = self.associations.get(&key) else {
+            return no_association();
+        };
+        let mut fields = current.clone();
+        merge(&mut fields, &body);
+        if let Err(e) = tenant_rules(&fields) {
+            return invalid(&e);
+        }
+        let answer = self.association_json(org, cid, &fields, legacy);
+        self.associations.insert(key, fields);
+        (StatusCode::OK, answer)
+    }
+
+    pub(super) fn delete_association(&mut self, org: &str, cid: &str) -> (StatusCode, Value) {
+        match self.associations.remove(&(org.to_owned(), cid.to_owned())) {
+            Some(_) => (StatusCode::NO_CONTENT, Value::Null),
+            None => no_association(),
+        }
+    }
+
+    pub(super) fn create_org(&mut self, body: Map<String, Value>) -> (StatusCode, Value) {
+        let Some(Value::String(name)) = body.get("name").cloned() else {
+            return invalid("Missing required property: name");
+        };
+        let valid_name = !name.is_empty()
+            && name.len() <= 50
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid_name {
+            return invalid("String does not match pattern ^[a-z0-9_-]{1,50}$: name");
+        }
+        if self.organizations.iter().any(|o| o.name == name) {
+            return error(
+                StatusCode::CONFLICT,
+                "An organization with this name already exists",
+                Some("organization_conflict"),
+            );
+        }
+        let items = match body.get("enabled_connections") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items.clone(),
+            Some(_) => return invalid("Expected type array: enabled_connections"),
+        };
+        let mut associations = Vec::new();
+        for item in items {
+            let Value::Object(item) = item else {
+                return invalid("Expected type object: enabled_connections");
+            };
+            let Some(Value::String(cid)) = item.get("connection_id").cloned() else {
+                return invalid("Missing required property: connection_id");
+            };
+            if let Err(e) = check_fields(&item, false, true) {
+                return invalid(&e);
+            }
+            if self.connection(&cid).is_none() {
+                return no_connection();
+            }
+            let mut fields = association_defaults();
+            merge(&mut fields, &item);
+            if let Err(e) = tenant_rules(&fields) {
+                return invalid(&e);
+            }
+            associations.push((cid, fields));
+        }
+        let id = format!("org_{:016x}", self.fresh_id());
+        let display_name = body
+            .get("display_name")
+            .and_then(Value::as_str)
+            .unwrap_or(&name)
+            .to_owned();
+        let org = Organization {
+            id: id.clone(),
+            name,
+            display_name,
+        };
+        let answer = org_json(&org);
+        self.organizations.push(org);
+        for (cid, fields) in associations {
+            self.associations.insert((id.clone(), cid), fields);
+        }
+        (StatusCode::CREATED, answer)
+    }
+}
+
+/// The tenant's own validation of association fields (it does not trust
+/// callers either).
+fn check_fields(body: &Map<String, Value>, legacy: bool, create: bool) -> Result<(), String> {
+    for (k, v) in body {
+        let ok = match k.as_str() {
+            "connection_id" => create && v.is_string(),
+            "assign_membership_on_login" | "show_as_button" | "is_signup_enabled" => v.is_boolean(),
+            _ if legacy => false,
+            "organization_connection_name" => {
+                v.is_null()
+                    || v.as_str()
+                        .is_some_and(|s| (1..=50).contains(&s.chars().count()))
+            }
+            "organization_access_level" | "organization_member_access_level" => {
+                (v.is_null() && !create) || v.as_str().is_some_and(|s| ACCESS_LEVELS.contains(&s))
+            }
+            "is_enabled" => v.is_boolean() || (v.is_null() && !create),
+            _ => return Err(format!("Additional properties not allowed: {k}")),
+        };
+        if !ok {
+            return Err(format!("Invalid value on property {k}"));
+        }
+    }
+    Ok(())
+}
+
+/// Auth0 refuses signup on an organization connection that does not assign
+/// membership on login.
+fn tenant_rules(fields: &Map<String, Value>) -> Result<(), String> {
+    let on = |k: &str| fields.get(k) == Some(&Value::Bool(true));
+    if on("is_signup_enabled") && !on("assign_membership_on_login") {
+        return Err("is_signup_enabled requires assign_membership_on_login to be true".into());
+    }
+    Ok(())
+}
+
+fn merge(fields: &mut Map<String, Value>, body: &Map<String, Value>) {
+    for (k, v) in body {
+        if k != "connection_id" {
+            fields.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+pub(super) fn with_body(
+    body: &[u8],
+    f: impl FnOnce(Map<String, Value>) -> (StatusCode, Value),
+) -> (StatusCode, Value) {
+    match schema::parse_strict(body) {
+        Ok(map) => f(map),
+        Err(e) => invalid(&e.to_string()),
+    }
+}
+
+pub(super) fn org_json(o: &Organization) -> Value {
+    json!({"id": o.id, "name": o.name, "display_name": o.display_name})
+}
+
+pub(super) fn connection_json(c: &Connection) -> Value {
+    json!({
+        "id": c.id, "name": c.name, "strategy": c.strategy,
+        "enabled_clients": [], "realms": [c.name], "is_domain_connection": false,
+    })
+}
+
+pub(super) fn error(status: StatusCode, message: &str, code: Option<&str>) -> (StatusCode, Value) {
+    let mut body = json!({
+        "statusCode": status.as_u16(),
+        "error": status.canonical_reason().unwrap_or("Error"),
+        "message": message,
+    });
+    if let (Some(code), Value::Object(map)) = (code, &mut body) {
+        map.insert("errorCode".into(), json!(code));
+    }
+    (status, body)
+}
+
+pub(super) fn invalid(message: &str) -> (StatusCode, Value) {
+    error(
+        StatusCode::BAD_REQUEST,
+        &format!("Payload validation error: '{message}'."),
+        Some("invalid_body"),
+    )
+}
+
+pub(super) fn not_found() -> (StatusCode, Value) {
+    error(StatusCode::NOT_FOUND, "Not Found", None)
+}
+
+pub(super) fn no_org() -> (StatusCode, Value) {
+    error(
+        StatusCode::NOT_FOUND,
+        "No organization found by that id or name",
+        Some("inexistent_organization"),
+    )
+}
+
+pub(super) fn no_connection() -> (StatusCode, Value) {
+    error(
+        StatusCode::NOT_FOUND,
+        "The connection does not exist",
+        Some("inexistent_connection"),
+    )
+}
+
+pub(super) fn no_association() -> (StatusCode, Value) {
+    error(
+        StatusCode::NOT_FOUND,
+        "The connection is not enabled for this organization",
+        Some("inexistent_organization_connection"),
+    )
+}
