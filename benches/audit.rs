@@ -69,11 +69,68 @@ async fn postgres(schema: &str) -> Option<Store> {
         .ok()
 }
 
+/// `audit verify` and `audit query` over a large log: `LARGE=1000000
+/// cargo bench --bench audit` (rows are written directly, in batches).
+async fn large(store: Store, n: usize, name: &str) {
+    let started = Instant::now();
+    let mut head = tollgate::audit::ChainHead::new(uuid::Uuid::now_v7().to_string());
+    store
+        .register_chain(&head.chain_id, 0, "bench")
+        .await
+        .expect("chain");
+    let base = chrono::Utc::now() - chrono::Duration::hours(48);
+    let mut i = 0;
+    while i < n {
+        let rows: Vec<_> = (i..(i + 5000).min(n))
+            .map(|k| {
+                let mut e = event(k);
+                e.index.org_id = Some(format!("org_{}", k % 100));
+                e.time = base + chrono::Duration::milliseconds((k as i64) * 172_800_000 / n as i64);
+                head.link(&e)
+            })
+            .collect();
+        store.append(&rows).await.expect("append");
+        i += 5000;
+    }
+    let filled = started.elapsed();
+    let started = Instant::now();
+    let report = tollgate::audit::verify::verify(&store)
+        .await
+        .expect("verify");
+    let verify = started.elapsed();
+    assert!(report.ok() && report.events == n as u64, "{report:?}");
+    let filter = tollgate::audit::query::Filter {
+        org: Some("org_42".into()),
+        since_us: Some((chrono::Utc::now() - chrono::Duration::hours(24)).timestamp_micros()),
+        limit: 100,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let rows = tollgate::audit::query::exchanges(&store, &filter)
+        .await
+        .expect("query");
+    let query = started.elapsed();
+    assert_eq!(rows.len(), 100);
+    println!(
+        "{name:<10} {n} events: written in {filled:.1?}, verify {verify:.2?}, query org + last 24 h (100 rows) {query:.2?}"
+    );
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo test --benches` runs bench binaries with no arguments to check
     // them; only measure under `cargo bench`.
     if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if let Ok(n) = std::env::var("LARGE") {
+        let n: usize = n.parse().expect("LARGE is a number");
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("large.db").display());
+        large(Store::open(&url).await.expect("sqlite"), n, "sqlite").await;
+        if let Some(pg) = postgres("bench_large").await {
+            large(pg, n, "postgres").await;
+        }
         return;
     }
     println!(

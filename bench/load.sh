@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Load runs: tollgate against the physical limit (the upstream directly) and
+# its peer (nginx as a plain reverse proxy), at fixed rates and at
+# saturation, interleaved in one run.
+#
+#   bash bench/load.sh                 # 10 s per run
+#   DURATION=30s bash bench/load.sh
+#
+# Needs nginx (Debian's package) and oha (cargo install oha); installs them
+# if missing. Everything listens on 127.0.0.1 and stops when the script ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+OUT=/tmp/tollgate-bench
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+PG_BASE=${TOLLGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}
+
+command -v nginx >/dev/null || apt-get install -y nginx-light
+command -v oha >/dev/null || cargo install oha --locked
+cargo build --release --quiet
+BIN=$CARGO_TARGET_DIR/release/tollgate
+
+rm -rf "$OUT" && mkdir -p "$OUT"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in upstream proxy; do [ -f "$OUT/$f.pid" ] && kill "$(cat "$OUT/$f.pid")" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+nginx -c "$REPO/bench/nginx/upstream.conf" -p "$OUT"
+nginx -c "$REPO/bench/nginx/proxy.conf" -p "$OUT"
+
+psql "$PG_BASE" -qc 'DROP SCHEMA IF EXISTS tollgate_bench CASCADE; CREATE SCHEMA tollgate_bench' >/dev/null
+
+start_tollgate() { # name port admin-port audit-url
+  TOLLGATE_LISTEN_ADDR=127.0.0.1:$2 TOLLGATE_ADMIN_ADDR=127.0.0.1:$3 \
+  TOLLGATE_UPSTREAM_URL=http://127.0.0.1:18081 TOLLGATE_AUDIT_URL=$4 \
+  TOLLGATE_POLICY_DIR=$REPO/policies RUST_LOG=warn \
+    "$BIN" serve > "$OUT/$1.log" 2>&1 &
+  pids+=($!)
+  echo $! > "$OUT/$1.pid"
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$3/readyz" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "tollgate ($1) did not become ready" >&2; cat "$OUT/$1.log" >&2; exit 1
+}
+start_tollgate tollgate-sqlite 18083 19093 "sqlite://$OUT/audit.db"
+start_tollgate tollgate-postgres 18084 19094 "$PG_BASE?options[search_path]=tollgate_bench"
+
+declare -A PORT=([direct]=18081 [nginx]=18082 [tollgate-sqlite]=18083 [tollgate-postgres]=18084)
+ITEM=/api/v2/organizations/org_acme/connections/con_saml
+AUTH=(-H 'Authorization: Bearer bench')
+JSON=(-H 'Content-Type: application/json')
+
+run() { # target workload rate
+  local target=$1 workload=$2 rate=$3 port=${PORT[$1]} args=()
+  case $workload in
+    patch-allow) args=(-m PATCH "${AUTH[@]}" "${JSON[@]}" -d '{"organization_access_level":"limited"}' "http://127.0.0.1:$port$ITEM") ;;
+    patch-deny)  args=(-m PATCH "${AUTH[@]}" "${JSON[@]}" -d '{"organization_access_level":"full"}' "http://127.0.0.1:$port$ITEM") ;;
+    get)         args=("${AUTH[@]}" "http://127.0.0.1:$port/api/v2/organizations") ;;
+  esac
+  local rate_args=()
+  [ "$rate" != max ] && rate_args=(-q "$rate")
+  local pid cpu0 cpu1
+  pid=$(cat "$OUT/$target.pid" 2>/dev/null || true)
+  [ -n "$pid" ] && cpu0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  oha --no-tui --output-format json -z "$DURATION" -c "$CONNECTIONS" "${rate_args[@]}" "${args[@]}" > "$OUT/run.json"
+  local cpu="" rss=""
+  if [ -n "$pid" ]; then
+    cpu1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    cpu=$(python3 -c "print(f'{($cpu1-$cpu0)/$(getconf CLK_TCK)/float('${DURATION%s}')*100:.0f}%')")
+    rss=$(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' "/proc/$pid/status")
+  fi
+  python3 - "$target" "$workload" "$rate" "$cpu" "$rss" <<'PY' | tee -a "$OUT/results.txt"
+import json, sys
+target, workload, rate, cpu, rss = sys.argv[1:]
+r = json.load(open("/tmp/tollgate-bench/run.json"))
+p = r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+ms = lambda s: f"{s*1000:.2f}" if s is not None else "-"
+print(f"| {workload} | {rate} | {target} | {r['summary']['requestsPerSec']:.0f} | {ms(p['p50'])} | {ms(p['p99'])} | {ms(p.get('p99.9'))} | {' '.join(f'{k}:{v}' for k,v in sorted(codes.items()))} | {cpu or '-'} | {rss or '-'} |")
+PY
+}
+
+echo "| workload | rate | target | rps | p50 ms | p99 ms | p99.9 ms | statuses | tollgate CPU | tollgate peak RSS |" | tee "$OUT/results.txt"
+echo "|---|---|---|---|---|---|---|---|---|---|" | tee -a "$OUT/results.txt"
+for workload in patch-allow get; do
+  for rate in 100 1000 max; do
+    for target in direct nginx tollgate-sqlite tollgate-postgres; do
+      run "$target" "$workload" "$rate"
+    done
+  done
+done
+for rate in 100 1000 max; do
+  for target in tollgate-sqlite tollgate-postgres; do
+    run "$target" patch-deny "$rate"
+  done
+done
+echo
+echo "audit logs after the runs:"
+TOLLGATE_AUDIT_URL="sqlite://$OUT/audit.db" "$BIN" audit verify
+TOLLGATE_AUDIT_URL="$PG_BASE?options[search_path]=tollgate_bench" "$BIN" audit verify
+echo "results: $OUT/results.txt"
