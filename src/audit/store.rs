@@ -199,21 +199,31 @@ impl Store {
         }
     }
 
-    /// Up to `limit` rows after `after` (chain, seq), in chain order: the
-    /// walk `audit verify` takes, a page at a time.
-    pub async fn rows_after(
+    /// The chains that hold events.
+    pub async fn event_chains(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<String> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT DISTINCT chain_id FROM audit_events ORDER BY chain_id")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Up to `limit` events of a chain after `after_seq`, in order: the walk
+    /// `audit verify` takes, a page at a time along the primary key.
+    pub async fn chain_rows(
         &self,
-        after: Option<(&str, i64)>,
+        chain_id: &str,
+        after_seq: i64,
         limit: i64,
     ) -> Result<Vec<Row>, StoreError> {
         on_pool!(self, pool => {
-            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events "));
-            if let Some((chain, seq)) = after {
-                qb.push("WHERE chain_id > ").push_bind(chain.to_owned())
-                    .push(" OR (chain_id = ").push_bind(chain.to_owned())
-                    .push(" AND seq > ").push_bind(seq).push(") ");
-            }
-            qb.push("ORDER BY chain_id, seq LIMIT ").push_bind(limit);
+            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE chain_id = "));
+            qb.push_bind(chain_id.to_owned())
+                .push(" AND seq > ")
+                .push_bind(after_seq)
+                .push(" ORDER BY seq LIMIT ")
+                .push_bind(limit);
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter().map(decode).collect::<Result<Vec<_>, _>>().map_err(Into::into)
         })
@@ -253,7 +263,9 @@ impl Store {
             if let Some(rule) = &f.rule {
                 qb.push(" AND rules LIKE ").push_bind(format!("%,{rule},%"));
             }
-            qb.push(" ORDER BY time_us DESC, exchange_id DESC LIMIT ").push_bind(f.limit);
+            // Time order alone, so the (org_id, time_us)-style indexes can
+            // serve the ORDER BY … LIMIT without sorting every match.
+            qb.push(" ORDER BY time_us DESC LIMIT ").push_bind(f.limit);
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter().map(decode).collect::<Result<Vec<_>, _>>().map_err(Into::into)
         })
@@ -285,13 +297,18 @@ impl Store {
     }
 }
 
-/// Splits rows into runs of at most `max_bytes` (at least one row each).
+/// Rows per INSERT at most: 15 bound values each stays under SQLite's
+/// 32,766-variable limit (and Postgres's 65,535).
+const MAX_ROWS_PER_STATEMENT: usize = 2000;
+
+/// Splits rows into runs of at most `max_bytes` and
+/// [`MAX_ROWS_PER_STATEMENT`] rows (at least one row each).
 fn chunks(rows: &[Row], max_bytes: usize) -> Vec<&[Row]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, r) in rows.iter().enumerate() {
         let size = r.body.len() + 256;
-        if i > start && bytes + size > max_bytes {
+        if i > start && (bytes + size > max_bytes || i - start >= MAX_ROWS_PER_STATEMENT) {
             out.push(&rows[start..i]);
             (start, bytes) = (i, 0);
         }

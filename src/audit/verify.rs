@@ -2,15 +2,43 @@
 //! `aws cloudtrail validate-logs`, how many events and chains are valid and
 //! where the first break of each chain is.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 use super::{GENESIS, Row, Store, StoreError, chain_hash, rules_column};
 
 /// Rows read per round trip.
 const PAGE: i64 = 5000;
+
+/// The indexed facts of a stored event, read without building the rest
+/// (`data` is skipped, not parsed into values).
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    chain_id: Cow<'a, str>,
+    seq: i64,
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    exchange_id: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+    #[serde(borrow)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    org_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    connection_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    caller: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    decision: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    rules: Vec<Cow<'a, str>>,
+}
 
 /// The first break found in a chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -52,53 +80,62 @@ struct ChainWalk {
 /// its hashed body says.
 pub async fn verify(store: &Store) -> Result<Report, StoreError> {
     let registered = store.chains().await?;
-    let mut walks: BTreeMap<String, ChainWalk> = BTreeMap::new();
-    let mut breaks = Vec::new();
-    let mut cursor: Option<(String, i64)> = None;
-    loop {
-        let page = store
-            .rows_after(cursor.as_ref().map(|(c, s)| (c.as_str(), *s)), PAGE)
-            .await?;
-        let Some(last) = page.last() else { break };
-        cursor = Some((last.chain_id.clone(), last.seq));
-        for row in &page {
-            let walk = walks
-                .entry(row.chain_id.clone())
-                .or_insert_with(|| ChainWalk {
-                    expected_seq: 1,
-                    prev: GENESIS.to_owned(),
-                    ..ChainWalk::default()
-                });
-            walk.events += 1;
-            if walk.broken {
-                continue;
-            }
-            match check(row, walk, &registered) {
-                Ok(()) => walk.valid += 1,
-                Err(reason) => {
-                    walk.broken = true;
-                    breaks.push(Break {
-                        chain_id: row.chain_id.clone(),
-                        seq: row.seq,
-                        event_id: row.event_id.clone(),
-                        reason,
-                    });
+    let mut report = Report::default();
+    for chain in store.event_chains().await? {
+        let mut walk = ChainWalk {
+            expected_seq: 1,
+            prev: GENESIS.to_owned(),
+            ..ChainWalk::default()
+        };
+        // Pipelined: the next page is read (on the store's side) while this
+        // one is checked.
+        let mut page = store.chain_rows(&chain, 0, PAGE).await?;
+        loop {
+            let next_after = page.last().map_or(0, |r| r.seq);
+            let more = page.len() as i64 == PAGE;
+            let fetch = async {
+                if more {
+                    store.chain_rows(&chain, next_after, PAGE).await.map(Some)
+                } else {
+                    Ok(None)
                 }
+            };
+            let walk_page = async { check_page(&page, &mut walk, &registered, &mut report.breaks) };
+            let (next, ()) = tokio::join!(fetch, walk_page);
+            match next? {
+                Some(p) => page = p,
+                None => break,
             }
-            walk.expected_seq = row.seq + 1;
-            walk.prev = row.hash.clone();
         }
-        if (page.len() as i64) < PAGE {
-            break;
-        }
+        report.chains += 1;
+        report.valid_chains += usize::from(!walk.broken);
+        report.events += walk.events;
+        report.valid_events += walk.valid;
     }
-    Ok(Report {
-        chains: walks.len(),
-        valid_chains: walks.values().filter(|w| !w.broken).count(),
-        events: walks.values().map(|w| w.events).sum(),
-        valid_events: walks.values().map(|w| w.valid).sum(),
-        breaks,
-    })
+    Ok(report)
+}
+
+fn check_page(page: &[Row], walk: &mut ChainWalk, registered: &[String], breaks: &mut Vec<Break>) {
+    for row in page {
+        walk.events += 1;
+        if walk.broken {
+            continue;
+        }
+        match check(row, walk, registered) {
+            Ok(()) => walk.valid += 1,
+            Err(reason) => {
+                walk.broken = true;
+                breaks.push(Break {
+                    chain_id: row.chain_id.clone(),
+                    seq: row.seq,
+                    event_id: row.event_id.clone(),
+                    reason,
+                });
+            }
+        }
+        walk.expected_seq = row.seq + 1;
+        walk.prev = row.hash.clone();
+    }
 }
 
 fn check(row: &Row, walk: &ChainWalk, registered: &[String]) -> Result<(), String> {
@@ -120,38 +157,27 @@ fn check(row: &Row, walk: &ChainWalk, registered: &[String]) -> Result<(), Strin
     if chain_hash(&row.prev_hash, &row.body) != row.hash {
         return Err("hash does not match the event's contents (edited)".into());
     }
-    let body: Value =
-        serde_json::from_str(&row.body).map_err(|_| "the event is not JSON (edited)".to_owned())?;
-    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
-    if s("chain_id").as_deref() != Some(&row.chain_id)
-        || body.get("seq").and_then(Value::as_i64) != Some(row.seq)
-    {
+    let head: Head = serde_json::from_str(&row.body)
+        .map_err(|_| "the event is not an event (edited)".to_owned())?;
+    if head.chain_id != row.chain_id || head.seq != row.seq {
         return Err(
             "the event was hashed at another place in the chain (reordered or moved)".into(),
         );
     }
-    let rules: Vec<String> = body
-        .get("rules")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    let columns_match = s("event_id").as_deref() == Some(&row.event_id)
-        && s("exchange_id").as_deref() == Some(&row.exchange_id)
-        && s("kind").as_deref() == Some(&row.kind)
-        && s("operation") == row.index.operation
-        && s("org_id") == row.index.org_id
-        && s("connection_id") == row.index.connection_id
-        && s("caller") == row.index.caller
-        && s("decision") == row.index.decision
+    let opt = |a: &Option<Cow<'_, str>>, b: &Option<String>| a.as_deref() == b.as_deref();
+    let rules: Vec<String> = head.rules.iter().map(|r| r.to_string()).collect();
+    let columns_match = head.event_id == row.event_id
+        && head.exchange_id == row.exchange_id
+        && head.kind == row.kind
+        && opt(&head.operation, &row.index.operation)
+        && opt(&head.org_id, &row.index.org_id)
+        && opt(&head.connection_id, &row.index.connection_id)
+        && opt(&head.caller, &row.index.caller)
+        && opt(&head.decision, &row.index.decision)
         && rules_column(&rules) == rules_column(&row.index.rules)
-        && s("time")
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        && chrono::DateTime::parse_from_rfc3339(&head.time)
             .map(|t| t.timestamp_micros())
+            .ok()
             == Some(row.time_us);
     if !columns_match {
         return Err("an indexed column differs from the hashed event (edited)".into());
