@@ -72,7 +72,8 @@ run() { # target workload rate
   local cpu="" rss=""
   if [ -n "$pid" ]; then
     cpu1=$(awk '{print $14+$15}' "/proc/$pid/stat")
-    cpu=$(python3 -c "print(f'{($cpu1-$cpu0)/$(getconf CLK_TCK)/float('${DURATION%s}')*100:.0f}%')")
+    cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$(getconf CLK_TCK)" -v d="${DURATION%s}" \
+      'BEGIN { printf "%.0f%%", (b - a) / hz / d * 100 }')
     rss=$(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' "/proc/$pid/status")
   fi
   python3 - "$target" "$workload" "$rate" "$cpu" "$rss" <<'PY' | tee -a "$OUT/results.txt"

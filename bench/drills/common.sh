@@ -34,11 +34,15 @@ start_tollgate() { # audit-url
   echo "tollgate did not become ready" >&2; cat "$OUT/tollgate.log" >&2; exit 1
 }
 
+LOADS=()
 load() { # seconds rate body  (background; statuses in $OUT/load-*.json)
   oha --no-tui --output-format json -z "$1s" -q "$2" -c 16 -m PATCH \
     -H 'Authorization: Bearer drill' -H 'Content-Type: application/json' -d "$3" "$ITEM" \
     > "$OUT/load-$RANDOM.json" 2>/dev/null &
+  LOADS+=($!)
 }
+
+wait_loads() { wait "${LOADS[@]}"; LOADS=(); }
 
 statuses() { # summary of every load run
   python3 - <<'PY'

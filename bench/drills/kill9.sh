@@ -15,7 +15,7 @@ for round in 1 2 3; do
   start_tollgate "$AUDIT"
   sleep 3.5
 done
-wait
+wait_loads
 statuses
 check_tenant_received_only_recorded "$AUDIT"
 TOLLGATE_AUDIT_URL=$AUDIT "$BIN" audit verify

@@ -10,7 +10,7 @@ sleep 5
 echo "restarting PostgreSQL"
 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main restart
 echo "PostgreSQL is back"
-wait
+wait_loads
 statuses
 curl -sf http://127.0.0.1:19093/readyz && echo
 code=$(curl -s -o /dev/null -w '%{http_code}' -X PATCH "$ITEM" -H 'Authorization: Bearer drill' \

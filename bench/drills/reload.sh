@@ -11,6 +11,7 @@ for i in $(seq 1 20); do
   printf '[[rule]]\nid = "drill-%s"\ndeny = %s\nmessage = "m"\nmode = "warn"\n' "$i" "'after.show_as_button == false'" > "$POLICY_DIR/drill.toml"
   sleep 1
 done
-wait
+wait_loads
 statuses
-grep -c "policy set loaded" "$OUT/tollgate.log" || true
+curl -s http://127.0.0.1:19093/metrics | grep "^tollgate_policy_reloads_total"
+curl -s http://127.0.0.1:19093/metrics | grep "^tollgate_requests_total"

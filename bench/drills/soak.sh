@@ -13,5 +13,5 @@ for t in $(seq 10 10 "$SECONDS_TOTAL"); do
   fds=$(ls "/proc/$TOLLGATE_PID/fd" | wc -l)
   echo "$t $rss $fds"
 done
-wait
+wait_loads
 statuses
