@@ -215,18 +215,20 @@ impl Gateway {
             .inputs(&policy, &route, &validated, auth.as_ref(), &request)
             .instrument(tracing::info_span!("context.fetch"))
             .await?;
-        facts.changes = inputs.clone();
+        // The record keeps the rules' view; everything below borrows it.
+        facts.changes = inputs;
         // Judge every change by every applicable rule.
         let decision = tracing::info_span!("policy.evaluate", rules = policy.rules.len())
-            .in_scope(|| policy::evaluate(&policy, &inputs));
-        facts.decision = Some(decision.clone());
-        if decision.outcome == Outcome::Deny {
+            .in_scope(|| policy::evaluate(&policy, &facts.changes));
+        let verdict = decision.outcome;
+        if verdict == Outcome::Deny {
+            facts.decision = Some(decision.clone());
             return Err(Refusal::PolicyDenied(decision));
         }
+        facts.decision = Some(decision);
         // Record the decision, durably, before anything leaves: a request the
         // tenant received always has its record.
-        self.record_decision(facts, decision.outcome.as_str())
-            .await?;
+        self.record_decision(facts, verdict.as_str()).await?;
         // Forward exactly what was judged: canonical method and path, the
         // body re-serialised, framing recomputed.
         let forwarded = forward_request(
@@ -267,19 +269,21 @@ impl Gateway {
             audit_id = %facts.exchange_id,
             operation = %route.operation,
             path = %route.path,
-            decision = decision.outcome.as_str(),
+            decision = verdict.as_str(),
             status = resp.status().as_u16(),
             "forwarded"
         );
         // A change that took effect makes the cached state stale.
         if resp.status().is_success() {
-            self.forget(&validated, &inputs);
+            self.forget(&validated, &facts.changes);
         }
         // Answer with the tenant's status, headers and body, unchanged but
         // for hop-by-hop headers and the warnings of `warn` rules.
         let (mut parts, bytes) = resp.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers);
-        add_warnings(&mut parts.headers, &decision);
+        if let Some(decision) = &facts.decision {
+            add_warnings(&mut parts.headers, decision);
+        }
         Ok(Response::from_parts(parts, full(bytes)))
     }
 
