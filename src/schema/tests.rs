@@ -288,3 +288,24 @@ fn sso_ticket_judges_each_organization() {
         "/enabled_organizations/0/show_as_button",
     );
 }
+
+/// Found by the strict_json fuzz target: an integer beyond u64 becomes a
+/// float, and the forwarded text of that float must parse back to the value
+/// that was judged (serde_json's `float_roundtrip`).
+#[test]
+fn numbers_survive_reserialisation() {
+    for body in [
+        br#"{"a":414444444444244444444}"#.as_slice(),
+        br#"{"a":0.1000000000000000055511151231257827}"#,
+        br#"{"a":-0.0,"b":1e300,"c":18446744073709551616}"#,
+    ] {
+        let map = parse_strict(body).expect("valid");
+        let out = serde_json::to_vec(&map).expect("serialise");
+        assert_eq!(
+            parse_strict(&out).expect("re-parse"),
+            map,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
