@@ -297,7 +297,11 @@ pub enum ConfigError {
 }
 
 /// Environment variables with the prefix that are not configuration keys.
-const NOT_KEYS: &[&str] = &["TOLLGATE_CONFIG", "TOLLGATE_LOG_FORMAT"];
+const NOT_KEYS: &[&str] = &[
+    "TOLLGATE_CONFIG",
+    "TOLLGATE_LOG_FORMAT",
+    "TOLLGATE_TEST_POSTGRES_URL",
+];
 
 impl Config {
     /// Parses a TOML document; `source_name` names it in errors.

@@ -55,6 +55,7 @@ fn environment_overrides_the_file() {
             ("TOLLGATE_UPSTREAM_URL", "http://127.0.0.1:1"),
             ("TOLLGATE_ROUTES_OTHER", "forward"),
             ("TOLLGATE_CONFIG", "ignored.toml"),
+            ("TOLLGATE_TEST_POSTGRES_URL", "postgres://x"),
             ("PATH", "/bin"),
         ]),
     )
