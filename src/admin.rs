@@ -72,6 +72,7 @@ impl Admin {
             (Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             (Method::GET, "/readyz") => self.ready().await,
             (Method::GET, "/metrics") => {
+                crate::telemetry::sample_process();
                 let text = self
                     .metrics
                     .as_ref()

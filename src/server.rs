@@ -13,7 +13,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::BoxBody;
 
@@ -80,7 +80,19 @@ pub async fn serve_tls<H: Handler>(
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
             req.extensions_mut().insert(Peer(peer));
-            async move { Ok::<_, std::convert::Infallible>(handler.handle(req).await) }
+            // The exchange runs in its own task, so a caller that hangs up
+            // does not cancel it halfway: a request that was judged and
+            // forwarded still gets its outcome recorded.
+            let exchange = tokio::spawn(async move { handler.handle(req).await });
+            async move {
+                Ok::<_, std::convert::Infallible>(match exchange.await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        error!(%peer, error = %e, "an exchange failed");
+                        internal_error()
+                    }
+                })
+            }
         });
         let watcher = graceful.watcher();
         let builder = builder.clone();
@@ -118,6 +130,19 @@ pub async fn serve_tls<H: Handler>(
     {
         warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
+}
+
+/// The answer when an exchange's task panicked: the tenant's error shape,
+/// nothing of the cause (that is in the log).
+fn internal_error() -> Response<BoxBody> {
+    let status = http::StatusCode::INTERNAL_SERVER_ERROR;
+    let body = serde_json::json!({
+        "statusCode": status.as_u16(),
+        "error": "Internal Server Error",
+        "errorCode": "tollgate_internal_error",
+        "message": "tollgate could not complete the exchange",
+    });
+    crate::error::json_response(status, &body).map(crate::full)
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -166,8 +166,41 @@ pub fn metrics() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Samples the gauges that are read rather than counted: the runtime's
+/// live tasks and, on Linux, the process's resident memory and open
+/// descriptors. Called on every scrape, so leaks show on a dashboard.
+pub fn sample_process() {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!("tollgate_runtime_alive_tasks").set(rt.metrics().num_alive_tasks() as f64);
+    }
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(fds.count() as f64);
+    }
+}
+
+/// Resident set size: `VmRSS` of `/proc/self/status`, in kB there.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "tollgate_runtime_alive_tasks",
+        "Tasks alive in the async runtime (connections, exchanges, background work)."
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the process."
+    );
+    describe_gauge!("process_open_fds", "Open file descriptors of the process.");
     describe_counter!(
         "tollgate_requests_total",
         "Requests answered, by operation, decision and status class."

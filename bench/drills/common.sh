@@ -23,7 +23,7 @@ ITEM=http://127.0.0.1:18083/api/v2/organizations/org_acme/connections/con_saml
 
 start_tollgate() { # audit-url
   TOLLGATE_LISTEN_ADDR=127.0.0.1:18083 TOLLGATE_ADMIN_ADDR=127.0.0.1:19093 \
-  TOLLGATE_UPSTREAM_URL=http://127.0.0.1:18081 TOLLGATE_AUDIT_URL=$1 \
+  TOLLGATE_UPSTREAM_URL=${UPSTREAM:-http://127.0.0.1:18081} TOLLGATE_AUDIT_URL=$1 \
   TOLLGATE_POLICY_DIR=${POLICY_DIR:-$REPO/policies} RUST_LOG=warn \
     "$BIN" serve >> "$OUT/tollgate.log" 2>&1 &
   TOLLGATE_PID=$!

@@ -70,8 +70,23 @@ async fn metrics_name_the_documented_series() {
         r#"tollgate_context_cache_total{result="miss"}"#,
         "# HELP tollgate_requests_total",
         "# TYPE tollgate_request_duration_seconds histogram",
+        "# TYPE tollgate_runtime_alive_tasks gauge",
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
+    // The sampled gauges hold readings, not zeros.
+    for gauge in [
+        "tollgate_runtime_alive_tasks",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{gauge} ")))
+            .unwrap_or_else(|| panic!("no {gauge} in:\n{text}"))
+            .parse()
+            .expect("a number");
+        assert!(value > 0.0, "{gauge} = {value}");
     }
 }
 

@@ -239,3 +239,52 @@ async fn shutdown_drains_in_flight_exchanges() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_does_not_cancel_the_exchange() {
+    use tokio::io::AsyncWriteExt;
+    use tollgate::audit::query;
+
+    let tenant = Sandbox::new();
+    let slow = Slow {
+        inner: tenant.clone(),
+        delay: Duration::from_millis(300),
+    };
+    let addr = crate::harness::serve_on_port_0(slow).await;
+    let h = Harness::in_front_of("", &format!("http://{addr}"), tenant).await;
+
+    // The caller sends a change and hangs up before the tenant answers.
+    let body = r#"{"show_as_button":false}"#;
+    let request = format!(
+        "PATCH {} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        item(),
+        crate::harness::TOKEN,
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+
+    // The change still reached the tenant, and the log holds its outcome,
+    // not an `unknown`.
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.audit.flush().await;
+        let filter = query::Filter {
+            limit: 10,
+            ..Default::default()
+        };
+        rows = query::exchanges(&h.store, &filter).await.expect("query");
+        if rows.first().is_some_and(|e| e.outcome != "unknown") {
+            break;
+        }
+    }
+    assert_eq!(h.received().len(), 1, "the change reached the tenant");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].outcome, "completed", "{rows:?}");
+    assert_eq!(rows[0].status, Some(200));
+}
