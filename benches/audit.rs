@@ -27,8 +27,8 @@ fn event(i: usize) -> NewEvent {
             decision: Some("allow".into()),
             rules: Vec::new(),
         },
-        data: json!({"method": "PATCH", "path": "/api/v2/organizations/org_acme/connections/con_saml",
-                     "request_body": {"organization_access_level": "limited"}, "changes": [], "rules": []}),
+        data: serde_json::value::to_raw_value(&json!({"method": "PATCH", "path": "/api/v2/organizations/org_acme/connections/con_saml",
+                     "request_body": {"organization_access_level": "limited"}, "changes": [], "rules": []})).expect("json"),
     }
 }
 

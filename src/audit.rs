@@ -16,7 +16,7 @@ pub mod writer;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 pub use store::{Store, StoreError};
@@ -65,7 +65,8 @@ pub struct NewEvent {
     pub kind: Kind,
     pub time: DateTime<Utc>,
     pub index: Index,
-    pub data: Value,
+    /// The event's details, already serialised (compact JSON).
+    pub data: Box<RawValue>,
 }
 
 /// An event in a chain, as stored.
@@ -134,24 +135,41 @@ pub fn chain_hash(prev_hash: &str, body: &str) -> String {
     hex::encode(h.finalize())
 }
 
-/// The canonical bytes of an event: compact JSON, keys in a fixed order.
+/// The canonical bytes of an event: compact JSON, keys in a fixed order,
+/// `data` as serialised by the event's builder.
 fn canonical(chain_id: &str, seq: i64, event_id: &str, e: &NewEvent) -> String {
-    json!({
-        "chain_id": chain_id,
-        "seq": seq,
-        "event_id": event_id,
-        "exchange_id": e.exchange_id,
-        "kind": e.kind.as_str(),
-        "time": format_time(e.time),
-        "operation": e.index.operation,
-        "org_id": e.index.org_id,
-        "connection_id": e.index.connection_id,
-        "caller": e.index.caller,
-        "decision": e.index.decision,
-        "rules": e.index.rules,
-        "data": e.data,
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        chain_id: &'a str,
+        seq: i64,
+        event_id: &'a str,
+        exchange_id: &'a str,
+        kind: &'a str,
+        time: String,
+        operation: Option<&'a str>,
+        org_id: Option<&'a str>,
+        connection_id: Option<&'a str>,
+        caller: Option<&'a str>,
+        decision: Option<&'a str>,
+        rules: &'a [String],
+        data: &'a RawValue,
+    }
+    serde_json::to_string(&Canonical {
+        chain_id,
+        seq,
+        event_id,
+        exchange_id: &e.exchange_id,
+        kind: e.kind.as_str(),
+        time: format_time(e.time),
+        operation: e.index.operation.as_deref(),
+        org_id: e.index.org_id.as_deref(),
+        connection_id: e.index.connection_id.as_deref(),
+        caller: e.index.caller.as_deref(),
+        decision: e.index.decision.as_deref(),
+        rules: &e.index.rules,
+        data: &e.data,
     })
-    .to_string()
+    .expect("strings and checked JSON serialise")
 }
 
 /// RFC 3339, UTC, microseconds: what the log shows.
