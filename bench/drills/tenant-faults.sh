@@ -76,6 +76,8 @@ fds = [int(r[2]) for r in rounds]
 print(f"live tasks: start {start[1]}, after each round {tasks}")
 print(f"open fds:   start {start[2]}, after each round {fds}")
 print(f"rss MB:     start {start[3]}, after each round {[r[3] for r in rounds]}")
-assert max(tasks) - min(tasks) <= 4, "live tasks grow from round to round"
-assert max(fds) - min(fds) <= 4, "descriptors grow from round to round"
+# Each round fails thousands of calls; a leak per failed call would show
+# in thousands. What moves by a few is the idle connection pool.
+assert max(tasks) - min(tasks) <= 10, "live tasks grow from round to round"
+assert max(fds) - min(fds) <= 10, "descriptors grow from round to round"
 PY
