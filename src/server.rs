@@ -3,8 +3,13 @@
 //! exchanges.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -80,18 +85,19 @@ pub async fn serve_tls<H: Handler>(
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
             req.extensions_mut().insert(Peer(peer));
-            // The exchange runs in its own task, so a caller that hangs up
-            // does not cancel it halfway: a request that was judged and
-            // forwarded still gets its outcome recorded.
-            let exchange = tokio::spawn(async move { handler.handle(req).await });
+            // A caller that hangs up must not cancel the exchange halfway
+            // (a change judged and forwarded still gets its outcome
+            // recorded): if the connection drops the exchange, it finishes
+            // in a task of its own. It runs inline otherwise; a task per
+            // exchange costs a cross-thread hand-off on every request.
+            let exchange = AssertUnwindSafe(async move { handler.handle(req).await });
+            let exchange = exchange.catch_unwind();
+            let exchange = Detach(Some(Box::pin(exchange)));
             async move {
-                Ok::<_, std::convert::Infallible>(match exchange.await {
-                    Ok(resp) => resp,
-                    Err(e) => {
-                        error!(%peer, error = %e, "an exchange failed");
-                        internal_error()
-                    }
-                })
+                Ok::<_, std::convert::Infallible>(exchange.await.unwrap_or_else(|_| {
+                    error!(%peer, "an exchange panicked");
+                    internal_error()
+                }))
             }
         });
         let watcher = graceful.watcher();
@@ -132,7 +138,44 @@ pub async fn serve_tls<H: Handler>(
     }
 }
 
-/// The answer when an exchange's task panicked: the tenant's error shape,
+/// A future that, dropped before it completes, finishes in a spawned task.
+struct Detach<F>(Option<Pin<Box<F>>>)
+where
+    F: Future + Send + 'static,
+    F::Output: Send;
+
+impl<F> Future for Detach<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(inner) = self.0.as_mut() else {
+            return Poll::Pending; // polled after completion: never again ready
+        };
+        let out = std::task::ready!(inner.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F> Drop for Detach<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(inner);
+        }
+    }
+}
+
+/// The answer when an exchange panicked: the tenant's error shape,
 /// nothing of the cause (that is in the log).
 fn internal_error() -> Response<BoxBody> {
     let status = http::StatusCode::INTERNAL_SERVER_ERROR;

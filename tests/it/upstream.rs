@@ -288,3 +288,37 @@ async fn a_caller_that_hangs_up_does_not_cancel_the_exchange() {
     assert_eq!(rows[0].outcome, "completed", "{rows:?}");
     assert_eq!(rows[0].status, Some(200));
 }
+
+/// A handler with a bug.
+struct Panics;
+
+impl Handler for Panics {
+    async fn handle(&self, _req: Request<Incoming>) -> Response<BoxBody> {
+        panic!("a bug in a handler")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_exchange_is_a_500_in_the_tenant_shape() {
+    let addr = crate::harness::serve_on_port_0(Panics).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for _ in 0..2 {
+        let resp = client
+            .get(
+                format!("http://{addr}/api/v2/organizations")
+                    .parse()
+                    .expect("uri"),
+            )
+            .await
+            .expect("answered, not reset");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json["errorCode"], "tollgate_internal_error");
+        assert_eq!(json["statusCode"], 500);
+    }
+}
