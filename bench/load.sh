@@ -107,6 +107,14 @@ for workload in ${WORKLOADS:-patch-mixed patch-allow patch-deny get}; do
   done
 done
 echo
+echo "audit commit durations over the whole run (cumulative buckets, seconds):"
+for port in 19093 19094; do
+  curl -sf "http://127.0.0.1:$port/metrics" | python3 -c '
+import re, sys
+b = [(m[1], int(float(m[2]))) for m in re.finditer(r"tollgate_audit_write_duration_seconds_bucket\{le=\"([^\"]+)\"\} (\S+)", sys.stdin.read())]
+print("  " + " ".join(f"<={le}:{n}" for le, n in b if le in ("0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "+Inf")))'
+done
+echo
 echo "audit logs after the runs:"
 TOLLGATE_AUDIT_URL="sqlite://$OUT/audit.db" "$BIN" audit verify
 TOLLGATE_AUDIT_URL="$PG_BASE?options[search_path]=tollgate_bench" "$BIN" audit verify
