@@ -201,17 +201,23 @@ pub fn error_response(
     extra: Map<String, Value>,
     audit_id: &str,
 ) -> Response<Bytes> {
-    let mut body = json!({
-        "statusCode": status.as_u16(),
-        "error": status.canonical_reason().unwrap_or("Error"),
-        "errorCode": code,
-        "message": message,
-    });
+    let mut body = error_body(status, code, message);
     if let Value::Object(map) = &mut body {
         map.extend(extra);
         map.insert("audit_id".into(), Value::String(audit_id.to_owned()));
     }
     json_response(status, &body)
+}
+
+/// `{"statusCode","error","errorCode","message"}`: the Management API's
+/// error body.
+pub fn error_body(status: StatusCode, code: &str, message: &str) -> Value {
+    json!({
+        "statusCode": status.as_u16(),
+        "error": status.canonical_reason().unwrap_or("Error"),
+        "errorCode": code,
+        "message": message,
+    })
 }
 
 /// A JSON response.

@@ -140,8 +140,9 @@ pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
-/// The caller, as far as the request tells.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The caller, as far as the request tells. Serialised (with its token
+/// fingerprint) into the `decision` event's `data.caller`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Caller {
     /// `azp` (or `client_id`) of the token.
     pub client_id: Option<String>,

@@ -178,14 +178,14 @@ where
 /// The answer when an exchange panicked: the tenant's error shape,
 /// nothing of the cause (that is in the log).
 fn internal_error() -> Response<BoxBody> {
+    use crate::error::{error_body, json_response};
     let status = http::StatusCode::INTERNAL_SERVER_ERROR;
-    let body = serde_json::json!({
-        "statusCode": status.as_u16(),
-        "error": "Internal Server Error",
-        "errorCode": "tollgate_internal_error",
-        "message": "tollgate could not complete the exchange",
-    });
-    crate::error::json_response(status, &body).map(crate::full)
+    let body = error_body(
+        status,
+        "tollgate_internal_error",
+        "tollgate could not complete the exchange",
+    );
+    json_response(status, &body).map(crate::full)
 }
 
 /// Completes on SIGTERM or SIGINT.

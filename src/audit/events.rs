@@ -93,15 +93,7 @@ impl Facts {
             path: &self.path,
             source_ip: self.source_ip.as_deref(),
             user_agent: self.user_agent.as_deref(),
-            caller: CallerData {
-                client_id: self.caller.client_id.as_deref(),
-                subject: self.caller.subject.as_deref(),
-                grant_type: self.caller.grant_type.as_deref(),
-                scopes: &self.caller.scopes,
-                verified: self.caller.verified,
-                key: self.caller.key.as_deref(),
-                token_fingerprint: self.caller.token_fingerprint.as_deref(),
-            },
+            caller: &self.caller,
             request_body: self.request_body.as_ref(),
             unknown_fields: &self.unknown_fields,
             changes: self.changes.iter().map(ChangeData::of).collect(),
@@ -204,24 +196,13 @@ struct DecisionData<'a> {
     path: &'a str,
     source_ip: Option<&'a str>,
     user_agent: Option<&'a str>,
-    caller: CallerData<'a>,
+    caller: &'a Caller,
     request_body: Option<&'a Value>,
     unknown_fields: &'a [String],
     changes: Vec<ChangeData<'a>>,
     rules: Vec<RuleData<'a>>,
     policy_version: Option<&'a str>,
     error: Option<ErrorData<'a>>,
-}
-
-#[derive(Serialize)]
-struct CallerData<'a> {
-    client_id: Option<&'a str>,
-    subject: Option<&'a str>,
-    grant_type: Option<&'a str>,
-    scopes: &'a [String],
-    verified: bool,
-    key: Option<&'a str>,
-    token_fingerprint: Option<&'a str>,
 }
 
 #[derive(Serialize)]
