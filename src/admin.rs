@@ -264,7 +264,9 @@ fn policy_json(policies: &Policies) -> Value {
             })
         })
         .collect();
-    json!({"version": set.version, "dir": policies.dir().display().to_string(), "files": set.files, "rules": rules})
+    // A built-in set has no directory: `dir` is null and `builtin` true.
+    let dir = policies.dir().map(|d| d.display().to_string());
+    json!({"version": set.version, "dir": dir, "builtin": dir.is_none(), "files": set.files, "rules": rules})
 }
 
 fn strip_audit_id(r: &mut Response<Bytes>) {

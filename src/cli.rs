@@ -226,21 +226,18 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
         info!(%addr, "sandbox tenant listening");
         config.upstream.url = Some(format!("http://{addr}"));
     }
-    let policies = Arc::new(Policies::load(&config.policy.dir).map_err(|e| load_errors(&e))?);
-    let current = policies.current();
-    info!(
-        dir = %config.policy.dir.display(),
-        rules = current.rules.len(),
-        version = %current.version,
-        "policy set loaded"
-    );
-    let _watch = match policies.watch() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!(error = %e, dir = %config.policy.dir.display(), "policy directory not watched; SIGHUP still reloads");
-            None
-        }
+    let policies = Arc::new(load_policies(&config, sandbox)?);
+    let _watch = match policies.dir() {
+        None => None,
+        Some(dir) => match policies.watch() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, dir = %dir.display(), "policy directory not watched; SIGHUP still reloads");
+                None
+            }
+        },
     };
+    let _claim = crate::audit::store::claim(&config.audit.url)?;
     let store = Store::open(&config.audit.url).await?;
     let audit = Arc::new(AuditLog::start(store.clone()).await?);
     info!(
@@ -304,6 +301,37 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
     let _ = admin_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// The policy set `serve` enforces: `policy.dir`, which must hold rules
+/// (unless `policy.allow_empty`). The sandbox, run where there is no policy
+/// directory, enforces the starter set built into the binary instead.
+fn load_policies(config: &Config, sandbox: bool) -> anyhow::Result<Policies> {
+    let dir = &config.policy.dir;
+    if sandbox && !dir.exists() {
+        let policies = Policies::starter();
+        let set = policies.current();
+        warn!(
+            dir = %crate::policy::absolute(dir),
+            rules = set.rules.len(),
+            version = %set.version,
+            "no policy directory: the sandbox enforces the built-in starter set (policies/ of the repository)"
+        );
+        return Ok(policies);
+    }
+    let policies =
+        Policies::load(dir, config.policy.allow_empty).map_err(|e| load_errors(&e))?;
+    let set = policies.current();
+    info!(
+        dir = %crate::policy::absolute(dir),
+        rules = set.rules.len(),
+        version = %set.version,
+        "policy set loaded"
+    );
+    if set.rules.is_empty() {
+        warn!("no policy rule in force (policy.allow_empty = true): every change is forwarded");
+    }
+    Ok(policies)
 }
 
 fn tls_for(

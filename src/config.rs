@@ -131,12 +131,17 @@ pub enum AuditFailure {
 pub struct Policy {
     /// Directory of `*.toml` policy files (test cases in its `tests/`).
     pub dir: PathBuf,
+    /// Run with no rule at all. Off: `serve` refuses to start when the
+    /// directory is missing or holds no rule, and a reload that would leave
+    /// no rule keeps the last good set.
+    pub allow_empty: bool,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             dir: PathBuf::from("policies"),
+            allow_empty: false,
         }
     }
 }

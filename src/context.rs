@@ -1,10 +1,19 @@
 //! Tenant context for rules: the organization, the connection and the
 //! association as it stands, fetched with the caller's credentials, only
-//! when an applicable rule reads them, concurrently, and cached.
+//! when an applicable rule reads them (or a record must keep them).
 //!
-//! The cache keeps answers for `context.cache_ttl` and forgets an
-//! association as soon as a change to it through tollgate succeeds, so a
-//! second PATCH is judged against the state the first one produced.
+//! Two kinds of context, kept apart on purpose:
+//!
+//! - **Facts a change to an association does not alter**: an
+//!   organization's id and name, a connection's name and strategy. These are
+//!   cached for `context.cache_ttl`, keyed by the credential that fetched
+//!   them as well as the resource (a caller never gets a verdict
+//!   computed from what another credential could read). A lookup that
+//!   started before an invalidation does not store its answer (a generation
+//!   check), so a slow lookup cannot resurrect what was forgotten.
+//! - **The association as it stands** (`before`): read fresh from the
+//!   tenant by [`inputs`](ContextClient::inputs), after the gateway has
+//!   locked the association, and never cached.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,7 +23,9 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 
+use crate::lock::Pair;
 use crate::policy::{Input, Needs, PolicySet, state};
 use crate::route::{Governed, Operation};
 use crate::schema::{Change, OrgRef, Validated};
@@ -35,11 +46,22 @@ pub enum ContextError {
     Refused(Box<Response<Bytes>>),
 }
 
-/// Lookups against the tenant, with a cache.
+/// A cached answer: when it was fetched, and what it was (`None`: 404).
+type Entry = (Instant, Option<Value>);
+
+#[derive(Default)]
+struct Cache {
+    /// (credential fingerprint, path) → answer.
+    entries: HashMap<(String, String), Entry>,
+    /// Bumped by every invalidation.
+    generation: u64,
+}
+
+/// Lookups against the tenant, with a cache for facts.
 pub struct ContextClient {
     upstream: Upstream,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Option<Value>)>>,
+    cache: Mutex<Cache>,
 }
 
 /// What one request is, besides its body: for `request` and `caller`.
@@ -47,6 +69,25 @@ pub struct RequestFacts {
     pub caller: Value,
     pub request: Value,
     pub now: chrono::DateTime<chrono::Utc>,
+}
+
+/// The credential lookups are made with, and its fingerprint (the cache key).
+pub struct Credential<'a> {
+    header: Option<&'a HeaderValue>,
+    fingerprint: String,
+}
+
+impl<'a> Credential<'a> {
+    pub fn new(header: Option<&'a HeaderValue>) -> Credential<'a> {
+        let fingerprint = match header {
+            Some(h) => hex::encode(Sha256::digest(h.as_bytes())),
+            None => String::new(),
+        };
+        Credential {
+            header,
+            fingerprint,
+        }
+    }
 }
 
 fn enc(s: &str) -> String {
@@ -58,14 +99,19 @@ impl ContextClient {
         ContextClient {
             upstream,
             ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
         }
     }
 
-    fn cached(&self, path: &str) -> Option<Option<Value>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let found = cache
-            .get(path)
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self, key: &(String, String)) -> Option<Option<Value>> {
+        let found = self
+            .cache()
+            .entries
+            .get(key)
             .filter(|(at, _)| at.elapsed() < self.ttl)
             .map(|(_, v)| v.clone());
         let result = if found.is_some() { "hit" } else { "miss" };
@@ -73,41 +119,52 @@ impl ContextClient {
         found
     }
 
-    fn store(&self, path: &str, value: Option<Value>) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_ENTRIES {
+    /// Stores an answer unless an invalidation happened since `generation`.
+    fn store(&self, key: (String, String), generation: u64, value: Option<Value>) {
+        let mut cache = self.cache();
+        if cache.generation != generation {
+            return;
+        }
+        if cache.entries.len() >= MAX_ENTRIES {
             let ttl = self.ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-            if cache.len() >= MAX_ENTRIES {
-                cache.clear();
+            cache.entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            if cache.entries.len() >= MAX_ENTRIES {
+                cache.entries.clear();
             }
         }
-        cache.insert(path.to_owned(), (Instant::now(), value));
+        cache.entries.insert(key, (Instant::now(), value));
     }
 
-    /// Forgets what is cached about an association (after a change to it).
-    pub fn invalidate(&self, org_id: &str, connection_id: &str) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        for family in ["connections", "enabled_connections"] {
-            cache.remove(&format!(
-                "/api/v2/organizations/{}/{family}/{}",
-                enc(org_id),
-                enc(connection_id)
-            ));
+    /// Forgets every cached fact (after a change that may have altered one:
+    /// an organization renamed, a connection replaced). Lookups still in
+    /// flight will not store their answers.
+    pub fn invalidate(&self) {
+        let mut cache = self.cache();
+        cache.generation += 1;
+        cache.entries.clear();
+    }
+
+    /// A fact: cached per credential for `context.cache_ttl`.
+    async fn fact(&self, path: String, cred: &Credential<'_>) -> Result<Option<Value>, ContextError> {
+        if self.ttl.is_zero() {
+            return self.fetch(&path, cred.header).await;
         }
+        let key = (cred.fingerprint.clone(), path);
+        if let Some(v) = self.cached(&key) {
+            return Ok(v);
+        }
+        let generation = self.cache().generation;
+        let value = self.fetch(&key.1, cred.header).await?;
+        self.store(key, generation, value.clone());
+        Ok(value)
     }
 
-    /// GETs a resource: `Some` on 200, `None` on 404.
-    async fn get(
+    /// GETs a resource from the tenant: `Some` on 200, `None` on 404.
+    async fn fetch(
         &self,
         path: &str,
         auth: Option<&HeaderValue>,
     ) -> Result<Option<Value>, ContextError> {
-        if self.ttl > Duration::ZERO
-            && let Some(v) = self.cached(path)
-        {
-            return Ok(v);
-        }
         let uri = self
             .upstream
             .uri(path)
@@ -126,42 +183,31 @@ impl ContextClient {
             .send_buffered(req)
             .await
             .map_err(|e| ContextError::Unavailable(format!("GET {path}: {e}")))?;
-        let value = match resp.status() {
-            StatusCode::OK => Some(
-                serde_json::from_slice(resp.body())
-                    .map_err(|e| ContextError::Unavailable(format!("GET {path}: not JSON: {e}")))?,
-            ),
-            StatusCode::NOT_FOUND => None,
+        match resp.status() {
+            StatusCode::OK => Ok(Some(serde_json::from_slice(resp.body()).map_err(|e| {
+                ContextError::Unavailable(format!("GET {path}: not JSON: {e}"))
+            })?)),
+            StatusCode::NOT_FOUND => Ok(None),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(ContextError::Refused(Box::new(resp)));
+                Err(ContextError::Refused(Box::new(resp)))
             }
-            s => {
-                return Err(ContextError::Unavailable(format!(
-                    "GET {path}: the tenant answered {s}"
-                )));
-            }
-        };
-        if self.ttl > Duration::ZERO {
-            self.store(path, value.clone());
+            s => Err(ContextError::Unavailable(format!(
+                "GET {path}: the tenant answered {s}"
+            ))),
         }
-        Ok(value)
     }
 
     /// The organization named by id, or else by name: `{id, name}`.
-    async fn org(
-        &self,
-        id_or_name: &str,
-        auth: Option<&HeaderValue>,
-    ) -> Result<Value, ContextError> {
+    async fn org(&self, id_or_name: &str, cred: &Credential<'_>) -> Result<Value, ContextError> {
         let by_id = self
-            .get(&format!("/api/v2/organizations/{}", enc(id_or_name)), auth)
+            .fact(format!("/api/v2/organizations/{}", enc(id_or_name)), cred)
             .await?;
         let found = match by_id {
             Some(v) => Some(v),
             None => {
-                self.get(
-                    &format!("/api/v2/organizations/name/{}", enc(id_or_name)),
-                    auth,
+                self.fact(
+                    format!("/api/v2/organizations/name/{}", enc(id_or_name)),
+                    cred,
                 )
                 .await?
             }
@@ -176,13 +222,13 @@ impl ContextClient {
     async fn connection(
         &self,
         id: Option<&str>,
-        auth: Option<&HeaderValue>,
+        cred: &Credential<'_>,
     ) -> Result<Value, ContextError> {
         let Some(id) = id else {
             return Ok(json!({"id": null, "name": null, "strategy": null, "is_database": false}));
         };
         let found = self
-            .get(&format!("/api/v2/connections/{}", enc(id)), auth)
+            .fact(format!("/api/v2/connections/{}", enc(id)), cred)
             .await?;
         let strategy = found
             .as_ref()
@@ -197,8 +243,8 @@ impl ContextClient {
         }))
     }
 
-    /// The association as it stands, through the current family's route,
-    /// falling back to the legacy one.
+    /// The association as it stands, read fresh through the current
+    /// family's route, falling back to the legacy one.
     async fn association(
         &self,
         org_id: &str,
@@ -211,7 +257,7 @@ impl ContextClient {
                 enc(org_id),
                 enc(connection_id)
             );
-            if let Some(Value::Object(m)) = self.get(&path, auth).await? {
+            if let Some(Value::Object(m)) = self.fetch(&path, auth).await? {
                 return Ok(Some(m));
             }
         }
@@ -219,7 +265,8 @@ impl ContextClient {
     }
 
     /// The rules' view of every change a request asks for, fetching what the
-    /// applicable rules need.
+    /// applicable rules need. Call it with the changes' associations locked
+    /// (see [`pairs`]): `before` is read here, fresh.
     pub async fn inputs(
         &self,
         policy: &PolicySet,
@@ -228,6 +275,7 @@ impl ContextClient {
         auth: Option<&HeaderValue>,
         facts: &RequestFacts,
     ) -> Result<Vec<Input>, ContextError> {
+        let cred = Credential::new(auth);
         try_join_all(validated.changes.iter().map(|change| {
             let mut needs = policy.needs(route.operation, change.operation);
             // A delete's record keeps what it removed, whatever the rules
@@ -240,7 +288,7 @@ impl ContextClient {
                     before: true,
                 };
             }
-            self.input(route.operation, change, needs, auth, facts)
+            self.input(route.operation, change, needs, &cred, facts)
         }))
         .await
     }
@@ -250,7 +298,7 @@ impl ContextClient {
         operation: Operation,
         change: &Change,
         needs: Needs,
-        auth: Option<&HeaderValue>,
+        cred: &Credential<'_>,
         facts: &RequestFacts,
     ) -> Result<Input, ContextError> {
         let cid = change.connection_id.as_deref();
@@ -258,13 +306,13 @@ impl ContextClient {
         let org_fut = async {
             match &change.org {
                 OrgRef::New(name) => Ok(json!({"id": null, "name": name})),
-                OrgRef::Existing(id) if needs.org || needs.before => self.org(id, auth).await,
+                OrgRef::Existing(id) if needs.org || needs.before => self.org(id, cred).await,
                 OrgRef::Existing(id) => Ok(json!({"id": id, "name": null})),
             }
         };
         let connection_fut = async {
             if needs.connection {
-                self.connection(cid, auth).await
+                self.connection(cid, cred).await
             } else {
                 Ok(json!({"id": cid, "name": null, "strategy": null, "is_database": false}))
             }
@@ -278,7 +326,7 @@ impl ContextClient {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                self.association(&org_id, cid, auth).await?
+                self.association(&org_id, cid, cred.header).await?
             }
             _ => None,
         };
@@ -307,4 +355,18 @@ impl ContextClient {
             },
         })
     }
+}
+
+/// The associations a request changes, as the request names them: the
+/// pairs the gateway locks. A new organization has none yet; an SSO ticket
+/// without a connection creates the connection later.
+pub fn pairs(validated: &Validated) -> Vec<Pair> {
+    validated
+        .changes
+        .iter()
+        .filter_map(|c| match (&c.org, &c.connection_id) {
+            (OrgRef::Existing(org), Some(cid)) => Some((org.clone(), cid.clone())),
+            _ => None,
+        })
+        .collect()
 }

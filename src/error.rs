@@ -15,6 +15,7 @@ use crate::audit::AuditError;
 use crate::body::BodyError;
 use crate::context::ContextError;
 use crate::identity::IdentityError;
+use crate::lock::LockError;
 use crate::policy::{Decision, Mode, RuleResult};
 use crate::route::RouteError;
 use crate::schema::{JsonError, SchemaError};
@@ -41,6 +42,8 @@ pub enum Refusal {
     PolicyDenied(Decision),
     #[error(transparent)]
     Context(#[from] ContextError),
+    #[error(transparent)]
+    Locked(#[from] LockError),
     #[error("the audit log cannot record the attempt; nothing was forwarded")]
     AuditUnavailable(AuditError),
     #[error(transparent)]
@@ -114,6 +117,15 @@ impl Refusal {
                 message: "context needed by a rule could not be fetched from the tenant".into(),
                 extra: Map::new(),
             },
+            Refusal::Locked(e) => Answer {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "tollgate_context_unavailable",
+                message: match e {
+                    LockError::Busy { .. } => e.to_string(),
+                    LockError::Store(_) => "the association could not be locked for the change".into(),
+                },
+                extra: Map::new(),
+            },
             Refusal::Context(ContextError::Refused(resp)) => Answer {
                 status: resp.status(),
                 code: "",
@@ -183,6 +195,12 @@ impl Refusal {
         if let Refusal::Route(RouteError::MethodNotAllowed { allow, .. }) = self {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        // tollgate's own 503s are momentary (a lock, the store, a lookup):
+        // clients that honour Retry-After wait a second instead of hammering.
+        if a.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if a.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

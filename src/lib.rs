@@ -27,6 +27,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod identity;
+pub mod lock;
 pub mod policy;
 pub mod proxy;
 pub mod route;

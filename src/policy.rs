@@ -8,6 +8,7 @@
 
 mod eval;
 mod load;
+pub mod postcheck;
 pub mod reload;
 pub mod state;
 pub mod testcases;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use eval::{Decision, Input, Outcome, RuleResult, Verdict, evaluate};
-pub use load::{LoadError, load_dir, load_sources};
+pub use load::{LoadError, absolute, load_dir, load_sources};
 
 use crate::route::Operation;
 

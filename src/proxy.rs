@@ -24,11 +24,13 @@ use crate::audit::AuditLog;
 use crate::audit::events::{Facts, Refused};
 use crate::body::{self, BodyError};
 use crate::config::{AuditFailure, Config, OtherRoutes};
-use crate::context::{ContextClient, ContextError, RequestFacts};
+use crate::context::{self, ContextClient, ContextError, RequestFacts};
 use crate::error::Refusal;
 use crate::identity::{Identity, IdentityError};
+use crate::lock::AssociationLocks;
 use crate::policy::reload::Policies;
-use crate::policy::{self, Decision, Input, Mode, Outcome};
+use crate::policy::postcheck::{self, PostCheck};
+use crate::policy::{self, Decision, Input, Mode, Outcome, PolicySet};
 use crate::route::{self, Governed, Route};
 use crate::schema::{self, OrgRef, Validated};
 use crate::server::Peer;
@@ -55,6 +57,7 @@ pub struct Gateway {
     upstream: Upstream,
     policies: Arc<Policies>,
     context: ContextClient,
+    locks: AssociationLocks,
     audit: Arc<AuditLog>,
     identity: Identity,
 }
@@ -79,11 +82,15 @@ impl Gateway {
         )?;
         let context = ContextClient::new(upstream.clone(), config.context.cache_ttl.0);
         let identity = Identity::new(&config.identity, &upstream, &url)?;
+        // A waiter gives up after the time one tenant call may take.
+        let locks = AssociationLocks::for_store(&config.audit.url, &url, config.upstream.timeout.0)
+            .map_err(|e| SetupError::Url(e.to_string()))?;
         Ok(Gateway {
             config: Arc::new(config),
             upstream,
             policies,
             context,
+            locks,
             audit,
             identity,
         })
@@ -210,6 +217,17 @@ impl Gateway {
         };
         // The credential the tenant sees: the caller's, or the broker's.
         let auth = self.identity.tenant_authorization(&parts.headers).await?;
+        // One change per association at a time: every association the
+        // request changes is locked before `before` is read, and stays locked
+        // until the tenant has answered, so no other change through tollgate
+        // (this process, or a replica on the same Postgres) lands in between
+        // and `after` is where this change really leads.
+        let held = self
+            .locks
+            .acquire(&context::pairs(&validated))
+            .instrument(tracing::info_span!("association.lock"))
+            .await?;
+        // Fetch the context the applicable rules read; `before` fresh.
         let inputs = self
             .context
             .inputs(&policy, &route, &validated, auth.as_ref(), &request)
@@ -246,6 +264,9 @@ impl Gateway {
             self.upstream.send_buffered(forwarded).await
         };
         let sent = call.instrument(tracing::info_span!("upstream.call")).await;
+        // The tenant has answered, or the deadline passed: the next change
+        // to these associations may read them.
+        drop(held);
         metrics::histogram!("tollgate_upstream_duration_seconds", "operation" => route.operation.id())
             .record(started.elapsed().as_secs_f64());
         let resp = match sent {
@@ -255,6 +276,13 @@ impl Gateway {
                 return Err(e.into());
             }
         };
+        // Judge what the tenant says it did.
+        let post_check = match facts.changes.as_slice() {
+            [judged] if resp.status().is_success() && postcheck::applies(judged) => {
+                Some(post_check(&policy, facts, judged, resp.body()))
+            }
+            _ => None,
+        };
         // Record the outcome; the exchange is over whatever the store says.
         let max = usize::try_from(self.config.audit.max_body).unwrap_or(usize::MAX);
         let outcome = facts.outcome_event(
@@ -263,6 +291,7 @@ impl Gateway {
             Some(resp.body()),
             started.elapsed(),
             max,
+            post_check.as_ref(),
         );
         self.audit.record_later(outcome).await;
         info!(
@@ -273,9 +302,9 @@ impl Gateway {
             status = resp.status().as_u16(),
             "forwarded"
         );
-        // A change that took effect makes the cached state stale.
-        if resp.status().is_success() {
-            self.forget(&validated, &facts.changes);
+        // A new organization may be one a cached lookup did not find.
+        if resp.status().is_success() && route.operation == route::Operation::OrganizationCreate {
+            self.context.invalidate();
         }
         // Answer with the tenant's status, headers and body, unchanged but
         // for hop-by-hop headers and the warnings of `warn` rules.
@@ -331,6 +360,7 @@ impl Gateway {
             self.record_decision(facts, Outcome::Allow.as_str()).await?;
         }
         let (mut parts, body) = req.into_parts();
+        let parts_method = parts.method.clone();
         parts.uri = self.upstream.uri(&facts.path)?;
         parts.version = http::Version::HTTP_11;
         upstream::strip_hop_by_hop(&mut parts.headers);
@@ -348,7 +378,12 @@ impl Gateway {
         metrics::histogram!("tollgate_upstream_duration_seconds", "operation" => "other")
             .record(started.elapsed().as_secs_f64());
         let resp = match sent {
-            Ok(resp) => resp,
+            Ok(resp) => {
+                if resp.status().is_success() && changes_facts(&parts_method, &facts.path) {
+                    self.context.invalidate();
+                }
+                resp
+            }
             Err(e) => {
                 if mode == OtherRoutes::Audit {
                     self.record_failure(facts, &e, started).await;
@@ -366,6 +401,7 @@ impl Gateway {
                 None,
                 started.elapsed(),
                 max,
+                None,
             );
             self.audit.record_later(outcome).await;
         }
@@ -446,20 +482,25 @@ impl Gateway {
             error!(audit_id = %facts.exchange_id, error = %e, "refusal not recorded");
         }
     }
+}
 
-    fn forget(&self, validated: &Validated, inputs: &[Input]) {
-        for (change, input) in validated.changes.iter().zip(inputs) {
-            let Some(cid) = change.connection_id.as_deref() else {
-                continue;
-            };
-            if let OrgRef::Existing(named) = &change.org {
-                self.context.invalidate(named, cid);
-            }
-            if let Some(resolved) = input.org.get("id").and_then(Value::as_str) {
-                self.context.invalidate(resolved, cid);
-            }
-        }
+/// The post-check of a successful change: the tenant's answer judged again.
+/// A violation is counted and logged; nothing is reverted, the outcome
+/// records it.
+fn post_check(policy: &PolicySet, facts: &Facts, judged: &Input, answer: &[u8]) -> PostCheck {
+    let check = postcheck::check(policy, judged, answer);
+    if check.verdict == postcheck::Verdict::Violated {
+        let rules: Vec<&str> = check.rules.iter().map(|r| r.id.as_str()).collect();
+        metrics::counter!("tollgate_post_check_violations_total", "operation" => judged.operation.id())
+            .increment(1);
+        error!(
+            audit_id = %facts.exchange_id,
+            path = %facts.path,
+            rules = %rules.join(","),
+            "post-check violated: the tenant reports a state the policy forbids (changed at the tenant meanwhile, or more applied than asked)"
+        );
     }
+    check
 }
 
 /// The decision a refusal is recorded with; `None`: not recorded here
@@ -467,7 +508,15 @@ impl Gateway {
 fn refusal_decision(refusal: &Refusal) -> Option<&'static str> {
     match refusal {
         Refusal::Upstream(_) | Refusal::AuditUnavailable(_) => None,
-        Refusal::PolicyDenied(_) | Refusal::OtherRouteDenied | Refusal::Context(_) => Some("deny"),
+        Refusal::PolicyDenied(_)
+        | Refusal::OtherRouteDenied
+        | Refusal::Context(ContextError::Refused(_)) => Some("deny"),
+        // Not a verdict on the request: what it needed could not be had.
+        Refusal::Context(ContextError::Unavailable(_))
+        | Refusal::Locked(_)
+        | Refusal::Identity(IdentityError::JwksUnavailable(_) | IdentityError::TokenUnavailable(_)) => {
+            Some("unavailable")
+        }
         Refusal::Identity(
             IdentityError::MissingToken
             | IdentityError::InvalidToken(_)
@@ -476,6 +525,18 @@ fn refusal_decision(refusal: &Refusal) -> Option<&'static str> {
         Refusal::Identity(_) => Some("deny"),
         _ => Some("invalid"),
     }
+}
+
+/// Whether an ungoverned request may alter a fact the context cache keeps
+/// (an organization renamed or removed, a connection created or removed).
+fn changes_facts(method: &http::Method, target: &str) -> bool {
+    if method.is_safe() {
+        return false;
+    }
+    let path = target.split('?').next().unwrap_or_default().to_ascii_lowercase();
+    ["/api/v2/organizations", "/api/v2/connections"]
+        .iter()
+        .any(|p| path.starts_with(p))
 }
 
 /// What is known of a request before any stage runs.

@@ -49,6 +49,8 @@ impl Received {
 #[derive(Clone)]
 pub struct Sandbox {
     state: Arc<Mutex<State>>,
+    /// Added before each answer: the tenant's round trip.
+    latency: Arc<Mutex<std::time::Duration>>,
 }
 
 /// The seed data: two organizations; connections of four strategies.
@@ -114,6 +116,7 @@ impl Sandbox {
             .insert((ORG_ACME.into(), CON_SAML.into()), existing);
         Sandbox {
             state: Arc::new(Mutex::new(state)),
+            latency: Arc::default(),
         }
     }
 
@@ -140,6 +143,32 @@ impl Sandbox {
     /// How many tokens `/oauth/token` has issued.
     pub fn tokens_issued(&self) -> u64 {
         self.lock().tokens_issued
+    }
+
+    /// Waits this long before answering each request, as a tenant across a
+    /// network does.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency;
+    }
+
+    /// Stops (or resumes) refusing signup without membership: a tenant that
+    /// enforces less than the policy does.
+    pub fn set_lenient(&self, lenient: bool) {
+        self.lock().lenient = lenient;
+    }
+
+    /// Applies `extra` on top of every association update from now on: a
+    /// tenant that does more than it was asked (`None`: stop).
+    pub fn set_extra_change(&self, extra: Option<Map<String, Value>>) {
+        self.lock().extra_change = extra;
+    }
+
+    /// Sets an association's fields at the tenant directly, as the dashboard
+    /// or another credential would (no request passes through tollgate).
+    pub fn set_association(&self, org: &str, connection: &str, fields: Map<String, Value>) {
+        self.lock()
+            .associations
+            .insert((org.to_owned(), connection.to_owned()), fields);
     }
 
     /// The association's current fields, if it exists.
@@ -276,6 +305,10 @@ impl Handler for Sandbox {
             headers: parts.headers.clone(),
             body: body.clone(),
         });
+        let latency = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let (status, value) = self.answer(&parts.method, parts.uri.path(), &parts.headers, &body);
         let mut resp = if status == StatusCode::NO_CONTENT {
             Response::new(full(Bytes::new()))

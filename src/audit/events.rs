@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::{Index, Kind, NewEvent};
 use crate::identity::Caller;
+use crate::policy::postcheck::{PostCheck, Verdict as PostVerdict};
 use crate::policy::{Decision, Input, Mode, Needs, RuleResult, Verdict};
 
 /// Response headers worth keeping: rate limits and the content type.
@@ -119,7 +120,8 @@ impl Facts {
     }
 
     /// The `outcome` event of an answer from the tenant. `body` is `None`
-    /// when the answer was streamed (ungoverned traffic).
+    /// when the answer was streamed (ungoverned traffic); `post_check` is the
+    /// tenant's answer judged again, where the change was one association.
     pub fn outcome_event(
         &self,
         status: u16,
@@ -127,6 +129,7 @@ impl Facts {
         body: Option<&[u8]>,
         latency: Duration,
         max_body: usize,
+        post_check: Option<&PostCheck>,
     ) -> NewEvent {
         let mut kept = Map::new();
         for name in KEPT_HEADERS {
@@ -155,6 +158,11 @@ impl Facts {
             body_truncated: truncated,
             latency_ms: latency.as_secs_f64() * 1000.0,
             error: None,
+            post_check: post_check.map(|p| p.verdict),
+            post_check_rules: post_check
+                .map(|p| p.rules.iter().map(RuleData::of).collect())
+                .unwrap_or_default(),
+            association: post_check.map(|p| &p.association),
         })
     }
 
@@ -167,6 +175,9 @@ impl Facts {
             body_truncated: false,
             latency_ms: latency.as_secs_f64() * 1000.0,
             error: Some(FailureData { kind, message }),
+            post_check: None,
+            post_check_rules: Vec::new(),
+            association: None,
         })
     }
 
@@ -276,6 +287,15 @@ struct OutcomeData<'a> {
     body_truncated: bool,
     latency_ms: f64,
     error: Option<FailureData<'a>>,
+    /// `passed`, `violated` or `unreadable`: the tenant's answer judged again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    post_check: Option<PostVerdict>,
+    /// The enforce rules the resulting association violates.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    post_check_rules: Vec<RuleData<'a>>,
+    /// The association as the tenant says it now stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    association: Option<&'a Value>,
 }
 
 #[derive(Serialize)]
@@ -442,7 +462,7 @@ mod tests {
         headers.insert("set-cookie", HeaderValue::from_static("not kept"));
         let latency = Duration::from_micros(1500);
         let outcome = |body: Option<&[u8]>, max: usize| {
-            let e = f.outcome_event(200, &headers, body, latency, max);
+            let e = f.outcome_event(200, &headers, body, latency, max, None);
             serde_json::from_str::<Value>(e.data.get()).expect("json")
         };
         let kept = json!({"content-type": "application/json", "x-ratelimit-remaining": "9"});
@@ -465,7 +485,7 @@ mod tests {
         assert_eq!(outcome(Some(b""), 1000), expect(Value::Null, false));
         assert_eq!(outcome(None, 1000), expect(Value::Null, false));
         // Key order, as recorded.
-        let e = f.outcome_event(204, &HeaderMap::new(), None, latency, 10);
+        let e = f.outcome_event(204, &HeaderMap::new(), None, latency, 10, None);
         assert_eq!(
             e.data.get(),
             r#"{"status":204,"headers":{},"body":null,"body_truncated":false,"latency_ms":1.5,"error":null}"#

@@ -23,6 +23,50 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("audit store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    InUse(String),
+}
+
+/// Claims a SQLite store for one gateway: an exclusive lock on `PATH.lock`,
+/// held while the returned file is open. A second `serve` on the same file
+/// would judge against the same `before` as the first without either
+/// knowing (the association locks live in each process's memory), so it is
+/// refused. `Ok(None)`: nothing to claim (Postgres, which shares its locks
+/// across replicas, or an in-memory database). Commands that only read the
+/// store (`audit query`, `audit verify`) do not claim it.
+pub fn claim(url: &str) -> Result<Option<std::fs::File>, StoreError> {
+    if !url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    let options = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+    let path = options.get_filename();
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".lock");
+        std::path::PathBuf::from(p)
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::InUse(format!("{}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(format!(
+            "audit store {} is in use by another tollgate serve: a SQLite store serves one \
+             instance (two would judge changes to one association against the same state); \
+             run replicas on Postgres",
+            crate::policy::absolute(path)
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::InUse(format!(
+            "{}: {e}",
+            lock_path.display()
+        ))),
+    }
 }
 
 /// An audit store.

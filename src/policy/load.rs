@@ -52,18 +52,23 @@ struct RuleDef {
 }
 
 /// Loads every `*.toml` file directly in `dir` (not `tests/`), in name order.
-/// A missing directory is an empty set; any error fails the whole set, so a
-/// half-loaded set is never put in force.
+/// Any error fails the whole set, so a half-loaded set is never put in
+/// force; a missing or unreadable directory is an error naming its absolute
+/// path (a guardrail must not run without its rules by accident).
 pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<LoadError>> {
     let mut files = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PolicySet::empty()),
         Err(e) => {
+            let message = if e.kind() == std::io::ErrorKind::NotFound {
+                "the policy directory does not exist".to_owned()
+            } else {
+                format!("the policy directory cannot be read: {e}")
+            };
             return Err(vec![LoadError {
-                file: dir.display().to_string(),
+                file: absolute(dir),
                 rule: None,
-                message: e.to_string(),
+                message,
             }]);
         }
     };
@@ -85,6 +90,14 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<LoadError>> {
     }
     files.sort();
     load_sources(&files)
+}
+
+/// A path as the operator should look for it: absolute.
+pub fn absolute(dir: &Path) -> String {
+    std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_owned())
+        .display()
+        .to_string()
 }
 
 /// Compiles a set from (file name, contents) pairs.

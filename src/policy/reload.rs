@@ -1,6 +1,10 @@
 //! The policy set in force, and its reloading: on a change in the directory
 //! (debounced) and on SIGHUP. A set that does not load leaves the last good
 //! one in force; swaps are atomic, so no request sees a half-loaded set.
+//!
+//! A guardrail without rules forwards everything, so an empty set is an
+//! error unless `policy.allow_empty` says otherwise: at start (the gateway
+//! refuses to run) and on reload (the last good set stays).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +14,15 @@ use arc_swap::ArcSwap;
 use notify::RecursiveMode;
 use tracing::{error, info, warn};
 
-use super::{LoadError, PolicySet, load_dir};
+use super::load::absolute;
+use super::{LoadError, PolicySet, load_dir, load_sources};
+
+/// The starter set shipped in `policies/`, built into the binary: what
+/// `serve --sandbox` enforces when there is no policy directory.
+pub const STARTER: [(&str, &str); 2] = [
+    ("access.toml", include_str!("../../policies/access.toml")),
+    ("signup.toml", include_str!("../../policies/signup.toml")),
+];
 
 /// How long the directory must be quiet before a reload: an editor's save
 /// is several events.
@@ -18,7 +30,9 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The policy set in force.
 pub struct Policies {
-    dir: PathBuf,
+    /// Where the set is read from; `None`: built in, never reloaded.
+    dir: Option<PathBuf>,
+    allow_empty: bool,
     current: ArcSwap<PolicySet>,
 }
 
@@ -28,19 +42,36 @@ pub struct Watch {
 }
 
 impl Policies {
-    /// Loads the directory; fails if it does not load.
-    pub fn load(dir: &Path) -> Result<Policies, Vec<LoadError>> {
+    /// Loads the directory; fails if it does not load, or holds no rule and
+    /// `allow_empty` is false.
+    pub fn load(dir: &Path, allow_empty: bool) -> Result<Policies, Vec<LoadError>> {
         let set = load_dir(dir)?;
+        if set.rules.is_empty() && !allow_empty {
+            return Err(vec![no_rules(dir)]);
+        }
         Ok(Policies {
-            dir: dir.to_owned(),
+            dir: Some(dir.to_owned()),
+            allow_empty,
             current: ArcSwap::from_pointee(set),
         })
+    }
+
+    /// The starter set built into the binary ([`STARTER`]).
+    pub fn starter() -> Policies {
+        let files: Vec<(String, String)> = STARTER
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect();
+        // The starter files are this repository's and tested: they compile.
+        let set = load_sources(&files).unwrap_or_else(|_| PolicySet::empty());
+        Policies::fixed(set)
     }
 
     /// A fixed set (tests, `policy explain`).
     pub fn fixed(set: PolicySet) -> Policies {
         Policies {
-            dir: PathBuf::new(),
+            dir: None,
+            allow_empty: true,
             current: ArcSwap::from_pointee(set),
         }
     }
@@ -50,15 +81,26 @@ impl Policies {
         self.current.load_full()
     }
 
-    /// The directory the set is read from.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory the set is read from (`None`: built in).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
-    /// Reloads the directory. On failure the set in force stays, the reason
-    /// is logged and counted.
+    /// Reloads the directory. On failure (or no rule, unless
+    /// `policy.allow_empty`) the set in force stays, the reason is logged
+    /// and counted. A built-in set stays as it is.
     pub fn reload(&self) -> Result<Arc<PolicySet>, Vec<LoadError>> {
-        match load_dir(&self.dir) {
+        let Some(dir) = &self.dir else {
+            return Ok(self.current());
+        };
+        let loaded = load_dir(dir).and_then(|set| {
+            if set.rules.is_empty() && !self.allow_empty {
+                Err(vec![no_rules(dir)])
+            } else {
+                Ok(set)
+            }
+        });
+        match loaded {
             Ok(set) => {
                 let changed = set.version != self.current.load().version;
                 let set = Arc::new(set);
@@ -85,6 +127,9 @@ impl Policies {
     /// returned [`Watch`] is dropped (the SIGHUP task lives as long as the
     /// runtime).
     pub fn watch(self: &Arc<Self>) -> notify::Result<Watch> {
+        let Some(dir) = self.dir.clone() else {
+            return Err(notify::Error::generic("a built-in policy set is not reloaded"));
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let sighup_tx = tx.clone();
         let mut debouncer = notify_debouncer_full::new_debouncer(DEBOUNCE, None, move |res| {
@@ -95,7 +140,7 @@ impl Policies {
                 }
             }
         })?;
-        debouncer.watch(&self.dir, RecursiveMode::NonRecursive)?;
+        debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
         #[cfg(unix)]
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
@@ -123,5 +168,54 @@ impl Policies {
         Ok(Watch {
             _debouncer: Box::new(debouncer),
         })
+    }
+}
+
+fn no_rules(dir: &Path) -> LoadError {
+    LoadError {
+        file: absolute(dir),
+        rule: None,
+        message: "the policy directory holds no rule; tollgate does not run without rules \
+                  (set policy.allow_empty = true to allow it)"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_starter_set_is_the_shipped_policy_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let shipped = load_dir(&dir).expect("the shipped set loads");
+        let starter = Policies::starter().current();
+        assert_eq!(starter.version, shipped.version, "STARTER lists every file of policies/");
+        assert_eq!(starter.rules.len(), shipped.rules.len());
+        assert!(!starter.rules.is_empty());
+    }
+
+    #[test]
+    fn an_empty_or_missing_directory_is_refused_unless_allowed() {
+        let empty = tempfile::tempdir().expect("tempdir");
+        let err = Policies::load(empty.path(), false).err().expect("refused");
+        assert!(err[0].message.contains("holds no rule"), "{}", err[0]);
+        assert!(Path::new(&err[0].file).is_absolute());
+        assert!(Policies::load(empty.path(), true).is_ok());
+        let missing = empty.path().join("nope");
+        let err = Policies::load(&missing, true).err().expect("refused");
+        assert!(err[0].message.contains("does not exist"), "{}", err[0]);
+    }
+
+    #[test]
+    fn a_reload_to_zero_rules_keeps_the_last_good_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.toml");
+        std::fs::write(&file, "[[rule]]\nid = \"r\"\ndeny = \"true\"\nmessage = \"m\"\n")
+            .expect("write");
+        let policies = Policies::load(dir.path(), false).expect("loads");
+        std::fs::remove_file(&file).expect("remove");
+        assert!(policies.reload().is_err());
+        assert_eq!(policies.current().rules.len(), 1);
     }
 }

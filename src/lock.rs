@@ -1,0 +1,303 @@
+//! One change per association at a time.
+//!
+//! Rules judge `after`, the state a change leads to, computed from `before`,
+//! the state it starts from. That is sound only if nothing changes the
+//! association between tollgate's read of `before` and the tenant applying
+//! the change. Two changes through tollgate are kept apart here: an exchange
+//! locks every (organization, connection) pair it changes before it reads
+//! `before`, and holds the locks until the tenant has answered or the
+//! deadline passed.
+//!
+//! - Within one process: an in-memory lock per pair.
+//! - Across replicas sharing a Postgres audit store: a transaction-scoped
+//!   Postgres advisory lock per pair, taken after the in-memory one (so one
+//!   process waits on Postgres with at most one connection per pair).
+//!   Replicas in front of the same tenant compute the same keys.
+//! - Pairs are locked in one fixed (sorted) order, so two array operations
+//!   sharing pairs cannot deadlock.
+//!
+//! A change made at the tenant by someone else (the dashboard, another
+//! credential) is not kept out by this: the Management API has no
+//! conditional update. The gateway's post-check of the tenant's answer
+//! detects that case.
+
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::OwnedMutexGuard;
+
+/// Postgres connections this process may hold for advisory locks: one per
+/// association being changed concurrently. A change that finds them all
+/// taken waits for one, within the same deadline as the lock itself.
+const SHARED_CONNECTIONS: u32 = 32;
+
+/// An (organization id, connection id) pair.
+pub type Pair = (String, String);
+
+/// The locks could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another change to the association held it past the deadline.
+    #[error(
+        "another change to organization {org} connection {connection} is in progress; retry later"
+    )]
+    Busy { org: String, connection: String },
+    /// The shared lock (Postgres) could not be taken.
+    #[error("the association lock could not be taken: {0}")]
+    Store(String),
+}
+
+/// The lock table of one gateway.
+pub struct AssociationLocks {
+    local: Mutex<HashMap<Pair, Weak<tokio::sync::Mutex<()>>>>,
+    shared: Option<PgPool>,
+    /// Mixed into the shared keys: the tenant, so that gateways in front of
+    /// different tenants sharing one database do not wait on each other.
+    namespace: String,
+    wait: Duration,
+}
+
+/// Locks held; dropping releases them.
+pub struct Held {
+    _local: Vec<OwnedMutexGuard<()>>,
+    shared: Option<Transaction<'static, Postgres>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // A transaction-scoped advisory lock ends with its transaction; end
+        // it now rather than whenever the pooled connection is next used.
+        if let Some(tx) = self.shared.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                let _ = tx.rollback().await;
+            });
+        }
+    }
+}
+
+impl AssociationLocks {
+    /// In-process locks only (a SQLite store serves one instance).
+    pub fn local(wait: Duration) -> AssociationLocks {
+        AssociationLocks {
+            local: Mutex::new(HashMap::new()),
+            shared: None,
+            namespace: String::new(),
+            wait,
+        }
+    }
+
+    /// Locks for the store at `audit_url`: shared through Postgres advisory
+    /// locks when it is Postgres, in-process otherwise. `namespace` is the
+    /// tenant's URL.
+    pub fn for_store(
+        audit_url: &str,
+        namespace: &str,
+        wait: Duration,
+    ) -> Result<AssociationLocks, LockError> {
+        let mut locks = AssociationLocks::local(wait);
+        if audit_url.starts_with("postgres://") || audit_url.starts_with("postgresql://") {
+            let options =
+                PgConnectOptions::from_str(audit_url).map_err(|e| LockError::Store(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(SHARED_CONNECTIONS)
+                .min_connections(0)
+                .acquire_timeout(wait)
+                .idle_timeout(Duration::from_secs(60))
+                .connect_lazy_with(options);
+            locks.shared = Some(pool);
+            locks.namespace = namespace.to_owned();
+        }
+        Ok(locks)
+    }
+
+    /// Whether the locks are shared with other replicas.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Locks every pair, in sorted order, waiting at most the deadline.
+    pub async fn acquire(&self, pairs: &[Pair]) -> Result<Held, LockError> {
+        let pairs: BTreeSet<&Pair> = pairs.iter().collect();
+        if pairs.is_empty() {
+            return Ok(Held {
+                _local: Vec::new(),
+                shared: None,
+            });
+        }
+        let started = std::time::Instant::now();
+        let mut local = Vec::with_capacity(pairs.len());
+        for pair in &pairs {
+            let mutex = self.local_mutex(pair);
+            let left = self.wait.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, mutex.lock_owned()).await {
+                Ok(guard) => local.push(guard),
+                Err(_) => return Err(busy(pair)),
+            }
+        }
+        let shared = match &self.shared {
+            Some(pool) => {
+                let left = self.wait.saturating_sub(started.elapsed());
+                Some(self.acquire_shared(pool, &pairs, left).await?)
+            }
+            None => None,
+        };
+        Ok(Held {
+            _local: local,
+            shared,
+        })
+    }
+
+    fn local_mutex(&self, pair: &Pair) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = map.get(pair).and_then(Weak::upgrade) {
+            return m;
+        }
+        // Entries die with their last holder or waiter; sweep the dead ones
+        // when the table has doubled, so it stays the size of what is in use.
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let m = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(pair.clone(), Arc::downgrade(&m));
+        m
+    }
+
+    async fn acquire_shared(
+        &self,
+        pool: &PgPool,
+        pairs: &BTreeSet<&Pair>,
+        left: Duration,
+    ) -> Result<Transaction<'static, Postgres>, LockError> {
+        let store = |e: sqlx::Error| LockError::Store(e.to_string());
+        let mut tx = tokio::time::timeout(left, pool.begin())
+            .await
+            .map_err(|_| LockError::Store("no connection to the store in time".into()))?
+            .map_err(store)?;
+        // The server gives up waiting at the deadline (SQLSTATE 55P03), so
+        // the connection is never left mid-query.
+        let ms = left.as_millis().max(1);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = '{ms}ms'"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(store)?;
+        // Keys are taken in the pairs' order, which is also the in-process
+        // order, so replicas never wait on each other in a cycle.
+        for pair in pairs {
+            let taken = sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(self.shared_key(pair))
+                .execute(&mut *tx)
+                .await;
+            match taken {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                    return Err(busy(pair));
+                }
+                Err(e) => return Err(store(e)),
+            }
+        }
+        Ok(tx)
+    }
+
+    /// The advisory-lock key of a pair: 64 bits of SHA-256 over the tenant
+    /// and the pair, so replicas in front of one tenant agree.
+    fn shared_key(&self, (org, connection): &Pair) -> i64 {
+        let mut h = Sha256::new();
+        for part in ["tollgate:association", &self.namespace, org, connection] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        let digest = h.finalize();
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(bytes)
+    }
+}
+
+fn busy((org, connection): &Pair) -> LockError {
+    LockError::Busy {
+        org: org.clone(),
+        connection: connection.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(o: &str, c: &str) -> Pair {
+        (o.to_owned(), c.to_owned())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_change_to_one_pair_waits_for_the_first() {
+        let locks = Arc::new(AssociationLocks::local(Duration::from_secs(5)));
+        let held = locks.acquire(&[pair("o", "c")]).await.expect("first");
+        let l = locks.clone();
+        let second = tokio::spawn(async move { l.acquire(&[pair("o", "c")]).await.is_ok() });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!second.is_finished(), "the second change waits");
+        // Another pair is not held up.
+        let other = locks.acquire(&[pair("o", "d")]).await;
+        assert!(other.is_ok());
+        drop(held);
+        assert!(second.await.expect("join"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_held_past_the_deadline_is_busy() {
+        let locks = AssociationLocks::local(Duration::from_secs(2));
+        let _held = locks.acquire(&[pair("o", "c")]).await.expect("first");
+        let err = locks
+            .acquire(&[pair("o", "c")])
+            .await
+            .err()
+            .expect("busy");
+        assert!(matches!(err, LockError::Busy { .. }), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overlapping_sets_in_opposite_orders_do_not_deadlock() {
+        let locks = Arc::new(AssociationLocks::local(Duration::from_secs(60)));
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let l = locks.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut pairs = vec![pair("o", "a"), pair("o", "b"), pair("o", "c")];
+                if i % 2 == 0 {
+                    pairs.reverse();
+                }
+                let _h = l.acquire(&pairs).await.expect("no deadlock");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }));
+        }
+        for t in tasks {
+            t.await.expect("join");
+        }
+    }
+
+    #[test]
+    fn shared_keys_depend_on_the_tenant_and_the_pair() {
+        let mut a = AssociationLocks::local(Duration::from_secs(1));
+        a.namespace = "https://a.example".into();
+        let mut b = AssociationLocks::local(Duration::from_secs(1));
+        b.namespace = "https://b.example".into();
+        let p = pair("org_1", "con_1");
+        assert_eq!(a.shared_key(&p), a.shared_key(&p.clone()));
+        assert_ne!(a.shared_key(&p), b.shared_key(&p));
+        assert_ne!(a.shared_key(&p), a.shared_key(&pair("org_1", "con_2")));
+        // No ambiguity between where one part ends and the next begins.
+        assert_ne!(
+            a.shared_key(&pair("ab", "c")),
+            a.shared_key(&pair("a", "bc"))
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! The post-check: the tenant's answer to a successful change, judged again.
+//!
+//! The gateway predicts `after` from a `before` it read under a lock, but
+//! the Management API has no conditional update: a change made at the
+//! tenant between that read and the write (the dashboard, another
+//! credential), or a tenant that applies more than it was asked, leads
+//! somewhere the rules never judged. A PATCH 200 or POST 201 on an
+//! association carries the association as it now stands; judging that by
+//! the same rules tells whether the promise held. Nothing is reverted: the
+//! outcome records what happened, and operators are told.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::state::ASSOCIATION_FIELDS;
+use super::{Input, Mode, PolicySet, RuleResult, evaluate};
+
+/// What the post-check found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The resulting association passes every enforce rule.
+    Passed,
+    /// It violates an enforce rule.
+    Violated,
+    /// The answer did not carry an association to judge.
+    Unreadable,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Violated => "violated",
+            Verdict::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// The post-check of one exchange.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostCheck {
+    pub verdict: Verdict,
+    /// The enforce rules the resulting association violates.
+    pub rules: Vec<RuleResult>,
+    /// The association as the tenant says it now stands.
+    pub association: Value,
+}
+
+/// Whether a change is post-checked: an association created or updated
+/// through its own route (the answer carries the association; the answers
+/// to `organization.create` and `sso_ticket.create` do not).
+pub fn applies(change: &Input) -> bool {
+    change.operation == change.change_operation && !change.change_operation.is_delete()
+}
+
+/// Judges the tenant's answer to the change `judged` described. The result
+/// is the judged `after` overlaid with every association field the answer
+/// carries, so a field the answer leaves out (the legacy family's answers
+/// carry three) keeps its predicted value instead of reading as null.
+pub fn check(set: &PolicySet, judged: &Input, answer: &[u8]) -> PostCheck {
+    let Some(Value::Object(answered)) = serde_json::from_slice::<Value>(answer).ok() else {
+        return PostCheck {
+            verdict: Verdict::Unreadable,
+            rules: Vec::new(),
+            association: Value::Null,
+        };
+    };
+    let mut result = match &judged.after {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    for field in ASSOCIATION_FIELDS {
+        if let Some(v) = answered.get(field) {
+            result.insert(field.to_owned(), v.clone());
+        }
+    }
+    let association = Value::Object(result);
+    let input = Input {
+        after: association.clone(),
+        ..judged.clone()
+    };
+    let decision = evaluate(set, std::slice::from_ref(&input));
+    let rules: Vec<RuleResult> = decision
+        .results
+        .into_iter()
+        .filter(|r| r.is_violation() && r.mode == Mode::Enforce)
+        .collect();
+    PostCheck {
+        verdict: if rules.is_empty() {
+            Verdict::Passed
+        } else {
+            Verdict::Violated
+        },
+        rules,
+        association,
+    }
+}
