@@ -49,8 +49,8 @@ impl Received {
 #[derive(Clone)]
 pub struct Sandbox {
     state: Arc<Mutex<State>>,
-    /// Added before each answer: the tenant's round trip.
-    latency: Arc<Mutex<std::time::Duration>>,
+    /// Added to each answer to a read and to a write: the network between.
+    latency: Arc<Mutex<(std::time::Duration, std::time::Duration)>>,
 }
 
 /// The seed data: two organizations; connections of four strategies.
@@ -145,10 +145,15 @@ impl Sandbox {
         self.lock().tokens_issued
     }
 
-    /// Waits this long before answering each request, as a tenant across a
-    /// network does.
+    /// Delays each answer by up to this long (at least a quarter), as a
+    /// tenant across a network does.
     pub fn set_latency(&self, latency: std::time::Duration) {
-        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency;
+        self.set_latencies(latency, latency);
+    }
+
+    /// Delays answers to reads (GET, HEAD) and to writes differently.
+    pub fn set_latencies(&self, reads: std::time::Duration, writes: std::time::Duration) {
+        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = (reads, writes);
     }
 
     /// Stops (or resumes) refusing signup without membership: a tenant that
@@ -169,6 +174,12 @@ impl Sandbox {
         self.lock()
             .associations
             .insert((org.to_owned(), connection.to_owned()), fields);
+    }
+
+    /// Accepts only these bearer tokens from now on (`None`: any non-empty
+    /// one, the default).
+    pub fn set_tokens(&self, tokens: Option<Vec<String>>) {
+        self.lock().tokens = tokens;
     }
 
     /// The association's current fields, if it exists.
@@ -193,13 +204,18 @@ impl Sandbox {
         if method == Method::POST && path == "/oauth/token" {
             return with_body(body, |b| self.lock().issue_token(&b));
         }
-        let authorized = headers
+        let token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| !t.trim().is_empty());
-        if !authorized {
+            .filter(|t| !t.trim().is_empty());
+        let Some(token) = token else {
             return error(StatusCode::UNAUTHORIZED, "Missing authentication", None);
+        };
+        if let Some(accepted) = &self.lock().tokens
+            && !accepted.iter().any(|a| a == token)
+        {
+            return error(StatusCode::UNAUTHORIZED, "Invalid token", None);
         }
         let Ok(segments) = decode_segments(path) else {
             return error(
@@ -305,11 +321,15 @@ impl Handler for Sandbox {
             headers: parts.headers.clone(),
             body: body.clone(),
         });
-        let latency = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
         let (status, value) = self.answer(&parts.method, parts.uri.path(), &parts.headers, &body);
+        // The answer travels back over a network: it reflects the state when
+        // it was computed, and arrives some time later (jittered, so answers
+        // overtake each other as they do across a real network).
+        let (reads, writes) = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let latency = if parts.method.is_safe() { reads } else { writes };
+        if !latency.is_zero() {
+            tokio::time::sleep(jitter(latency)).await;
+        }
         let mut resp = if status == StatusCode::NO_CONTENT {
             Response::new(full(Bytes::new()))
         } else {
@@ -324,6 +344,16 @@ impl Handler for Sandbox {
         rate_limit_headers(resp.headers_mut(), self.lock().received.len());
         resp
     }
+}
+
+/// A random duration between a quarter and the whole of `max`.
+fn jitter(max: std::time::Duration) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let fraction = 0.25 + (random % 1000) as f64 * 0.00075;
+    max.mul_f64(fraction)
 }
 
 /// Auth0's rate-limit headers: a bucket of 50 that refills each second.

@@ -42,6 +42,8 @@ pub(super) struct State {
     /// Applied on top of every association update: a tenant that does more
     /// than it was asked.
     pub(super) extra_change: Option<Map<String, Value>>,
+    /// The bearer tokens accepted; `None`: any non-empty one.
+    pub(super) tokens: Option<Vec<String>>,
 }
 
 impl State {

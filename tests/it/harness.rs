@@ -1,6 +1,7 @@
 //! Starts a tenant and a gateway on ephemeral ports; sends requests.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -210,6 +211,23 @@ impl Answer {
     }
 }
 
+/// Sends one request on a new client, under a deadline.
+async fn answer_of(req: Request<Full<Bytes>>) -> Answer {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
 /// Serves a handler on an ephemeral port until the test ends.
 pub async fn serve_on_port_0<H: server::Handler>(handler: H) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -227,40 +245,113 @@ pub async fn serve_on_port_0<H: server::Handler>(handler: H) -> SocketAddr {
 /// ephemeral listen and admin ports); returns the process and the address it
 /// listens on, read from its log.
 pub async fn spawn_serve(args: &[&str], env: &[(&str, String)]) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
+    let served = Served::start(Path::new(env!("CARGO_MANIFEST_DIR")), args, env).await;
+    (served.child, served.addr)
+}
+
+/// A `tollgate serve` process, with what it logged so far.
+pub struct Served {
+    pub child: tokio::process::Child,
+    pub addr: String,
+    pub admin: String,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// The value of `key=` in a log line.
+fn log_field(line: &str, key: &str) -> Option<String> {
+    line.split(&format!(" {key}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+impl Served {
+    /// Runs `tollgate serve ARGS` in `dir` with a cleared environment but
+    /// for `env` (and ephemeral listen and admin ports); waits until it
+    /// listens.
+    pub async fn start(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Served {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("serve")
+            .args(args)
+            .current_dir(dir)
+            .env_clear()
+            .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
+            .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tollgate");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = log.clone();
+        let (addr, admin) = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut admin = None;
+            while let Some(line) = lines.next_line().await.expect("read") {
+                seen.lock().expect("log").push(line.clone());
+                if line.contains("admin listening") {
+                    admin = log_field(&line, "addr");
+                }
+                if line.contains("tollgate listening")
+                    && let Some(addr) = log_field(&line, "addr")
+                {
+                    return (addr, admin.unwrap_or_default());
+                }
+            }
+            let log = seen.lock().expect("log").join("\n");
+            panic!("tollgate exited before listening:\n{log}");
+        })
+        .await
+        .expect("listening in time");
+        // Keep reading the log so the process never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.lock().expect("log").push(line);
+            }
+        });
+        Served {
+            child,
+            addr,
+            admin,
+            log,
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+}
+
+/// Runs `tollgate serve ARGS` in `dir` with a cleared environment but for
+/// `env`, expecting it to exit: its status and what it logged.
+pub async fn serve_exits(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> (std::process::ExitStatus, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
     cmd.arg("serve")
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(dir)
+        .env_clear()
         .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
         .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn tollgate");
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            if line.contains("tollgate listening")
-                && let Some(rest) = line.split("addr=").nth(1)
-            {
-                return rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-            }
-        }
-        panic!("tollgate exited before listening");
-    })
-    .await
-    .expect("listening in time");
-    // Keep draining the log so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("exited in time")
+        .expect("run tollgate");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Sends SIGTERM and waits for a successful exit.
@@ -375,6 +466,27 @@ impl Harness {
             headers: parts.headers,
             body,
         }
+    }
+
+    /// Sends a request with a bearer token and a JSON body to a gateway at
+    /// `addr` (a spawned `tollgate serve`).
+    pub async fn client_send(addr: &str, method: Method, path: &str, body: &str) -> Answer {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("authorization", TOKEN)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .expect("request");
+        answer_of(req).await
+    }
+
+    /// GETs `path` from `addr` (an admin listener).
+    pub async fn client_get(addr: &str, path: &str) -> Answer {
+        let req = Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        answer_of(req).await
     }
 
     /// Writes raw bytes on a new connection and reads until it closes.

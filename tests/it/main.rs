@@ -13,6 +13,7 @@ mod observability;
 mod passthrough;
 mod policy;
 mod replay;
+mod soundness;
 mod tls;
 mod tricks;
 mod upstream;
