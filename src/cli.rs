@@ -319,8 +319,7 @@ fn load_policies(config: &Config, sandbox: bool) -> anyhow::Result<Policies> {
         );
         return Ok(policies);
     }
-    let policies =
-        Policies::load(dir, config.policy.allow_empty).map_err(|e| load_errors(&e))?;
+    let policies = Policies::load(dir, config.policy.allow_empty).map_err(|e| load_errors(&e))?;
     let set = policies.current();
     info!(
         dir = %crate::policy::absolute(dir),

@@ -145,7 +145,11 @@ impl ContextClient {
     }
 
     /// A fact: cached per credential for `context.cache_ttl`.
-    async fn fact(&self, path: String, cred: &Credential<'_>) -> Result<Option<Value>, ContextError> {
+    async fn fact(
+        &self,
+        path: String,
+        cred: &Credential<'_>,
+    ) -> Result<Option<Value>, ContextError> {
         if self.ttl.is_zero() {
             return self.fetch(&path, cred.header).await;
         }

@@ -122,7 +122,9 @@ impl Refusal {
                 code: "tollgate_context_unavailable",
                 message: match e {
                     LockError::Busy { .. } => e.to_string(),
-                    LockError::Store(_) => "the association could not be locked for the change".into(),
+                    LockError::Store(_) => {
+                        "the association could not be locked for the change".into()
+                    }
                 },
                 extra: Map::new(),
             },

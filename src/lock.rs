@@ -103,8 +103,8 @@ impl AssociationLocks {
     ) -> Result<AssociationLocks, LockError> {
         let mut locks = AssociationLocks::local(wait);
         if audit_url.starts_with("postgres://") || audit_url.starts_with("postgresql://") {
-            let options =
-                PgConnectOptions::from_str(audit_url).map_err(|e| LockError::Store(e.to_string()))?;
+            let options = PgConnectOptions::from_str(audit_url)
+                .map_err(|e| LockError::Store(e.to_string()))?;
             let pool = PgPoolOptions::new()
                 .max_connections(SHARED_CONNECTIONS)
                 .min_connections(0)
@@ -256,11 +256,7 @@ mod tests {
     async fn a_lock_held_past_the_deadline_is_busy() {
         let locks = AssociationLocks::local(Duration::from_secs(2));
         let _held = locks.acquire(&[pair("o", "c")]).await.expect("first");
-        let err = locks
-            .acquire(&[pair("o", "c")])
-            .await
-            .err()
-            .expect("busy");
+        let err = locks.acquire(&[pair("o", "c")]).await.err().expect("busy");
         assert!(matches!(err, LockError::Busy { .. }), "{err}");
     }
 

@@ -28,8 +28,8 @@ use crate::context::{self, ContextClient, ContextError, RequestFacts};
 use crate::error::Refusal;
 use crate::identity::{Identity, IdentityError};
 use crate::lock::AssociationLocks;
-use crate::policy::reload::Policies;
 use crate::policy::postcheck::{self, PostCheck};
+use crate::policy::reload::Policies;
 use crate::policy::{self, Decision, Input, Mode, Outcome, PolicySet};
 use crate::route::{self, Governed, Route};
 use crate::schema::{self, OrgRef, Validated};
@@ -514,9 +514,9 @@ fn refusal_decision(refusal: &Refusal) -> Option<&'static str> {
         // Not a verdict on the request: what it needed could not be had.
         Refusal::Context(ContextError::Unavailable(_))
         | Refusal::Locked(_)
-        | Refusal::Identity(IdentityError::JwksUnavailable(_) | IdentityError::TokenUnavailable(_)) => {
-            Some("unavailable")
-        }
+        | Refusal::Identity(
+            IdentityError::JwksUnavailable(_) | IdentityError::TokenUnavailable(_),
+        ) => Some("unavailable"),
         Refusal::Identity(
             IdentityError::MissingToken
             | IdentityError::InvalidToken(_)
@@ -533,7 +533,11 @@ fn changes_facts(method: &http::Method, target: &str) -> bool {
     if method.is_safe() {
         return false;
     }
-    let path = target.split('?').next().unwrap_or_default().to_ascii_lowercase();
+    let path = target
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     ["/api/v2/organizations", "/api/v2/connections"]
         .iter()
         .any(|p| path.starts_with(p))

@@ -326,7 +326,11 @@ impl Handler for Sandbox {
         // it was computed, and arrives some time later (jittered, so answers
         // overtake each other as they do across a real network).
         let (reads, writes) = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let latency = if parts.method.is_safe() { reads } else { writes };
+        let latency = if parts.method.is_safe() {
+            reads
+        } else {
+            writes
+        };
         if !latency.is_zero() {
             tokio::time::sleep(jitter(latency)).await;
         }

@@ -38,7 +38,8 @@ pub fn claim(url: &str) -> Result<Option<std::fs::File>, StoreError> {
     if !url.starts_with("sqlite:") {
         return Ok(None);
     }
-    let options = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+    let options =
+        SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
     let path = options.get_filename();
     if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
         return Ok(None);
@@ -62,10 +63,9 @@ pub fn claim(url: &str) -> Result<Option<std::fs::File>, StoreError> {
              run replicas on Postgres",
             crate::policy::absolute(path)
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::InUse(format!(
-            "{}: {e}",
-            lock_path.display()
-        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::InUse(format!("{}: {e}", lock_path.display())))
+        }
     }
 }
 

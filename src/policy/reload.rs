@@ -128,7 +128,9 @@ impl Policies {
     /// runtime).
     pub fn watch(self: &Arc<Self>) -> notify::Result<Watch> {
         let Some(dir) = self.dir.clone() else {
-            return Err(notify::Error::generic("a built-in policy set is not reloaded"));
+            return Err(notify::Error::generic(
+                "a built-in policy set is not reloaded",
+            ));
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let sighup_tx = tx.clone();
@@ -190,7 +192,10 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
         let shipped = load_dir(&dir).expect("the shipped set loads");
         let starter = Policies::starter().current();
-        assert_eq!(starter.version, shipped.version, "STARTER lists every file of policies/");
+        assert_eq!(
+            starter.version, shipped.version,
+            "STARTER lists every file of policies/"
+        );
         assert_eq!(starter.rules.len(), shipped.rules.len());
         assert!(!starter.rules.is_empty());
     }
@@ -211,8 +216,11 @@ mod tests {
     fn a_reload_to_zero_rules_keeps_the_last_good_set() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("a.toml");
-        std::fs::write(&file, "[[rule]]\nid = \"r\"\ndeny = \"true\"\nmessage = \"m\"\n")
-            .expect("write");
+        std::fs::write(
+            &file,
+            "[[rule]]\nid = \"r\"\ndeny = \"true\"\nmessage = \"m\"\n",
+        )
+        .expect("write");
         let policies = Policies::load(dir.path(), false).expect("loads");
         std::fs::remove_file(&file).expect("remove");
         assert!(policies.reload().is_err());

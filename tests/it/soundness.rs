@@ -66,7 +66,12 @@ fn lenient_tenant(tenant: &Sandbox) {
 }
 
 /// Sends two PATCHes released together by a barrier, through `a` and `b`.
-async fn pair(a: &Harness, b: &Harness, x: &str, y: &str) -> (crate::harness::Answer, crate::harness::Answer) {
+async fn pair(
+    a: &Harness,
+    b: &Harness,
+    x: &str,
+    y: &str,
+) -> (crate::harness::Answer, crate::harness::Answer) {
     let barrier = Barrier::new(2);
     let p = path(CON_DATABASE);
     tokio::join!(
@@ -99,18 +104,28 @@ async fn recorded(h: &Harness, id: &str) -> (Value, Value) {
 /// denied exchange judged against the allowed one's result.
 async fn race(a: &Harness, b: &Harness, n: usize, label: &str) {
     let pairs = [
-        (r#"{"is_signup_enabled":true}"#, r#"{"assign_membership_on_login":false}"#),
-        (r#"{"is_signup_enabled":true}"#, r#"{"organization_access_level":"limited"}"#),
+        (
+            r#"{"is_signup_enabled":true}"#,
+            r#"{"assign_membership_on_login":false}"#,
+        ),
+        (
+            r#"{"is_signup_enabled":true}"#,
+            r#"{"organization_access_level":"limited"}"#,
+        ),
     ];
     for i in 0..n {
         for (x, y) in pairs {
-            a.tenant.set_association(ORG_ACME, CON_DATABASE, start_state());
+            a.tenant
+                .set_association(ORG_ACME, CON_DATABASE, start_state());
             let (ax, ay) = pair(a, b, x, y).await;
             let state = a
                 .tenant
                 .association(ORG_ACME, CON_DATABASE)
                 .expect("association");
-            assert!(!forbidden(&state), "{label} #{i} {x} + {y}: forbidden state {state:?}");
+            assert!(
+                !forbidden(&state),
+                "{label} #{i} {x} + {y}: forbidden state {state:?}"
+            );
             let mut statuses = [ax.status, ay.status];
             statuses.sort();
             assert_eq!(
@@ -191,8 +206,12 @@ async fn a_lookup_racing_a_change_does_not_resurrect_the_old_state() {
         let h = &h;
         let change = async {
             barrier.wait().await;
-            h.send(Method::PATCH, &p, Some(r#"{"assign_membership_on_login":false}"#))
-                .await
+            h.send(
+                Method::PATCH,
+                p,
+                Some(r#"{"assign_membership_on_login":false}"#),
+            )
+            .await
         };
         // Denied (signup without membership... once the change lands; or
         // signup with access before it): each reads the association.
@@ -203,19 +222,29 @@ async fn a_lookup_racing_a_change_does_not_resurrect_the_old_state() {
             tokio::time::sleep(Duration::from_millis(5 * n + 5)).await;
             h.send(
                 Method::PATCH,
-                &p,
+                p,
                 Some(r#"{"is_signup_enabled":true,"organization_access_level":"full"}"#),
             )
             .await
         });
         let (changed, denied) = tokio::join!(change, futures_util::future::join_all(lookups));
         assert_eq!(changed.status, StatusCode::OK, "#{i}");
-        assert!(denied.iter().all(|d| d.status == StatusCode::FORBIDDEN), "#{i}");
+        assert!(
+            denied.iter().all(|d| d.status == StatusCode::FORBIDDEN),
+            "#{i}"
+        );
         let later = h
-            .send(Method::PATCH, &p, Some(r#"{"is_signup_enabled":true}"#))
+            .send(Method::PATCH, p, Some(r#"{"is_signup_enabled":true}"#))
             .await;
-        assert_eq!(later.status, StatusCode::FORBIDDEN, "#{i}: judged against the new state");
-        let state = h.tenant.association(ORG_ACME, CON_DATABASE).expect("association");
+        assert_eq!(
+            later.status,
+            StatusCode::FORBIDDEN,
+            "#{i}: judged against the new state"
+        );
+        let state = h
+            .tenant
+            .association(ORG_ACME, CON_DATABASE)
+            .expect("association");
         assert!(!forbidden(&state), "#{i}: {state:?}");
     }
 }
@@ -244,17 +273,33 @@ async fn a_change_made_at_the_tenant_is_judged_against() {
         .await;
     assert_eq!(warm.status, StatusCode::FORBIDDEN);
     // At the tenant, not through tollgate.
-    let direct = reqwest_like_patch(&format!("http://{addr}{p}"), r#"{"is_signup_enabled":true}"#).await;
+    let direct = reqwest_like_patch(
+        &format!("http://{addr}{p}"),
+        r#"{"is_signup_enabled":true}"#,
+    )
+    .await;
     assert_eq!(direct, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let a = h
-        .send(Method::PATCH, &p, Some(r#"{"assign_membership_on_login":false}"#))
+        .send(
+            Method::PATCH,
+            &p,
+            Some(r#"{"assign_membership_on_login":false}"#),
+        )
         .await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        a.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
     assert_eq!(a.json()["rules"][0]["id"], "signup-needs-membership");
     let (decision, _) = recorded(&h, &a.audit_id()).await;
     assert_eq!(decision["changes"][0]["before"]["is_signup_enabled"], true);
-    let state = h.tenant.association(ORG_ACME, CON_DATABASE).expect("association");
+    let state = h
+        .tenant
+        .association(ORG_ACME, CON_DATABASE)
+        .expect("association");
     assert!(!forbidden(&state), "{state:?}");
 }
 
@@ -265,9 +310,16 @@ async fn reqwest_like_patch(url: &str, body: &str) -> u16 {
     let req = http::Request::patch(url)
         .header("authorization", "Bearer dashboard")
         .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body.as_bytes())))
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            body.as_bytes(),
+        )))
         .expect("request");
-    client.request(req).await.expect("tenant answered").status().as_u16()
+    client
+        .request(req)
+        .await
+        .expect("tenant answered")
+        .status()
+        .as_u16()
 }
 
 /// A caller whose token the tenant refuses never gets a verdict computed
@@ -285,18 +337,36 @@ async fn an_invalid_token_gets_no_verdict_from_another_callers_context() {
     h.tenant.set_tokens(Some(vec!["test-token".into()]));
     let p = path(CON_SAML);
     let body = br#"{"show_as_button":false}"#;
-    let valid = h.send(Method::PATCH, &p, Some(r#"{"show_as_button":false}"#)).await;
-    assert_eq!(valid.status, StatusCode::FORBIDDEN, "the valid caller is judged");
+    let valid = h
+        .send(Method::PATCH, &p, Some(r#"{"show_as_button":false}"#))
+        .await;
+    assert_eq!(
+        valid.status,
+        StatusCode::FORBIDDEN,
+        "the valid caller is judged"
+    );
     let forged = h
         .send_with(
             Method::PATCH,
             &p,
-            &[("authorization", "Bearer garbage"), ("content-type", "application/json")],
+            &[
+                ("authorization", "Bearer garbage"),
+                ("content-type", "application/json"),
+            ],
             body,
         )
         .await;
-    assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&forged.body));
-    assert_eq!(forged.json()["message"], "Invalid token", "the tenant's own answer");
+    assert_eq!(
+        forged.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        String::from_utf8_lossy(&forged.body)
+    );
+    assert_eq!(
+        forged.json()["message"],
+        "Invalid token",
+        "the tenant's own answer"
+    );
     assert!(forged.json().get("rules").is_none(), "no verdict leaks");
     assert!(
         !h.received().iter().any(|r| r.method == Method::PATCH),
@@ -330,7 +400,11 @@ async fn a_tenant_doing_more_than_asked_is_caught_by_the_post_check() {
         r#"{"show_as_button":false}"#,
     )
     .await;
-    assert_eq!(a.status, StatusCode::OK, "the tenant answered; nothing is reverted");
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "the tenant answered; nothing is reverted"
+    );
     assert_eq!(
         tenant.association(ORG_ACME, CON_SAML).expect("association")["organization_access_level"],
         "full"
@@ -338,13 +412,16 @@ async fn a_tenant_doing_more_than_asked_is_caught_by_the_post_check() {
     let metrics = Harness::client_get(&served.admin, "/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     assert!(
-        text.contains(r#"tollgate_post_check_violations_total{operation="organization_connection.update"} 1"#),
+        text.contains(
+            r#"tollgate_post_check_violations_total{operation="organization_connection.update"} 1"#
+        ),
         "{text}"
     );
     let id = a.audit_id();
     let log = served.log();
     assert!(
-        log.lines().any(|l| l.contains("ERROR") && l.contains("post-check violated") && l.contains(&id)),
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("post-check violated") && l.contains(&id)),
         "{log}"
     );
     crate::harness::terminate(served.child).await;
@@ -377,7 +454,10 @@ async fn no_rules_no_start() {
     std::fs::create_dir(&expected).expect("mkdir");
     let (status, log) = serve_exits(dir.path(), &[], &env).await;
     assert!(!status.success());
-    assert!(log.contains("holds no rule") && log.contains("policy.allow_empty"), "{log}");
+    assert!(
+        log.contains("holds no rule") && log.contains("policy.allow_empty"),
+        "{log}"
+    );
     // The explicit opt-out starts.
     let mut allow = env.to_vec();
     allow.push(("TOLLGATE_POLICY_ALLOW_EMPTY", "true".into()));
@@ -387,8 +467,17 @@ async fn no_rules_no_start() {
     // The sandbox, from a directory without policies/.
     let elsewhere = tempfile::tempdir().expect("dir");
     let db = format!("sqlite://{}", elsewhere.path().join("a.db").display());
-    let served = Served::start(elsewhere.path(), &["--sandbox"], &[("TOLLGATE_AUDIT_URL", db)]).await;
-    assert!(served.log().contains("built-in starter set"), "{}", served.log());
+    let served = Served::start(
+        elsewhere.path(),
+        &["--sandbox"],
+        &[("TOLLGATE_AUDIT_URL", db)],
+    )
+    .await;
+    assert!(
+        served.log().contains("built-in starter set"),
+        "{}",
+        served.log()
+    );
     let a = Harness::client_send(
         &served.addr,
         Method::PATCH,
@@ -410,7 +499,10 @@ async fn a_second_serve_on_one_sqlite_file_is_refused() {
     let first = Served::start(dir.path(), &["--sandbox"], &env).await;
     let (status, log) = serve_exits(dir.path(), &["--sandbox"], &env).await;
     assert!(!status.success());
-    assert!(log.contains("in use by another tollgate serve") && log.contains("Postgres"), "{log}");
+    assert!(
+        log.contains("in use by another tollgate serve") && log.contains("Postgres"),
+        "{log}"
+    );
     crate::harness::terminate(first.child).await;
 }
 
@@ -430,17 +522,37 @@ async fn a_busy_association_is_a_503_with_retry_after_recorded_as_unavailable() 
     let first = {
         let h = h.clone();
         let p = p.clone();
-        tokio::spawn(async move { h.send(Method::PATCH, &p, Some(r#"{"show_as_button":false}"#)).await })
+        tokio::spawn(async move {
+            h.send(Method::PATCH, &p, Some(r#"{"show_as_button":false}"#))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let second = h.send(Method::PATCH, &p, Some(r#"{"show_as_button":true}"#)).await;
+    let second = h
+        .send(Method::PATCH, &p, Some(r#"{"show_as_button":true}"#))
+        .await;
     let first = first.await.expect("join");
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&second.body));
+    assert_eq!(
+        second.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&second.body)
+    );
     assert_eq!(second.error_code(), "tollgate_context_unavailable");
-    assert!(second.json()["message"].as_str().unwrap_or_default().contains("in progress"));
-    assert_eq!(second.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert!(
+        second.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("in progress")
+    );
+    assert_eq!(
+        second.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
     h.audit.flush().await;
-    let evs = query::show(&h.store, &second.audit_id()).await.expect("show");
+    let evs = query::show(&h.store, &second.audit_id())
+        .await
+        .expect("show");
     assert_eq!(evs[0]["event"]["decision"], "unavailable");
 }
