@@ -6,6 +6,7 @@
 #   bash bench/load.sh                 # 10 s per run
 #   DURATION=30s bash bench/load.sh
 #   WORKLOADS=patch-mixed RATES=max bash bench/load.sh   # a subset
+#   BEFORE_BIN=/path/to/older/tollgate bash bench/load.sh  # also an older build, same run
 #
 # Needs nginx (Debian's package) and oha (cargo install oha); installs them
 # if missing. Everything listens on 127.0.0.1 and stops when the script ends.
@@ -52,7 +53,17 @@ start_tollgate() { # name port admin-port audit-url
 start_tollgate tollgate-sqlite 18083 19093 "sqlite://$OUT/audit.db"
 start_tollgate tollgate-postgres 18084 19094 "$PG_BASE?options[search_path]=tollgate_bench"
 
-declare -A PORT=([direct]=18081 [nginx]=18082 [tollgate-sqlite]=18083 [tollgate-postgres]=18084)
+declare -A PORT=([direct]=18081 [nginx]=18082 [tollgate-sqlite]=18083 [tollgate-postgres]=18084
+                 [before-sqlite]=18085 [before-postgres]=18086)
+TOLLGATES="tollgate-sqlite tollgate-postgres"
+if [ -n "${BEFORE_BIN:-}" ]; then
+  psql "$PG_BASE" -qc 'DROP SCHEMA IF EXISTS tollgate_bench_before CASCADE; CREATE SCHEMA tollgate_bench_before' >/dev/null
+  BIN_NOW=$BIN BIN=$BEFORE_BIN
+  start_tollgate before-sqlite 18085 19095 "sqlite://$OUT/audit-before.db"
+  start_tollgate before-postgres 18086 19096 "$PG_BASE?options[search_path]=tollgate_bench_before"
+  BIN=$BIN_NOW
+  TOLLGATES="before-sqlite tollgate-sqlite before-postgres tollgate-postgres"
+fi
 ITEM=/api/v2/organizations/org_acme/connections/con_saml
 AUTH=(-H 'Authorization: Bearer bench')
 JSON=(-H 'Content-Type: application/json')
@@ -66,6 +77,12 @@ run() { # target workload rate
     patch-mixed) args=(-m PATCH "${AUTH[@]}" "${JSON[@]}" --rand-regex-url
                        -d '{"is_signup_enabled":true,"assign_membership_on_login":true}'
                        "http://127.0.0.1:$port/api/v2/organizations/org_acme/connections/con_(db|saml)") ;;
+    # Automation's shape: changes spread over 1,000 organization/connection
+    # pairs, drawn at random per request.
+    patch-spread) args=(-m PATCH "${AUTH[@]}" "${JSON[@]}" --rand-regex-url
+                        -d '{"organization_access_level":"limited"}'
+                        "http://127.0.0.1:$port/api/v2/organizations/org_[0-9]{3}/connections/con_db") ;;
+    # One hot association: every change to it waits for the one before.
     patch-allow) args=(-m PATCH "${AUTH[@]}" "${JSON[@]}" -d '{"organization_access_level":"limited"}' "http://127.0.0.1:$port$ITEM") ;;
     patch-deny)  args=(-m PATCH "${AUTH[@]}" "${JSON[@]}" -d '{"organization_access_level":"full"}' "http://127.0.0.1:$port$ITEM") ;;
     get)         args=("${AUTH[@]}" "http://127.0.0.1:$port/api/v2/organizations") ;;
@@ -75,6 +92,8 @@ run() { # target workload rate
   local pid cpu0 cpu1
   pid=$(cat "$OUT/$target.pid" 2>/dev/null || true)
   [ -n "$pid" ] && cpu0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  sleep 1.2 # the tenant's access log is flushed each second
+  local calls0; calls0=$(wc -l < "$OUT/tenant-access.log" 2>/dev/null || echo 0)
   oha --no-tui --output-format json -z "$DURATION" -c "$CONNECTIONS" "${rate_args[@]}" "${args[@]}" > "$OUT/run.json"
   local cpu="" rss=""
   if [ -n "$pid" ]; then
@@ -83,23 +102,26 @@ run() { # target workload rate
       'BEGIN { printf "%.0f%%", (b - a) / hz / d * 100 }')
     rss=$(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' "/proc/$pid/status")
   fi
-  python3 - "$target" "$workload" "$rate" "$cpu" "$rss" <<'PY' | tee -a "$OUT/results.txt"
+  sleep 1.2
+  local calls1; calls1=$(wc -l < "$OUT/tenant-access.log" 2>/dev/null || echo 0)
+  python3 - "$target" "$workload" "$rate" "$cpu" "$rss" "$((calls1 - calls0))" <<'PY' | tee -a "$OUT/results.txt"
 import json, sys
-target, workload, rate, cpu, rss = sys.argv[1:]
+target, workload, rate, cpu, rss, calls = sys.argv[1:]
 r = json.load(open("/tmp/tollgate-bench/run.json"))
 p = r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
+done = sum(codes.values()) or 1
 ms = lambda s: f"{s*1000:.2f}" if s is not None else "-"
-print(f"| {workload} | {rate} | {target} | {r['summary']['requestsPerSec']:.0f} | {ms(p['p50'])} | {ms(p['p99'])} | {ms(p.get('p99.9'))} | {' '.join(f'{k}:{v}' for k,v in sorted(codes.items()))} | {cpu or '-'} | {rss or '-'} |")
+print(f"| {workload} | {rate} | {target} | {r['summary']['requestsPerSec']:.0f} | {ms(p['p50'])} | {ms(p['p99'])} | {ms(p.get('p99.9'))} | {' '.join(f'{k}:{v}' for k,v in sorted(codes.items()))} | {int(calls)/done:.2f} | {cpu or '-'} | {rss or '-'} |")
 PY
 }
 
-echo "| workload | rate | target | rps | p50 ms | p99 ms | p99.9 ms | statuses | tollgate CPU | tollgate peak RSS |" | tee "$OUT/results.txt"
-echo "|---|---|---|---|---|---|---|---|---|---|" | tee -a "$OUT/results.txt"
-for workload in ${WORKLOADS:-patch-mixed patch-allow patch-deny get}; do
-  targets="direct nginx tollgate-sqlite tollgate-postgres"
+echo "| workload | rate | target | rps | p50 ms | p99 ms | p99.9 ms | statuses | tenant calls/req | tollgate CPU | tollgate peak RSS |" | tee "$OUT/results.txt"
+echo "|---|---|---|---|---|---|---|---|---|---|---|" | tee -a "$OUT/results.txt"
+for workload in ${WORKLOADS:-patch-spread patch-mixed patch-allow patch-deny get}; do
+  targets="direct nginx $TOLLGATES"
   # A deny never reaches the tenant: direct and nginx have nothing to compare.
-  [ "$workload" = patch-deny ] && targets="tollgate-sqlite tollgate-postgres"
+  [ "$workload" = patch-deny ] && targets="$TOLLGATES"
   for rate in ${RATES:-100 1000 max}; do
     for target in $targets; do
       run "$target" "$workload" "$rate"

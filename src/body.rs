@@ -24,6 +24,8 @@ pub enum BodyError {
     Unexpected,
     #[error("the body could not be read: {0}")]
     Read(String),
+    #[error("the body did not arrive within {0:?} (limits.body_timeout)")]
+    Timeout(std::time::Duration),
 }
 
 /// Checks `Content-Encoding`: absent or `identity`.

@@ -287,11 +287,16 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
         upstream = config.upstream.url.as_deref().unwrap_or_default(),
         "tollgate listening"
     );
-    let max = usize::try_from(config.limits.max_connections).unwrap_or(usize::MAX);
-    server::serve_tls(
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let limits = server::ConnLimits {
+        max_connections: count(config.limits.max_connections),
+        max_per_ip: count(config.limits.max_connections_per_ip),
+        header_timeout: config.limits.header_timeout.0,
+    };
+    server::serve_with(
         listener,
         Arc::new(gateway),
-        max,
+        limits,
         server::shutdown_signal(),
         listen_tls,
     )

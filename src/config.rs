@@ -226,6 +226,10 @@ pub struct Upstream {
     /// PEM file of extra CA certificates trusted for the tenant, on top of the
     /// built-in web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Most context lookups in flight to the tenant at once, all requests
+    /// together (each request has at most 8): the tenant's rate limit is
+    /// shared by all automation.
+    pub max_concurrent_lookups: u64,
 }
 
 impl Default for Upstream {
@@ -234,6 +238,7 @@ impl Default for Upstream {
             url: None,
             timeout: HumanDuration(Duration::from_secs(10)),
             ca_file: None,
+            max_concurrent_lookups: 64,
         }
     }
 }
@@ -268,6 +273,18 @@ pub struct Limits {
     /// Most client connections served at once; further ones wait in the
     /// kernel's accept queue.
     pub max_connections: u64,
+    /// Most connections one client address may hold open; past it, new ones
+    /// are closed at once.
+    pub max_connections_per_ip: u64,
+    /// How long a connection may take to send a request's headers, and how
+    /// long an idle keep-alive connection is kept waiting for the next
+    /// request.
+    pub header_timeout: HumanDuration,
+    /// How long a governed request's body may take to arrive (408 past it).
+    pub body_timeout: HumanDuration,
+    /// Most array elements (`enabled_connections`, `enabled_organizations`)
+    /// judged in one request (400 past it): each may cost tenant lookups.
+    pub max_elements: u64,
 }
 
 impl Default for Limits {
@@ -275,6 +292,10 @@ impl Default for Limits {
         Limits {
             max_body: 64 * 1024,
             max_connections: 1024,
+            max_connections_per_ip: 256,
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            body_timeout: HumanDuration(Duration::from_secs(10)),
+            max_elements: 50,
         }
     }
 }
@@ -379,11 +400,36 @@ impl Config {
             &self.listen.client_ca,
         )?;
         tls_files("admin", &self.admin.tls_cert, &self.admin.tls_key, &None)?;
-        if self.limits.max_connections == 0 {
-            return Err(ConfigError::Invalid {
-                key: "limits.max_connections",
-                message: "must be at least 1".into(),
-            });
+        let at_least_one = [
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip,
+            ),
+            ("limits.max_elements", self.limits.max_elements),
+            (
+                "upstream.max_concurrent_lookups",
+                self.upstream.max_concurrent_lookups,
+            ),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        for (key, d) in [
+            ("limits.header_timeout", self.limits.header_timeout),
+            ("limits.body_timeout", self.limits.body_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be longer than 0s".into(),
+                });
+            }
         }
         Ok(())
     }

@@ -44,7 +44,15 @@ pub enum ContextError {
     /// The tenant refused the caller's credentials: its answer is the caller's.
     #[error("the tenant refused the caller's credentials ({})", .0.status())]
     Refused(Box<Response<Bytes>>),
+    /// The tenant's rate limit was reached: its answer (429, with its
+    /// `x-ratelimit-*` and `Retry-After` headers) is the caller's, so
+    /// clients back off as they would from the tenant.
+    #[error("the tenant's rate limit was reached while fetching context")]
+    RateLimited(Box<Response<Bytes>>),
 }
+
+/// Lookups one request may have in flight at once.
+const PER_REQUEST: usize = 8;
 
 /// A cached answer: when it was fetched, and what it was (`None`: 404).
 type Entry = (Instant, Option<Value>);
@@ -62,6 +70,8 @@ pub struct ContextClient {
     upstream: Upstream,
     ttl: Duration,
     cache: Mutex<Cache>,
+    /// Lookups in flight, all requests together.
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// What one request is, besides its body: for `request` and `caller`.
@@ -71,10 +81,12 @@ pub struct RequestFacts {
     pub now: chrono::DateTime<chrono::Utc>,
 }
 
-/// The credential lookups are made with, and its fingerprint (the cache key).
+/// The credential one request's lookups are made with, its fingerprint
+/// (the cache key), and the request's share of concurrent lookups.
 pub struct Credential<'a> {
     header: Option<&'a HeaderValue>,
     fingerprint: String,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl<'a> Credential<'a> {
@@ -86,6 +98,7 @@ impl<'a> Credential<'a> {
         Credential {
             header,
             fingerprint,
+            in_flight: tokio::sync::Semaphore::new(PER_REQUEST),
         }
     }
 }
@@ -95,11 +108,13 @@ fn enc(s: &str) -> String {
 }
 
 impl ContextClient {
-    pub fn new(upstream: Upstream, ttl: Duration) -> ContextClient {
+    /// A client making at most `max_in_flight` lookups at once.
+    pub fn new(upstream: Upstream, ttl: Duration, max_in_flight: usize) -> ContextClient {
         ContextClient {
             upstream,
             ttl,
             cache: Mutex::new(Cache::default()),
+            in_flight: tokio::sync::Semaphore::new(max_in_flight.max(1)),
         }
     }
 
@@ -151,24 +166,40 @@ impl ContextClient {
         cred: &Credential<'_>,
     ) -> Result<Option<Value>, ContextError> {
         if self.ttl.is_zero() {
-            return self.fetch(&path, cred.header).await;
+            return self.fetch(&path, cred).await;
         }
         let key = (cred.fingerprint.clone(), path);
         if let Some(v) = self.cached(&key) {
             return Ok(v);
         }
         let generation = self.cache().generation;
-        let value = self.fetch(&key.1, cred.header).await?;
+        let value = self.fetch(&key.1, cred).await?;
         self.store(key, generation, value.clone());
         Ok(value)
     }
 
-    /// GETs a resource from the tenant: `Some` on 200, `None` on 404.
+    /// GETs a resource from the tenant: `Some` on 200, `None` on 404. At
+    /// most [`PER_REQUEST`] per request and `upstream.max_concurrent_lookups`
+    /// overall are in flight; a lookup that cannot start within the
+    /// upstream deadline fails.
     async fn fetch(
         &self,
         path: &str,
-        auth: Option<&HeaderValue>,
+        cred: &Credential<'_>,
     ) -> Result<Option<Value>, ContextError> {
+        let deadline = self.upstream.timeout();
+        let permits = tokio::time::timeout(deadline, async {
+            let mine = cred.in_flight.acquire().await;
+            let ours = self.in_flight.acquire().await;
+            (mine, ours)
+        })
+        .await;
+        let Ok((Ok(_mine), Ok(_ours))) = permits else {
+            return Err(ContextError::Unavailable(format!(
+                "GET {path}: too many lookups in flight"
+            )));
+        };
+        let auth = cred.header;
         let uri = self
             .upstream
             .uri(path)
@@ -195,6 +226,7 @@ impl ContextClient {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 Err(ContextError::Refused(Box::new(resp)))
             }
+            StatusCode::TOO_MANY_REQUESTS => Err(ContextError::RateLimited(Box::new(resp))),
             s => Err(ContextError::Unavailable(format!(
                 "GET {path}: the tenant answered {s}"
             ))),
@@ -253,7 +285,7 @@ impl ContextClient {
         &self,
         org_id: &str,
         connection_id: &str,
-        auth: Option<&HeaderValue>,
+        cred: &Credential<'_>,
     ) -> Result<Option<Map<String, Value>>, ContextError> {
         for family in ["connections", "enabled_connections"] {
             let path = format!(
@@ -261,7 +293,7 @@ impl ContextClient {
                 enc(org_id),
                 enc(connection_id)
             );
-            if let Some(Value::Object(m)) = self.fetch(&path, auth).await? {
+            if let Some(Value::Object(m)) = self.fetch(&path, cred).await? {
                 return Ok(Some(m));
             }
         }
@@ -270,7 +302,9 @@ impl ContextClient {
 
     /// The rules' view of every change a request asks for, fetching what the
     /// applicable rules need. Call it with the changes' associations locked
-    /// (see [`pairs`]): `before` is read here, fresh.
+    /// (see [`pairs`]): `before` is read here, fresh. Each organization and
+    /// connection is looked up once per request, however many elements name
+    /// it.
     pub async fn inputs(
         &self,
         policy: &PolicySet,
@@ -280,48 +314,91 @@ impl ContextClient {
         facts: &RequestFacts,
     ) -> Result<Vec<Input>, ContextError> {
         let cred = Credential::new(auth);
-        try_join_all(validated.changes.iter().map(|change| {
-            let mut needs = policy.needs(route.operation, change.operation);
-            // A delete's record keeps what it removed, whatever the rules
-            // read: compliance asks "what was removed", and replay can judge
-            // delete rules written later.
-            if change.operation.is_delete() {
-                needs = Needs {
-                    org: true,
-                    connection: true,
-                    before: true,
-                };
+        let needs: Vec<Needs> = validated
+            .changes
+            .iter()
+            .map(|change| {
+                // A delete's record keeps what it removed, whatever the rules
+                // read: compliance asks "what was removed", and replay can
+                // judge delete rules written later.
+                if change.operation.is_delete() {
+                    Needs {
+                        org: true,
+                        connection: true,
+                        before: true,
+                    }
+                } else {
+                    policy.needs(route.operation, change.operation)
+                }
+            })
+            .collect();
+        let mut org_ids: Vec<&str> = Vec::new();
+        let mut connection_ids: Vec<&str> = Vec::new();
+        for (change, needs) in validated.changes.iter().zip(&needs) {
+            if let OrgRef::Existing(id) = &change.org
+                && (needs.org || needs.before)
+                && !org_ids.contains(&id.as_str())
+            {
+                org_ids.push(id);
             }
-            self.input(route.operation, change, needs, &cred, facts)
+            if let Some(cid) = change.connection_id.as_deref()
+                && needs.connection
+                && !connection_ids.contains(&cid)
+            {
+                connection_ids.push(cid);
+            }
+        }
+        let (orgs, connections) = tokio::try_join!(
+            try_join_all(org_ids.iter().map(|id| self.org(id, &cred))),
+            try_join_all(
+                connection_ids
+                    .iter()
+                    .map(|id| self.connection(Some(id), &cred))
+            ),
+        )?;
+        let orgs: HashMap<&str, Value> = org_ids.into_iter().zip(orgs).collect();
+        let connections: HashMap<&str, Value> =
+            connection_ids.into_iter().zip(connections).collect();
+        try_join_all(validated.changes.iter().zip(needs).map(|(change, needs)| {
+            let org = match &change.org {
+                OrgRef::New(name) => json!({"id": null, "name": name}),
+                OrgRef::Existing(id) => orgs
+                    .get(id.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| json!({"id": id, "name": null})),
+            };
+            let cid = change.connection_id.as_deref();
+            let connection = cid
+                .and_then(|c| connections.get(c).cloned())
+                .unwrap_or_else(
+                    || json!({"id": cid, "name": null, "strategy": null, "is_database": false}),
+                );
+            self.input(
+                route.operation,
+                change,
+                needs,
+                org,
+                connection,
+                &cred,
+                facts,
+            )
         }))
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn input(
         &self,
         operation: Operation,
         change: &Change,
         needs: Needs,
+        org: Value,
+        connection: Value,
         cred: &Credential<'_>,
         facts: &RequestFacts,
     ) -> Result<Input, ContextError> {
         let cid = change.connection_id.as_deref();
         let op = change.operation;
-        let org_fut = async {
-            match &change.org {
-                OrgRef::New(name) => Ok(json!({"id": null, "name": name})),
-                OrgRef::Existing(id) if needs.org || needs.before => self.org(id, cred).await,
-                OrgRef::Existing(id) => Ok(json!({"id": id, "name": null})),
-            }
-        };
-        let connection_fut = async {
-            if needs.connection {
-                self.connection(cid, cred).await
-            } else {
-                Ok(json!({"id": cid, "name": null, "strategy": null, "is_database": false}))
-            }
-        };
-        let (org, connection) = tokio::try_join!(org_fut, connection_fut)?;
         // Creates start from the tenant's defaults, not from what exists.
         let current = match (&change.org, cid) {
             (OrgRef::Existing(_), Some(cid)) if needs.before && !op.is_create() => {
@@ -330,7 +407,7 @@ impl ContextClient {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                self.association(&org_id, cid, cred.header).await?
+                self.association(&org_id, cid, cred).await?
             }
             _ => None,
         };

@@ -89,6 +89,9 @@ impl Refusal {
             Refusal::Body(BodyError::TooLarge { .. }) => {
                 plain(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            Refusal::Body(BodyError::Timeout(_)) => {
+                plain(StatusCode::REQUEST_TIMEOUT, "request_timeout")
+            }
             Refusal::Body(BodyError::Encoded(_) | BodyError::MediaType(_)) => {
                 plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -128,12 +131,14 @@ impl Refusal {
                 },
                 extra: Map::new(),
             },
-            Refusal::Context(ContextError::Refused(resp)) => Answer {
-                status: resp.status(),
-                code: "",
-                message: String::new(),
-                extra: Map::new(),
-            },
+            Refusal::Context(ContextError::Refused(resp) | ContextError::RateLimited(resp)) => {
+                Answer {
+                    status: resp.status(),
+                    code: "",
+                    message: String::new(),
+                    extra: Map::new(),
+                }
+            }
             Refusal::Identity(
                 IdentityError::MissingToken
                 | IdentityError::InvalidToken(_)
@@ -185,9 +190,12 @@ impl Refusal {
 
     /// The answer, with the exchange's audit id in the body.
     pub fn into_response(self, audit_id: &str) -> Response<Bytes> {
-        // The tenant refused the caller's own credentials: its answer is the
+        // The tenant refused the caller's own credentials, or its rate limit
+        // was reached: its answer, rate-limit headers included, is the
         // caller's to read, as if the request had been forwarded.
-        if let Refusal::Context(ContextError::Refused(resp)) = self {
+        if let Refusal::Context(ContextError::Refused(resp) | ContextError::RateLimited(resp)) =
+            self
+        {
             let (mut parts, body) = (*resp).into_parts();
             crate::upstream::strip_hop_by_hop(&mut parts.headers);
             return Response::from_parts(parts, body);

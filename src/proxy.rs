@@ -80,7 +80,11 @@ impl Gateway {
             config.upstream.timeout.0,
             config.upstream.ca_file.as_deref(),
         )?;
-        let context = ContextClient::new(upstream.clone(), config.context.cache_ttl.0);
+        let context = ContextClient::new(
+            upstream.clone(),
+            config.context.cache_ttl.0,
+            usize::try_from(config.upstream.max_concurrent_lookups).unwrap_or(usize::MAX),
+        );
         let identity = Identity::new(&config.identity, &upstream, &url)?;
         // A waiter gives up after the time one tenant call may take.
         let locks = AssociationLocks::for_store(&config.audit.url, &url, config.upstream.timeout.0)
@@ -206,6 +210,8 @@ impl Gateway {
         // Validate against the schema before any rule runs, so rules only
         // ever see well-typed values.
         let validated = schema::validate(&route, body, self.config.schema.unknown_fields)?;
+        // Each element may cost tenant lookups: bounded before any is made.
+        schema::check_elements(&validated, self.config.limits.max_elements)?;
         note_validated(facts, &validated);
         // Fetch the context the applicable rules read. One policy set judges
         // the whole exchange, even if a reload lands meanwhile.
@@ -325,8 +331,16 @@ impl Gateway {
     ) -> Result<Option<Map<String, Value>>, Refusal> {
         body::check_encoding(headers)?;
         let limit = self.config.limits.max_body;
+        // A client that trickles its body holds a connection and a task:
+        // it gets the body deadline, not the tenant's patience.
+        let deadline = self.config.limits.body_timeout.0;
+        let read = |body| async move {
+            tokio::time::timeout(deadline, body::read_limited(headers, body, limit))
+                .await
+                .map_err(|_| BodyError::Timeout(deadline))?
+        };
         if route.operation.is_delete() {
-            let bytes = body::read_limited(headers, body, limit).await?;
+            let bytes = read(body).await?;
             if !bytes.is_empty() {
                 facts.request_body = Some(raw_text(&bytes, self.config.audit.max_body));
                 return Err(BodyError::Unexpected.into());
@@ -334,7 +348,7 @@ impl Gateway {
             return Ok(None);
         }
         body::check_json_media_type(headers)?;
-        let bytes = body::read_limited(headers, body, limit).await?;
+        let bytes = read(body).await?;
         match schema::parse_strict(&bytes) {
             Ok(map) => Ok(Some(map)),
             Err(e) => {
@@ -361,7 +375,13 @@ impl Gateway {
         }
         let (mut parts, body) = req.into_parts();
         let parts_method = parts.method.clone();
-        parts.uri = self.upstream.uri(&facts.path)?;
+        // The target as sent: `facts.path` is the recorded, redacted one.
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        parts.uri = self.upstream.uri(&target)?;
         parts.version = http::Version::HTTP_11;
         upstream::strip_hop_by_hop(&mut parts.headers);
         set_correlation_id(&mut parts.headers, &facts.exchange_id);
@@ -379,7 +399,7 @@ impl Gateway {
             .record(started.elapsed().as_secs_f64());
         let resp = match sent {
             Ok(resp) => {
-                if resp.status().is_success() && changes_facts(&parts_method, &facts.path) {
+                if resp.status().is_success() && changes_facts(&parts_method, &target) {
                     self.context.invalidate();
                 }
                 resp
@@ -467,6 +487,7 @@ impl Gateway {
         let Some(decision) = decision else { return };
         let code = match refusal {
             Refusal::Context(ContextError::Refused(_)) => "tenant_refused_credentials".to_owned(),
+            Refusal::Context(ContextError::RateLimited(_)) => "tenant_rate_limited".to_owned(),
             other => other.error_code().to_owned(),
         };
         let refused = Refused {
@@ -512,7 +533,7 @@ fn refusal_decision(refusal: &Refusal) -> Option<&'static str> {
         | Refusal::OtherRouteDenied
         | Refusal::Context(ContextError::Refused(_)) => Some("deny"),
         // Not a verdict on the request: what it needed could not be had.
-        Refusal::Context(ContextError::Unavailable(_))
+        Refusal::Context(ContextError::Unavailable(_) | ContextError::RateLimited(_))
         | Refusal::Locked(_)
         | Refusal::Identity(
             IdentityError::JwksUnavailable(_) | IdentityError::TokenUnavailable(_),
@@ -555,10 +576,11 @@ fn start_facts(req: &Request<Incoming>) -> Facts {
         exchange_id: Uuid::now_v7().to_string(),
         time: chrono::Utc::now(),
         method: req.method().to_string(),
+        // Recorded and logged without query-string values (secrets).
         path: req
             .uri()
             .path_and_query()
-            .map(|pq| pq.as_str().to_owned())
+            .map(|pq| route::redact_target(pq.as_str()))
             .unwrap_or_else(|| "/".into()),
         source_ip: req.extensions().get::<Peer>().map(|p| p.0.ip().to_string()),
         user_agent: header(header::USER_AGENT),

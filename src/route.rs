@@ -194,6 +194,27 @@ pub fn decode_segments(path: &str) -> Result<Vec<String>, RouteError> {
     Ok(segments)
 }
 
+/// A request target as it may be recorded and logged: the path, and the
+/// query string's parameter names with every value replaced by
+/// `<redacted>`. Query strings carry secrets (`?access_token=…`,
+/// `?client_secret=…`), and the audit log is append-only: a secret written
+/// there can never be purged. A part without `=`, or a name longer than 64
+/// bytes, is no parameter name anyone reads; it is redacted whole.
+pub fn redact_target(target: &str) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_owned();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|part| match part.split_once('=') {
+            Some((name, _)) if name.len() <= 64 => format!("{name}=<redacted>"),
+            _ if part.is_empty() => String::new(),
+            _ => "<redacted>".to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
 /// Percent-encodes one decoded path segment the canonical way.
 pub fn encode_segment(segment: &str) -> String {
     utf8_percent_encode(segment, SEGMENT).to_string()
@@ -222,7 +243,7 @@ fn check_len(
     min: usize,
     max: usize,
 ) -> Result<String, RouteError> {
-    let n = value.chars().count();
+    let n = crate::schema::tenant_length(value);
     if n < min || n > max {
         return Err(RouteError::ParamLength { name, min, max });
     }
@@ -261,16 +282,21 @@ fn classify_v2(method: &Method, rest: &[&str]) -> Result<Option<Governed>, Route
         })
     };
     match rest {
-        [orgs] if eq(orgs, "organizations") => Ok(if method == Method::POST {
-            governed(
+        [orgs] if eq(orgs, "organizations") => match *method {
+            Method::POST => Ok(governed(
                 OrganizationCreate,
                 encode_path(&["api", "v2", "organizations"]),
                 None,
                 None,
-            )
-        } else {
-            None
-        }),
+            )),
+            Method::GET | Method::HEAD => Ok(None),
+            // `post`, `Post`, PUT…: a method the tenant might read as POST,
+            // or one it has no route for; either way not passed unjudged.
+            _ => Err(RouteError::MethodNotAllowed {
+                method: method.clone(),
+                allow: "GET, HEAD, POST",
+            }),
+        },
         [orgs, id, family] if eq(orgs, "organizations") => {
             let Some((create, ..)) = family_ops(family) else {
                 return Ok(None);
@@ -308,8 +334,15 @@ fn classify_v2(method: &Method, rest: &[&str]) -> Result<Option<Governed>, Route
         [profiles, id, ticket]
             if eq(profiles, "self-service-profiles") && eq(ticket, "sso-ticket") =>
         {
-            if *method != Method::POST {
-                return Ok(None);
+            match *method {
+                Method::POST => {}
+                Method::GET | Method::HEAD => return Ok(None),
+                _ => {
+                    return Err(RouteError::MethodNotAllowed {
+                        method: method.clone(),
+                        allow: "POST",
+                    });
+                }
             }
             let id = check_len(id, "id", 1, MAX_ORG_ID)?;
             let path = encode_path(&["api", "v2", "self-service-profiles", &id, "sso-ticket"]);

@@ -425,6 +425,32 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Refuses a request asking for more than `max` association changes
+/// (`limits.max_elements`): every element is judged, and judging may cost
+/// tenant lookups, all charged to the tenant's rate limit.
+pub fn check_elements(validated: &Validated, max: u64) -> Result<(), SchemaError> {
+    let n = validated.changes.len() as u64;
+    if n <= max {
+        return Ok(());
+    }
+    let pointer = validated
+        .changes
+        .first()
+        .and_then(|c| c.pointer.rsplit_once('/'))
+        .map_or("/", |(array, _)| array);
+    Err(err(
+        pointer,
+        format!("{n} elements; at most {max} are accepted per request (limits.max_elements)"),
+    ))
+}
+
+/// A string's length as the tenant counts it: JavaScript's `length`, in
+/// UTF-16 code units (an emoji outside the Basic Multilingual Plane is 2).
+/// Counting code points here would let through names the tenant refuses.
+pub fn tenant_length(s: &str) -> usize {
+    s.encode_utf16().count()
+}
+
 fn check_id(value: &Value, pointer: &str) -> Result<String, SchemaError> {
     let Value::String(s) = value else {
         return Err(err(
@@ -432,7 +458,7 @@ fn check_id(value: &Value, pointer: &str) -> Result<String, SchemaError> {
             format!("Expected type string but found type {}", type_name(value)),
         ));
     };
-    let n = s.chars().count();
+    let n = tenant_length(s);
     if n == 0 || n > MAX_ID {
         return Err(err(
             pointer,
@@ -458,9 +484,12 @@ fn check_field(kind: Kind, value: &Value, create: bool, pointer: &str) -> Result
     match (kind, value) {
         (Kind::Name, Value::Null) => Ok(()),
         (Kind::Name, Value::String(s)) => {
-            let n = s.chars().count();
+            let n = tenant_length(s);
             if !(1..=50).contains(&n) {
-                Err(err(pointer, "String length must be 1 to 50 characters"))
+                Err(err(
+                    pointer,
+                    "String length must be 1 to 50 characters (UTF-16 code units, as the tenant counts)",
+                ))
             } else if s.contains('\0') {
                 Err(err(pointer, "String must not contain NUL"))
             } else {

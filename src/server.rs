@@ -13,9 +13,8 @@ use futures_util::FutureExt;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
@@ -32,6 +31,31 @@ pub struct Peer(pub std::net::SocketAddr);
 /// Something that answers requests: the gateway, the sandbox tenant.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<BoxBody>> + Send;
+}
+
+/// How many connections a listener serves, and how long they may dawdle.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Connections served at once. At the cap, the connection idle the
+    /// longest is closed to make room; further ones wait in the kernel.
+    pub max_connections: usize,
+    /// Connections one client address may hold; past it, new ones are
+    /// closed at once.
+    pub max_per_ip: usize,
+    /// How long a connection may take to send a request's headers, and how
+    /// long an idle keep-alive connection waits for its next request.
+    pub header_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// `max_connections`, no per-address cap, hyper's 30 s header deadline.
+    pub fn new(max_connections: usize) -> ConnLimits {
+        ConnLimits {
+            max_connections,
+            max_per_ip: max_connections,
+            header_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Serves `handler` on `listener` until `shutdown` completes, then stops
@@ -54,11 +78,35 @@ pub async fn serve_tls<H: Handler>(
     shutdown: impl Future<Output = ()>,
     tls: Option<Arc<crate::tls::ServerTls>>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let limits = ConnLimits::new(max_connections);
+    serve_with(listener, handler, limits, shutdown, tls).await;
+}
+
+/// As [`serve_tls`], within `limits`.
+pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ConnLimits,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper silently runs no header deadline at all; with
+    // one, the deadline also ends keep-alive connections left idle.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let open = Arc::new(Open::default());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // At the cap, a client that sends nothing must not keep the next
+        // one out: close the connection idle the longest.
+        if permits.available_permits() == 0 {
+            open.close_longest_idle();
+        }
         // Wait for a free slot first, so excess connections queue in the
         // kernel instead of costing a task each.
         let permit = tokio::select! {
@@ -80,41 +128,22 @@ pub async fn serve_tls<H: Handler>(
             },
             () = &mut shutdown => break,
         };
+        let Some(conn) = open.admit(peer.ip(), limits.max_per_ip) else {
+            debug!(%peer, "connection refused: too many from this address");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let handler = handler.clone();
-            req.extensions_mut().insert(Peer(peer));
-            // A caller that hangs up must not cancel the exchange halfway
-            // (a change judged and forwarded still gets its outcome
-            // recorded): if the connection drops the exchange, it finishes
-            // in a task of its own. It runs inline otherwise; a task per
-            // exchange costs a cross-thread hand-off on every request.
-            let exchange = AssertUnwindSafe(async move { handler.handle(req).await });
-            let exchange = exchange.catch_unwind();
-            let exchange = Detach(Some(Box::pin(exchange)));
-            async move {
-                Ok::<_, std::convert::Infallible>(exchange.await.unwrap_or_else(|_| {
-                    error!(%peer, "an exchange panicked");
-                    internal_error()
-                }))
-            }
-        });
-        let watcher = graceful.watcher();
+        let service = service(handler.clone(), peer, conn.clone());
         let builder = builder.clone();
         let tls = tls.clone();
+        let open = open.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             let result = match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
+                None => run(&builder, TokioIo::new(stream), service, &conn, stopping).await,
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
+                        run(&builder, TokioIo::new(stream), service, &conn, stopping).await
                     }
                     Err(e) => {
                         debug!(%peer, error = %e, "TLS handshake failed");
@@ -125,16 +154,202 @@ pub async fn serve_tls<H: Handler>(
             if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
+            open.remove(&conn);
             drop(permit);
         });
     }
     drop(listener);
     info!("draining open connections");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let _ = stop.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, open.drained())
         .await
         .is_err()
     {
         warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+}
+
+/// One exchange per request, with the client's address in its extensions;
+/// the connection counts as busy while an exchange runs.
+fn service<H: Handler>(
+    handler: Arc<H>,
+    peer: std::net::SocketAddr,
+    conn: Arc<Conn>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<BoxBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<BoxBody>, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let handler = handler.clone();
+        let busy = conn.busy();
+        req.extensions_mut().insert(Peer(peer));
+        // A caller that hangs up must not cancel the exchange halfway
+        // (a change judged and forwarded still gets its outcome
+        // recorded): if the connection drops the exchange, it finishes
+        // in a task of its own. It runs inline otherwise; a task per
+        // exchange costs a cross-thread hand-off on every request.
+        let exchange = AssertUnwindSafe(async move {
+            let resp = handler.handle(req).await;
+            drop(busy);
+            resp
+        });
+        let exchange = exchange.catch_unwind();
+        let exchange = Detach(Some(Box::pin(exchange)));
+        async move {
+            Ok::<_, std::convert::Infallible>(exchange.await.unwrap_or_else(|_| {
+                error!(%peer, "an exchange panicked");
+                internal_error()
+            }))
+        }
+    })
+}
+
+/// Serves one connection until it ends; on shutdown, or when it is chosen
+/// to make room, it finishes what is in flight and closes.
+async fn run<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    service: S,
+    conn: &Conn,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let served = builder.serve_connection_with_upgrades(io, service);
+    let mut served = std::pin::pin!(served);
+    tokio::select! {
+        result = served.as_mut() => return result,
+        _ = stopping.wait_for(|stop| *stop) => {}
+        () = conn.close.notified() => {}
+    }
+    served.as_mut().graceful_shutdown();
+    served.await
+}
+
+/// The open connections of one listener.
+#[derive(Default)]
+struct Open {
+    conns: std::sync::Mutex<OpenInner>,
+    drained: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct OpenInner {
+    next: u64,
+    by_id: std::collections::HashMap<u64, Arc<Conn>>,
+    per_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// One open connection.
+struct Conn {
+    id: u64,
+    ip: std::net::IpAddr,
+    /// Exchanges running on it.
+    busy: std::sync::atomic::AtomicUsize,
+    /// When it last became idle (ms on [`since_start`]'s clock).
+    idle_since: std::sync::atomic::AtomicU64,
+    /// Asks it to finish what is in flight and close.
+    close: tokio::sync::Notify,
+}
+
+/// Counts a running exchange on its connection.
+struct Busy(Arc<Conn>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.0.idle_since.store(since_start(), Ordering::Relaxed);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Conn {
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Busy(self.clone())
+    }
+}
+
+/// Milliseconds since the first call: a cheap monotonic clock for idleness.
+fn since_start() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Open {
+    fn inner(&self) -> std::sync::MutexGuard<'_, OpenInner> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection from `ip`, unless that address already holds
+    /// `max_per_ip`.
+    fn admit(&self, ip: std::net::IpAddr, max_per_ip: usize) -> Option<Arc<Conn>> {
+        let mut inner = self.inner();
+        let n = inner.per_ip.entry(ip).or_default();
+        if *n >= max_per_ip {
+            return None;
+        }
+        *n += 1;
+        inner.next += 1;
+        let conn = Arc::new(Conn {
+            id: inner.next,
+            ip,
+            busy: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::atomic::AtomicU64::new(since_start()),
+            close: tokio::sync::Notify::new(),
+        });
+        inner.by_id.insert(conn.id, conn.clone());
+        Some(conn)
+    }
+
+    fn remove(&self, conn: &Conn) {
+        let mut inner = self.inner();
+        inner.by_id.remove(&conn.id);
+        if let Some(n) = inner.per_ip.get_mut(&conn.ip) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_ip.remove(&conn.ip);
+            }
+        }
+        if inner.by_id.is_empty() {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Asks the connection idle the longest (no exchange running) to close.
+    fn close_longest_idle(&self) {
+        use std::sync::atomic::Ordering;
+        let inner = self.inner();
+        let idle = inner
+            .by_id
+            .values()
+            .filter(|c| c.busy.load(Ordering::Acquire) == 0)
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+        if let Some(c) = idle {
+            debug!(ip = %c.ip, "closing an idle connection to make room");
+            c.close.notify_one();
+        }
+    }
+
+    /// Completes once no connection is open.
+    async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.inner().by_id.is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

@@ -149,8 +149,13 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        // Idle connections are closed after a while (the timer makes that
+        // happen on time, not at the next checkout) and only a few are kept,
+        // so descriptors return to their baseline after a burst.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(32)
             .build(connector);
         Ok(Upstream {
             last_answer: Arc::new(AtomicU64::new(0)),

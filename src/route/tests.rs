@@ -133,6 +133,8 @@ fn unlisted_methods_on_association_paths_are_405() {
             Method::DELETE,
             "/api/v2/organizations/o/enabled_connections",
         ),
+        (Method::PUT, "/api/v2/organizations"),
+        (Method::DELETE, "/api/v2/self-service-profiles/p/sso-ticket"),
     ] {
         assert!(
             matches!(
@@ -208,4 +210,52 @@ fn operation_ids_round_trip() {
         assert_eq!(Operation::from_id(op.id()), Some(op));
     }
     assert_eq!(Operation::from_id("nope"), None);
+}
+
+#[test]
+fn method_case_variants_on_governed_paths_are_405() {
+    for name in ["post", "Post", "pOST", "patch", "delete", "get"] {
+        let m = Method::from_bytes(name.as_bytes()).expect("a method token");
+        for path in [
+            "/api/v2/organizations",
+            "/api/v2/organizations/o/connections",
+            "/api/v2/organizations/o/enabled_connections/c",
+            "/api/v2/self-service-profiles/p/sso-ticket",
+        ] {
+            assert!(
+                matches!(
+                    classify(&m, path, None),
+                    Err(RouteError::MethodNotAllowed { .. })
+                ),
+                "{name} {path}"
+            );
+        }
+    }
+}
+
+#[test]
+fn lengths_are_counted_as_the_tenant_counts_them() {
+    // 25 emoji are 50 UTF-16 code units: at the limit; 26 are over it.
+    let at = "\u{1F600}".repeat(25);
+    let over = "\u{1F600}".repeat(26);
+    let path = |id: &str| format!("/api/v2/organizations/{}/connections/c", encode_segment(id));
+    assert!(classify(&Method::PATCH, &path(&at), None).is_ok());
+    assert!(matches!(
+        classify(&Method::PATCH, &path(&over), None),
+        Err(RouteError::ParamLength { .. })
+    ));
+}
+
+#[test]
+fn query_values_are_redacted_names_kept() {
+    assert_eq!(redact_target("/a/b"), "/a/b");
+    assert_eq!(
+        redact_target("/x?access_token=eyJhbGciOi.x.y&page=2"),
+        "/x?access_token=<redacted>&page=<redacted>"
+    );
+    assert_eq!(redact_target("/x?eyJsecret"), "/x?<redacted>");
+    assert_eq!(redact_target("/x?a=1&&b="), "/x?a=<redacted>&&b=<redacted>");
+    let long = "n".repeat(65);
+    assert_eq!(redact_target(&format!("/x?{long}=v")), "/x?<redacted>");
+    assert_eq!(redact_target("/x?"), "/x?");
 }

@@ -275,7 +275,7 @@ fn check_fields(body: &Map<String, Value>, legacy: bool, create: bool) -> Result
             "organization_connection_name" => {
                 v.is_null()
                     || v.as_str()
-                        .is_some_and(|s| (1..=50).contains(&s.chars().count()))
+                        .is_some_and(|s| (1..=50).contains(&s.encode_utf16().count()))
             }
             "organization_access_level" | "organization_member_access_level" => {
                 (v.is_null() && !create) || v.as_str().is_some_and(|s| ACCESS_LEVELS.contains(&s))

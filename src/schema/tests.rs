@@ -101,6 +101,19 @@ fn organization_connection_name_rules() {
         json!({"organization_connection_name": "a\u{0}b"}),
         "/organization_connection_name",
     );
+    // The tenant counts UTF-16 code units: 26 emoji are 52 of them.
+    refused(
+        UPDATE,
+        json!({"organization_connection_name": "\u{1F600}".repeat(26)}),
+        "/organization_connection_name",
+    );
+    assert!(
+        check(
+            UPDATE,
+            json!({"organization_connection_name": "\u{1F600}".repeat(25)})
+        )
+        .is_ok()
+    );
     refused(
         UPDATE,
         json!({"organization_connection_name": 5}),

@@ -8,6 +8,7 @@ mod audit;
 mod cli;
 
 mod governed;
+mod hostile;
 mod identity;
 mod observability;
 mod passthrough;

@@ -132,7 +132,7 @@ async fn readiness_follows_the_store_and_the_tenant() {
 
 /// An OTLP/HTTP receiver: keeps every request body.
 #[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Bytes>>>);
+pub(crate) struct Collector(pub(crate) Arc<Mutex<Vec<Bytes>>>);
 
 impl Handler for Collector {
     async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {

@@ -1,0 +1,356 @@
+//! Hostile clients and an unwell tenant: slow connections, fan-out, secrets
+//! in query strings, method case, lengths, tenant rate limits.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tollgate::BoxBody;
+use tollgate::audit::query;
+use tollgate::sandbox::seed::*;
+use tollgate::server::Handler;
+
+use crate::harness::{Harness, Served, serve_on_port_0};
+use crate::observability::Collector;
+
+fn item() -> String {
+    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
+}
+
+/// A connection to `addr` from the loopback address `from` (127.0.0.x).
+async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind a loopback source");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Reads from `stream` until it closes or `within` passes; what was read.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut out)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_do_not_lock_out_a_normal_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let served = Served::start(
+        dir.path(),
+        &["--sandbox"],
+        &[
+            ("TOLLGATE_AUDIT_URL", db),
+            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
+            ("TOLLGATE_LIMITS_MAX_CONNECTIONS", "64".into()),
+            ("TOLLGATE_LIMITS_MAX_CONNECTIONS_PER_IP", "16".into()),
+            ("TOLLGATE_LIMITS_HEADER_TIMEOUT", "2s".into()),
+            ("TOLLGATE_LIMITS_BODY_TIMEOUT", "1s".into()),
+        ],
+    )
+    .await;
+    let addr: SocketAddr = served.addr.parse().expect("addr");
+
+    // A half-sent body is answered 408 at its deadline, and the connection
+    // closed.
+    let mut slow = connect_from([127, 0, 0, 9], addr).await;
+    slow.write_all(
+        format!(
+            "PATCH {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\
+             Content-Type: application/json\r\nContent-Length: 39\r\n\r\n{{\"show",
+            item()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let started = Instant::now();
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5))
+        .await
+        .expect("the half-sent body is dropped at its deadline");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Idle connections from 8 addresses, more than the cap, plus far more
+    // than its share from one of them.
+    let mut idle = Vec::new();
+    for x in 2..10u8 {
+        for _ in 0..16 {
+            idle.push(connect_from([127, 0, 0, x], addr).await);
+        }
+    }
+    for _ in 0..100 {
+        idle.push(connect_from([127, 0, 0, 2], addr).await);
+    }
+    // Slow bodies from the same addresses keep exchanges busy.
+    for x in 2..6u8 {
+        let mut s = connect_from([127, 0, 0, x], addr).await;
+        let _ = s
+            .write_all(
+                format!(
+                    "PATCH {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\
+                     Content-Type: application/json\r\nContent-Length: 39\r\n\r\n{{",
+                    item()
+                )
+                .as_bytes(),
+            )
+            .await;
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let a = Harness::client_send(
+            &served.addr,
+            Method::PATCH,
+            &item(),
+            r#"{"show_as_button":false}"#,
+        )
+        .await;
+        worst = worst.max(started.elapsed());
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    assert!(
+        worst < Duration::from_secs(1),
+        "a normal client waited {worst:?}"
+    );
+
+    // A connection that never finishes its headers is closed at the deadline.
+    let mut partial = connect_from([127, 0, 0, 1], addr).await;
+    partial
+        .write_all(b"GET /api/v2/organizations HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    assert!(
+        read_until_closed(&mut partial, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "closed at the header deadline"
+    );
+    drop(idle);
+    crate::harness::terminate(served.child).await;
+}
+
+/// A query string's values never reach the database, the log or the spans.
+#[tokio::test]
+async fn query_string_values_are_never_recorded() {
+    let collector = Collector::default();
+    let otlp = serve_on_port_0(collector.clone()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let served = Served::start(
+        dir.path(),
+        &["--sandbox"],
+        &[
+            ("TOLLGATE_AUDIT_URL", db.clone()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+        ],
+    )
+    .await;
+    let secrets = [
+        "eyJSECRETgoverned",
+        "SECRETclientsecret",
+        "SECRETread",
+        "SECRETbare",
+    ];
+    let governed = Harness::client_send(
+        &served.addr,
+        Method::PATCH,
+        &format!("{}?access_token={}", item(), secrets[0]),
+        r#"{"show_as_button":false}"#,
+    )
+    .await;
+    assert_eq!(governed.status, StatusCode::BAD_REQUEST);
+    let token = Harness::client_send(
+        &served.addr,
+        Method::POST,
+        &format!("/oauth/token?client_secret={}", secrets[1]),
+        r#"{"grant_type":"client_credentials"}"#,
+    )
+    .await;
+    assert_ne!(
+        token.status,
+        StatusCode::BAD_REQUEST,
+        "ungoverned: forwarded"
+    );
+    let read = Harness::client_get(
+        &served.addr,
+        &format!("/api/v2/organizations?q={}&{}", secrets[2], secrets[3]),
+    )
+    .await;
+    assert_eq!(
+        read.status,
+        StatusCode::UNAUTHORIZED,
+        "forwarded, without a token"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = served.log();
+    crate::harness::terminate(served.child).await;
+
+    let store = tollgate::audit::Store::open(&db).await.expect("store");
+    let rows = query::exchanges(
+        &store,
+        &query::Filter {
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("query");
+    assert!(
+        rows.len() >= 2,
+        "the refusal and the ungoverned write are recorded"
+    );
+    let mut recorded = String::new();
+    for r in &rows {
+        for e in query::show(&store, &r.exchange_id).await.expect("show") {
+            recorded.push_str(&e.to_string());
+        }
+    }
+    assert!(recorded.contains("access_token=<redacted>"), "{recorded}");
+    assert!(recorded.contains("client_secret=<redacted>"), "{recorded}");
+    let spans: Vec<u8> = collector
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .flat_map(|b| b.to_vec())
+        .collect();
+    assert!(!spans.is_empty(), "spans were exported");
+    for secret in secrets {
+        assert!(!recorded.contains(secret), "{secret} in the audit log");
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+        assert!(
+            !spans.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} in the spans"
+        );
+    }
+}
+
+#[tokio::test]
+async fn method_case_variants_are_never_forwarded_unjudged() {
+    let h = Harness::start().await;
+    for (method, path) in [
+        ("post", "/api/v2/organizations".to_owned()),
+        (
+            "Post",
+            format!("/api/v2/self-service-profiles/{SELF_SERVICE_PROFILE}/sso-ticket"),
+        ),
+        ("PUT", "/api/v2/organizations".to_owned()),
+        ("patch", item()),
+    ] {
+        let m = Method::from_bytes(method.as_bytes()).expect("method");
+        let a = h.send(m, &path, Some(r#"{"name":"x"}"#)).await;
+        assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(a.error_code(), "method_not_allowed");
+    }
+    assert!(h.received().is_empty(), "nothing reached the tenant");
+}
+
+#[tokio::test]
+async fn array_elements_are_bounded_and_lookups_deduplicated() {
+    // A rule that reads the organization: every element needs it.
+    let rule = "[[rule]]\nid = \"known-orgs\"\ndeny = 'org.name == null'\nmessage = \"unknown organization\"\n";
+    let h = Harness::setup()
+        .config("[limits]\nmax_elements = 50\n[context]\ncache_ttl = \"0s\"\n")
+        .policies(&[("r.toml", rule)])
+        .start()
+        .await;
+    let ticket = format!("/api/v2/self-service-profiles/{SELF_SERVICE_PROFILE}/sso-ticket");
+    let body = |n: usize| {
+        let orgs: Vec<Value> = (0..n)
+            .map(|i| json!({"organization_id": if i % 2 == 0 { ORG_ACME } else { ORG_GLOBEX }}))
+            .collect();
+        json!({"connection_id": CON_SAML, "enabled_organizations": orgs}).to_string()
+    };
+    let over = h.send(Method::POST, &ticket, Some(&body(51))).await;
+    assert_eq!(over.status, StatusCode::BAD_REQUEST);
+    assert_eq!(over.json()["field"], "/enabled_organizations");
+    assert!(
+        over.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("limits.max_elements"),
+        "{}",
+        over.json()
+    );
+    assert!(h.received().is_empty(), "zero tenant calls");
+
+    let at = h.send(Method::POST, &ticket, Some(&body(50))).await;
+    assert_eq!(
+        at.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&at.body)
+    );
+    // Two organizations looked up once each, and the ticket itself.
+    let calls = h.received().len();
+    assert!(calls <= 50 + 2, "{calls} tenant calls");
+    assert_eq!(calls, 3, "one lookup per distinct organization");
+}
+
+/// A tenant out of rate limit: every call is answered 429.
+#[derive(Clone)]
+struct Exhausted;
+
+impl Handler for Exhausted {
+    async fn handle(&self, _req: Request<Incoming>) -> Response<BoxBody> {
+        let body = json!({"statusCode": 429, "error": "Too Many Requests",
+                          "message": "Global limit has been reached", "errorCode": "too_many_requests"});
+        let mut resp = Response::new(tollgate::full(Bytes::from(body.to_string())));
+        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        let h = resp.headers_mut();
+        h.insert("content-type", "application/json".parse().expect("value"));
+        h.insert("x-ratelimit-limit", "50".parse().expect("value"));
+        h.insert("x-ratelimit-remaining", "0".parse().expect("value"));
+        h.insert("x-ratelimit-reset", "1796000000".parse().expect("value"));
+        h.insert("retry-after", "3".parse().expect("value"));
+        resp
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_429_during_a_lookup_reaches_the_caller_as_429() {
+    let tenant = serve_on_port_0(Exhausted).await;
+    let rule = "[[rule]]\nid = \"no-full-access\"\ndeny = 'after.organization_access_level == \"full\"'\nmessage = \"m\"\n";
+    let h = Harness::setup()
+        .policies(&[("r.toml", rule)])
+        .upstream(
+            &format!("http://{tenant}"),
+            tollgate::sandbox::Sandbox::new(),
+        )
+        .start()
+        .await;
+    let a = h
+        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.headers["retry-after"], "3");
+    assert_eq!(a.headers["x-ratelimit-remaining"], "0");
+    assert_eq!(a.headers["x-ratelimit-reset"], "1796000000");
+    assert_eq!(a.json()["statusCode"], 429);
+    h.audit.flush().await;
+    let evs = query::show(&h.store, &a.audit_id()).await.expect("show");
+    assert_eq!(evs[0]["event"]["decision"], "unavailable", "not a denial");
+    assert_eq!(
+        evs[0]["event"]["data"]["error"]["errorCode"],
+        "tenant_rate_limited"
+    );
+}
