@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tracing::{Instrument, error, info, warn};
 use uuid::Uuid;
@@ -206,13 +207,22 @@ impl Gateway {
             .identify(&parts.headers, Some(route.operation), facts)
             .await?;
         // Read the body: media type, encoding and size before any parsing.
-        let body = self.read_body(&parts.headers, body, &route, facts).await?;
+        let (body, literals) = match self.read_body(&parts.headers, body, &route, facts).await? {
+            Some((map, literals)) => (Some(map), literals),
+            None => (None, Vec::new()),
+        };
         // Validate against the schema before any rule runs, so rules only
         // ever see well-typed values.
         let validated = schema::validate(&route, body, self.config.schema.unknown_fields)?;
         // Each element may cost tenant lookups: bounded before any is made.
         schema::check_elements(&validated, self.config.limits.max_elements)?;
-        note_validated(facts, &validated);
+        // The text forwarded and recorded: the judged value, re-serialised,
+        // each number spelled as the client spelled it.
+        let text = validated
+            .body
+            .as_ref()
+            .map(|map| schema::to_json_text(map, &literals));
+        note_validated(facts, &validated, text.as_deref());
         // Fetch the context the applicable rules read. One policy set judges
         // the whole exchange, even if a reload lands meanwhile.
         let policy = self.policies.current();
@@ -260,7 +270,7 @@ impl Gateway {
             &parts.headers,
             auth,
             &route,
-            &validated,
+            text,
             &facts.exchange_id,
         )?;
         let started = Instant::now();
@@ -328,7 +338,7 @@ impl Gateway {
         body: Incoming,
         route: &Governed,
         facts: &mut Facts,
-    ) -> Result<Option<Map<String, Value>>, Refusal> {
+    ) -> Result<Option<(Map<String, Value>, Vec<String>)>, Refusal> {
         body::check_encoding(headers)?;
         let limit = self.config.limits.max_body;
         // A client that trickles its body holds a connection and a task:
@@ -350,7 +360,11 @@ impl Gateway {
         body::check_json_media_type(headers)?;
         let bytes = read(body).await?;
         match schema::parse_strict(&bytes) {
-            Ok(map) => Ok(Some(map)),
+            Ok(map) => {
+                // Valid UTF-8: parse_strict checked it.
+                let literals = schema::number_literals(&String::from_utf8_lossy(&bytes));
+                Ok(Some((map, literals)))
+            }
             Err(e) => {
                 // Kept as text: the attempt is evidence, parseable or not.
                 facts.request_body = Some(raw_text(&bytes, self.config.audit.max_body));
@@ -590,8 +604,8 @@ fn start_facts(req: &Request<Incoming>) -> Facts {
 
 /// Notes what validation established: the judged body, and the
 /// organization and connection the record is indexed by.
-fn note_validated(facts: &mut Facts, validated: &Validated) {
-    facts.request_body = validated.body.clone().map(Value::Object);
+fn note_validated(facts: &mut Facts, validated: &Validated, text: Option<&str>) {
+    facts.request_body = text.and_then(|t| RawValue::from_string(t.to_owned()).ok());
     facts.unknown_fields = validated.unknown_fields.clone();
     if let Some(first) = validated.changes.first() {
         if facts.org_id.is_none()
@@ -605,10 +619,13 @@ fn note_validated(facts: &mut Facts, validated: &Validated) {
     }
 }
 
-/// A body that could not be parsed, as text for the record, capped.
-fn raw_text(bytes: &[u8], max: u64) -> Value {
+/// A body that could not be parsed, as text for the record (a JSON
+/// string), capped.
+fn raw_text(bytes: &[u8], max: u64) -> Box<RawValue> {
     let max = usize::try_from(max).unwrap_or(usize::MAX).min(bytes.len());
-    Value::String(String::from_utf8_lossy(&bytes[..max]).into_owned())
+    let text = Value::String(String::from_utf8_lossy(&bytes[..max]).into_owned());
+    // A string always serialises, and its JSON is a valid raw value.
+    serde_json::value::to_raw_value(&text).expect("a JSON string serialises")
 }
 
 fn screen(headers: &HeaderMap) -> Result<(), Refusal> {
@@ -682,7 +699,7 @@ fn forward_request(
     client_headers: &HeaderMap,
     auth: Option<HeaderValue>,
     route: &Governed,
-    validated: &Validated,
+    text: Option<String>,
     id: &str,
 ) -> Result<Request<BoxBody>, Refusal> {
     let mut headers = client_headers.clone();
@@ -698,9 +715,9 @@ fn forward_request(
         headers.remove(h);
     }
     set_correlation_id(&mut headers, id);
-    let body = match &validated.body {
-        Some(map) => {
-            let bytes = serde_json::to_vec(map).map_err(|e| BodyError::Read(e.to_string()))?;
+    let body = match text {
+        Some(text) => {
+            let bytes = text.into_bytes();
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

@@ -77,6 +77,112 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
     }
 }
 
+/// Where each number of a JSON text is: byte ranges, in document order.
+/// Strings are skipped (a digit inside one is no number).
+fn number_spans(text: &str) -> Vec<(usize, usize)> {
+    let b = text.as_bytes();
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' => i += 2,
+                        b'"' => {
+                            i += 1;
+                            break;
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                spans.push((start, i));
+            }
+            _ => i += 1,
+        }
+    }
+    spans
+}
+
+/// Every number of a JSON text, as written, in document order.
+pub fn number_literals(text: &str) -> Vec<String> {
+    number_spans(text)
+        .into_iter()
+        .map(|(a, b)| text[a..b].to_owned())
+        .collect()
+}
+
+/// `map` as JSON text, each number spelled as the client spelled it.
+///
+/// serde_json keeps a number's digits (`arbitrary_precision`) but writes its
+/// exponent its own way (`1E2` becomes `1e+2`). A body parsed from a text
+/// holds its numbers in that text's order, and re-serialising keeps the
+/// order, so the n-th number written is the n-th one read: its literal goes
+/// back in its place. The value is the same either way; this keeps the
+/// client's bytes.
+pub fn to_json_text(map: &Map<String, Value>, literals: &[String]) -> String {
+    let text = Value::Object(map.clone()).to_string();
+    let spans = number_spans(&text);
+    if spans.len() != literals.len() {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for ((a, b), literal) in spans.into_iter().zip(literals) {
+        out.push_str(&text[at..a]);
+        out.push_str(literal);
+        at = b;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+/// The key serde_json (with `arbitrary_precision`) gives a number under.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// A number's text, as serde_json hands it over: an owned string. A JSON
+/// string value in the request (an object using the reserved key) arrives
+/// borrowed or escaped instead, and is refused.
+struct NumberText;
+
+impl<'de> DeserializeSeed<'de> for NumberText {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NumberText {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number")
+    }
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Value, E> {
+        serde_json::from_str::<serde_json::Number>(&text)
+            .map(Value::Number)
+            .map_err(|_| E::custom("invalid number"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Value, E> {
+        Err(E::custom(format_args!(
+            "the key {NUMBER_TOKEN:?} is reserved"
+        )))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<Value, E> {
+        Err(E::custom(format_args!(
+            "the key {NUMBER_TOKEN:?} is reserved"
+        )))
+    }
+}
+
 /// A JSON value that refuses duplicate keys and deep nesting.
 struct Strict {
     depth: usize,
@@ -141,6 +247,13 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            // serde_json hands a number over as a one-entry map under this
+            // key, its text as the value, so it is kept exactly as written
+            // (`-0`, `1E2`, `18446744073709551616`). An object a client
+            // sends with the same key is told apart by how its value comes.
+            if out.is_empty() && key == NUMBER_TOKEN {
+                return map.next_value_seed(NumberText);
+            }
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }

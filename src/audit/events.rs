@@ -42,8 +42,9 @@ pub struct Facts {
     pub org_id: Option<String>,
     pub connection_id: Option<String>,
     pub caller: Caller,
-    /// The judged body; for a body that could not be parsed, its text.
-    pub request_body: Option<Value>,
+    /// The judged body as forwarded; for a body that could not be parsed,
+    /// its text (a JSON string).
+    pub request_body: Option<Box<RawValue>>,
     pub unknown_fields: Vec<String>,
     /// The rules' view of each change, with the context used.
     pub changes: Vec<Input>,
@@ -95,7 +96,7 @@ impl Facts {
             source_ip: self.source_ip.as_deref(),
             user_agent: self.user_agent.as_deref(),
             caller: &self.caller,
-            request_body: self.request_body.as_ref(),
+            request_body: self.request_body.as_deref(),
             unknown_fields: &self.unknown_fields,
             changes: self.changes.iter().map(ChangeData::of).collect(),
             rules: self
@@ -208,7 +209,7 @@ struct DecisionData<'a> {
     source_ip: Option<&'a str>,
     user_agent: Option<&'a str>,
     caller: &'a Caller,
-    request_body: Option<&'a Value>,
+    request_body: Option<&'a RawValue>,
     unknown_fields: &'a [String],
     changes: Vec<ChangeData<'a>>,
     rules: Vec<RuleData<'a>>,
@@ -358,7 +359,7 @@ mod tests {
                 token_fingerprint: Some("ab12".into()),
                 ..Caller::default()
             },
-            request_body: Some(json!({"organization_access_level": "full"})),
+            request_body: Some(raw(&json!({"organization_access_level": "full"}))),
             unknown_fields: vec!["x".into()],
             changes: vec![input],
             decision: Some(Decision {

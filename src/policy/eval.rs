@@ -158,9 +158,7 @@ fn context<'a>(set: &PolicySet, input: &'a Input, wanted: &[&str]) -> cel::Conte
     ];
     for (name, value) in vars {
         if wanted.contains(&name) {
-            // A serde_json value always converts: it has no type CEL lacks.
-            let v = cel::to_value(value).unwrap_or(cel::Value::Null);
-            ctx.add_variable_from_value(name, v);
+            ctx.add_variable_from_value(name, to_cel(value));
         }
     }
     if wanted.contains(&"operation") {
@@ -170,6 +168,34 @@ fn context<'a>(set: &PolicySet, input: &'a Input, wanted: &[&str]) -> cel::Conte
         ctx.add_variable_from_value("now", cel::Value::Timestamp(input.now.fixed_offset()));
     }
     ctx
+}
+
+/// A JSON value as CEL sees it. Numbers are kept as written in the request
+/// (serde_json's `arbitrary_precision`), so they are converted by value here:
+/// an integer that fits is `int` (or `uint`), anything else `double`.
+fn to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                cel::Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                cel::Value::UInt(u)
+            } else {
+                cel::Value::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => cel::Value::String(std::sync::Arc::new(s.clone())),
+        Value::Array(items) => {
+            cel::Value::List(std::sync::Arc::new(items.iter().map(to_cel).collect()))
+        }
+        Value::Object(map) => {
+            let entries: std::collections::HashMap<String, cel::Value> =
+                map.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            cel::Value::from(entries)
+        }
+    }
 }
 
 fn run(program: &cel::Program, ctx: &cel::Context) -> Result<bool, String> {
@@ -216,4 +242,23 @@ fn field_of(rule: &Rule, input: &Input) -> Option<String> {
         .find(set_by_body)
         .or_else(|| rule.fields.first())?;
     Some(format!("{}/{field}", input.pointer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_kept_as_written_are_judged_by_value() {
+        let n = |text: &str| to_cel(&serde_json::from_str::<Value>(text).expect("json"));
+        assert_eq!(n("-0"), cel::Value::Int(0));
+        assert_eq!(n("1E2"), cel::Value::Float(100.0));
+        assert_eq!(n("42"), cel::Value::Int(42));
+        assert_eq!(n("18446744073709551615"), cel::Value::UInt(u64::MAX));
+        assert_eq!(
+            n("18446744073709551616"),
+            cel::Value::Float(18446744073709551616.0)
+        );
+        assert_eq!(n("1e-7"), cel::Value::Float(1e-7));
+    }
 }

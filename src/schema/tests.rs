@@ -322,3 +322,34 @@ fn numbers_survive_reserialisation() {
         );
     }
 }
+
+#[test]
+fn numbers_are_kept_exactly_as_written() {
+    let text = r#"{"metadata":{"a":-0,"b":1E2,"c":1.0,"d":1e-7,"e":18446744073709551616,"f":1e23,"g":12345678901234567890123}}"#;
+    let map = parse_strict(text.as_bytes()).expect("parses");
+    let literals = number_literals(text);
+    assert_eq!(literals.len(), 7);
+    assert_eq!(to_json_text(&map, &literals), text);
+    // Spaces, escapes and strings with digits in them change nothing.
+    let spaced = "{ \"s\" : \"1E2 \\\" 3\" , \"n\" : [ 1E2 , -0.50e-1 ] }";
+    let map = parse_strict(spaced.as_bytes()).expect("parses");
+    assert_eq!(
+        to_json_text(&map, &number_literals(spaced)),
+        r#"{"s":"1E2 \" 3","n":[1E2,-0.50e-1]}"#
+    );
+}
+
+#[test]
+fn the_number_token_is_no_way_to_forge_a_number() {
+    for text in [
+        r#"{"x":{"$serde_json::private::Number":"5"}}"#,
+        r#"{"x":{"$serde_json::private::Number":"\u0035"}}"#,
+        r#"{"x":{"\u0024serde_json::private::Number":"5"}}"#,
+        r#"{"x":{"$serde_json::private::Number":5}}"#,
+    ] {
+        assert!(
+            parse_strict(text.as_bytes()).is_err(),
+            "{text} was accepted"
+        );
+    }
+}

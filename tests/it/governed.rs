@@ -240,6 +240,30 @@ async fn the_forwarded_body_is_the_reserialised_judged_value() {
     );
 }
 
+/// Numbers outside the judged fields reach the tenant, and the record,
+/// exactly as the client wrote them.
+#[tokio::test]
+async fn numbers_arrive_byte_for_byte() {
+    let h = Harness::start().await;
+    let numbers = "{\"a\":-0,\"b\":1E2,\"c\":1.0,\"d\":1e-7,\"e\":18446744073709551616,\"f\":1e23,\"g\":12345678901234567890123}";
+    let sent = format!("{{\"name\":\"nums\",\"metadata\":{numbers},\"enabled_connections\":[]}}");
+    let a = h
+        .send(Method::POST, "/api/v2/organizations", Some(&sent))
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    let got = &h.received()[0];
+    assert_eq!(std::str::from_utf8(&got.body).expect("utf-8"), sent);
+    h.audit.flush().await;
+    // The stored event, as hashed (a JSON reader would respell exponents).
+    let rows = h.store.exchange_events(&a.audit_id()).await.expect("rows");
+    assert!(rows[0].body.contains(numbers), "{}", rows[0].body);
+}
+
 /// One request per constraint of DESIGN §1's field table: refused with 400
 /// in the tenant's shape, naming the field; the tenant receives nothing.
 #[tokio::test]
