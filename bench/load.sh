@@ -7,6 +7,7 @@
 #   DURATION=30s bash bench/load.sh
 #   WORKLOADS=patch-mixed RATES=max bash bench/load.sh   # a subset
 #   BEFORE_BIN=/path/to/older/tollgate bash bench/load.sh  # also an older build, same run
+#   TARGETS="before-postgres tollgate-postgres" ...        # only these targets
 #
 # Needs nginx (Debian's package) and oha (cargo install oha); installs them
 # if missing. Everything listens on 127.0.0.1 and stops when the script ends.
@@ -122,6 +123,7 @@ for workload in ${WORKLOADS:-patch-spread patch-mixed patch-allow patch-deny get
   targets="direct nginx $TOLLGATES"
   # A deny never reaches the tenant: direct and nginx have nothing to compare.
   [ "$workload" = patch-deny ] && targets="$TOLLGATES"
+  targets=${TARGETS:-$targets}
   for rate in ${RATES:-100 1000 max}; do
     for target in $targets; do
       run "$target" "$workload" "$rate"

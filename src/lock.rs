@@ -105,11 +105,23 @@ impl AssociationLocks {
         if audit_url.starts_with("postgres://") || audit_url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(audit_url)
                 .map_err(|e| LockError::Store(e.to_string()))?;
+            // The server gives up waiting for a lock at the deadline (SQLSTATE
+            // 55P03), so a connection is never left mid-query; set once per
+            // connection, it costs no round trip per change.
+            let ms = wait.as_millis().max(1);
             let pool = PgPoolOptions::new()
                 .max_connections(SHARED_CONNECTIONS)
-                .min_connections(0)
+                .min_connections(2)
                 .acquire_timeout(wait)
                 .idle_timeout(Duration::from_secs(60))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        sqlx::query(sqlx::AssertSqlSafe(format!("SET lock_timeout = '{ms}ms'")))
+                            .execute(conn)
+                            .await
+                            .map(|_| ())
+                    })
+                })
                 .connect_lazy_with(options);
             locks.shared = Some(pool);
             locks.namespace = namespace.to_owned();
@@ -180,15 +192,6 @@ impl AssociationLocks {
             .await
             .map_err(|_| LockError::Store("no connection to the store in time".into()))?
             .map_err(store)?;
-        // The server gives up waiting at the deadline (SQLSTATE 55P03), so
-        // the connection is never left mid-query.
-        let ms = left.as_millis().max(1);
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SET LOCAL lock_timeout = '{ms}ms'"
-        )))
-        .execute(&mut *tx)
-        .await
-        .map_err(store)?;
         // Keys are taken in the pairs' order, which is also the in-process
         // order, so replicas never wait on each other in a cycle.
         for pair in pairs {

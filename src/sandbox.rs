@@ -49,8 +49,9 @@ impl Received {
 #[derive(Clone)]
 pub struct Sandbox {
     state: Arc<Mutex<State>>,
-    /// Added to each answer to a read and to a write: the network between.
-    latency: Arc<Mutex<(std::time::Duration, std::time::Duration)>>,
+    /// Added to each answer to a read and to a write (the network between),
+    /// and whether it varies.
+    latency: Arc<Mutex<(std::time::Duration, std::time::Duration, bool)>>,
 }
 
 /// The seed data: two organizations; connections of four strategies.
@@ -153,7 +154,12 @@ impl Sandbox {
 
     /// Delays answers to reads (GET, HEAD) and to writes differently.
     pub fn set_latencies(&self, reads: std::time::Duration, writes: std::time::Duration) {
-        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = (reads, writes);
+        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = (reads, writes, true);
+    }
+
+    /// Delays every answer by exactly this long: a tenant that stalls.
+    pub fn set_stall(&self, delay: std::time::Duration) {
+        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = (delay, delay, false);
     }
 
     /// Stops (or resumes) refusing signup without membership: a tenant that
@@ -325,14 +331,14 @@ impl Handler for Sandbox {
         // The answer travels back over a network: it reflects the state when
         // it was computed, and arrives some time later (jittered, so answers
         // overtake each other as they do across a real network).
-        let (reads, writes) = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let (reads, writes, varies) = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let latency = if parts.method.is_safe() {
             reads
         } else {
             writes
         };
         if !latency.is_zero() {
-            tokio::time::sleep(jitter(latency)).await;
+            tokio::time::sleep(if varies { jitter(latency) } else { latency }).await;
         }
         let mut resp = if status == StatusCode::NO_CONTENT {
             Response::new(full(Bytes::new()))

@@ -509,14 +509,14 @@ async fn a_second_serve_on_one_sqlite_file_is_refused() {
 #[tokio::test]
 async fn a_busy_association_is_a_503_with_retry_after_recorded_as_unavailable() {
     let h = Harness::setup()
-        .config("[upstream]\ntimeout = \"300ms\"\n")
+        .config("[upstream]\ntimeout = \"1s\"\n")
         .policies(&[("r.toml", RULES)])
         .start()
         .await;
-    // A slow tenant: the first change holds the association for its three
-    // round trips (organization, association, the change itself); the
-    // second gives up waiting after one deadline.
-    h.tenant.set_latency(Duration::from_millis(250));
+    // A stalling tenant: the first change holds the association for its
+    // three round trips (organization, association, the change itself),
+    // 1.8 s; the second gives up waiting after one deadline, 1 s.
+    h.tenant.set_stall(Duration::from_millis(600));
     let h = Arc::new(h);
     let p = path(CON_SAML);
     let first = {
