@@ -111,7 +111,7 @@ impl AssociationLocks {
             let ms = wait.as_millis().max(1);
             let pool = PgPoolOptions::new()
                 .max_connections(SHARED_CONNECTIONS)
-                .min_connections(2)
+                .min_connections(4)
                 .acquire_timeout(wait)
                 .idle_timeout(Duration::from_secs(60))
                 .after_connect(move |conn, _| {
@@ -123,6 +123,16 @@ impl AssociationLocks {
                     })
                 })
                 .connect_lazy_with(options);
+            // Opening a connection costs tens of milliseconds: open a few
+            // now rather than during the first changes.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let warm = pool.clone();
+                rt.spawn(async move {
+                    let conns =
+                        futures_util::future::join_all((0..4).map(|_| warm.acquire())).await;
+                    drop(conns);
+                });
+            }
             locks.shared = Some(pool);
             locks.namespace = namespace.to_owned();
         }
@@ -297,6 +307,38 @@ mod tests {
         assert_ne!(
             a.shared_key(&pair("ab", "c")),
             a.shared_key(&pair("a", "bc"))
+        );
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    //! `cargo test --lib lock::timing -- --ignored --nocapture`: how long a
+    //! shared (Postgres) lock takes to take and release, distinct keys.
+    use super::*;
+
+    #[tokio::test]
+    #[ignore = "a measurement, not a test"]
+    async fn shared_lock_latency() {
+        let url = std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let locks =
+            AssociationLocks::for_store(&url, "timing", Duration::from_secs(5)).expect("locks");
+        let mut took = Vec::new();
+        for i in 0..1000 {
+            let started = std::time::Instant::now();
+            let held = locks
+                .acquire(&[(format!("org_{i}"), "con".into())])
+                .await
+                .expect("lock");
+            took.push(started.elapsed());
+            drop(held);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        took.sort();
+        println!(
+            "p50 {:?} p99 {:?} max {:?}",
+            took[500], took[990], took[999]
         );
     }
 }

@@ -149,12 +149,13 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        // Idle connections are closed after a while (the timer makes that
-        // happen on time, not at the next checkout) and only a few are kept,
-        // so descriptors return to their baseline after a burst.
+        // Idle connections are closed 5 to 10 s after their last use (the
+        // timer checks every 5 s; without it they would wait for the next
+        // checkout) and only a few are kept, so descriptors return to their
+        // baseline after a burst.
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
             .build(connector);
         Ok(Upstream {

@@ -10,7 +10,7 @@
 #
 #   bash bench/drills/hostile-clients.sh
 source "$(dirname "$0")/common.sh"
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 POLICY_DIR=$OUT/policies
 mkdir -p "$POLICY_DIR"
 cat > "$POLICY_DIR/org.toml" <<'TOML'
