@@ -8,16 +8,17 @@
 //! - [`proxy`]: the request pipeline, stage by stage. A governed request is
 //!   classified by [`route`], its body read by [`body`] and validated by
 //!   [`schema`], its caller named by [`identity`], the tenant state its rules
-//!   read fetched by [`context`], judged by [`policy`], then forwarded as
-//!   judged by [`upstream`]; everything else passes through under
-//!   `routes.other`.
+//!   read fetched by [`context`] (its associations locked by [`lock`]
+//!   first), judged by [`policy`], then forwarded as judged by
+//!   [`upstream`] and the tenant's answer judged again; everything else
+//!   passes through under `routes.other`.
 //! - [`error`]: every answer tollgate writes itself, in the tenant's shape.
 //! - [`sandbox`]: the simulated tenant behind `serve --sandbox`.
 //! - [`telemetry`] sets up logging.
 //!
-//! A request's path: client → `server` → `proxy` (screen → classify → read
-//! body → validate → identify → fetch context → judge → forward → answer) →
-//! tenant.
+//! A request's path: client → `server` → `proxy` (screen → classify →
+//! identify → read body → validate → lock the associations → fetch context
+//! → judge → record → forward → post-check → record → answer) → tenant.
 
 pub mod admin;
 pub mod audit;

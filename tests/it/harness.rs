@@ -215,6 +215,14 @@ impl Answer {
 async fn answer_of(req: Request<Full<Bytes>>) -> Answer {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
+    answer_on(&client, req).await
+}
+
+/// Sends one request on `client`, under a deadline; the whole answer.
+async fn answer_on(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Answer {
     let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
         .await
         .expect("answered in time")
@@ -455,17 +463,7 @@ impl Harness {
         let req = req
             .body(Full::new(Bytes::copy_from_slice(body)))
             .expect("request");
-        let resp = tokio::time::timeout(Duration::from_secs(20), self.client.request(req))
-            .await
-            .expect("gateway answered in time")
-            .expect("gateway answered");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        answer_on(&self.client, req).await
     }
 
     /// Sends a request with a bearer token and a JSON body to a gateway at
