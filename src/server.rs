@@ -102,20 +102,6 @@ pub async fn serve_with<H: Handler>(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        // At the cap, a client that sends nothing must not keep the next
-        // one out: close the connection idle the longest.
-        if permits.available_permits() == 0 {
-            open.close_longest_idle();
-        }
-        // Wait for a free slot first, so excess connections queue in the
-        // kernel instead of costing a task each.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             conn = listener.accept() => match conn {
                 Ok(conn) => conn,
@@ -128,6 +114,23 @@ pub async fn serve_with<H: Handler>(
             },
             () = &mut shutdown => break,
         };
+        // A slot for the new client: a free one, or, at the cap, one made by
+        // closing the connection idle the longest (a client that sends
+        // nothing, or reads nothing, must not keep the next one out).
+        // Excess clients wait in the kernel's accept queue meanwhile.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                open.close_longest_idle();
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let Some(conn) = open.admit(peer.ip(), limits.max_per_ip) else {
             debug!(%peer, "connection refused: too many from this address");
             continue;
@@ -138,12 +141,13 @@ pub async fn serve_with<H: Handler>(
         let tls = tls.clone();
         let open = open.clone();
         let stopping = stopping.clone();
+        let idle = limits.header_timeout;
         tokio::spawn(async move {
             let result = match tls {
-                None => run(&builder, TokioIo::new(stream), service, &conn, stopping).await,
+                None => run(&builder, TokioIo::new(stream), service, &conn, stopping, idle).await,
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => {
-                        run(&builder, TokioIo::new(stream), service, &conn, stopping).await
+                        run(&builder, TokioIo::new(stream), service, &conn, stopping, idle).await
                     }
                     Err(e) => {
                         debug!(%peer, error = %e, "TLS handshake failed");
@@ -206,14 +210,23 @@ fn service<H: Handler>(
     })
 }
 
-/// Serves one connection until it ends; on shutdown, or when it is chosen
-/// to make room, it finishes what is in flight and closes.
+/// How long a connection asked to make room, or idle past its deadline,
+/// may take to finish what it is writing before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves one connection until it ends. On shutdown it finishes what is in
+/// flight and closes. Chosen to make room, or idle (no exchange running)
+/// for `idle`, it closes too, and is dropped if that takes longer than
+/// [`CLOSE_GRACE`]: a client that stops reading (an HTTP/2 window of zero,
+/// a full socket buffer) cannot hold its slot by never letting the close
+/// complete. HTTP/2 has no header deadline of its own; this covers it.
 async fn run<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
     service: S,
     conn: &Conn,
     mut stopping: tokio::sync::watch::Receiver<bool>,
+    idle: Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -226,13 +239,23 @@ where
 {
     let served = builder.serve_connection_with_upgrades(io, service);
     let mut served = std::pin::pin!(served);
-    tokio::select! {
+    let stop = tokio::select! {
         result = served.as_mut() => return result,
-        _ = stopping.wait_for(|stop| *stop) => {}
-        () = conn.close.notified() => {}
-    }
+        _ = stopping.wait_for(|stop| *stop) => true,
+        () = conn.close.notified() => false,
+        () = conn.idle_for(idle) => false,
+    };
     served.as_mut().graceful_shutdown();
-    served.await
+    if stop {
+        return served.await;
+    }
+    match tokio::time::timeout(CLOSE_GRACE, served).await {
+        Ok(result) => result,
+        Err(_) => {
+            debug!(ip = %conn.ip, "connection dropped: it did not close in time");
+            Ok(())
+        }
+    }
 }
 
 /// The open connections of one listener.
@@ -259,6 +282,8 @@ struct Conn {
     idle_since: std::sync::atomic::AtomicU64,
     /// Asks it to finish what is in flight and close.
     close: tokio::sync::Notify,
+    /// Whether it was asked to close to make room (not asked twice).
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// Counts a running exchange on its connection.
@@ -273,6 +298,21 @@ impl Drop for Busy {
 }
 
 impl Conn {
+    /// Completes once no exchange has run on the connection for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        use std::sync::atomic::Ordering;
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let since = self.idle_since.load(Ordering::Relaxed);
+            let now = since_start();
+            if self.busy.load(Ordering::Acquire) == 0 && now.saturating_sub(since) >= idle_ms {
+                return;
+            }
+            let left = idle_ms.saturating_sub(now.saturating_sub(since)).max(100);
+            tokio::time::sleep(Duration::from_millis(left)).await;
+        }
+    }
+
     fn busy(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Busy(self.clone())
@@ -307,6 +347,7 @@ impl Open {
             busy: std::sync::atomic::AtomicUsize::new(0),
             idle_since: std::sync::atomic::AtomicU64::new(since_start()),
             close: tokio::sync::Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         inner.by_id.insert(conn.id, conn.clone());
         Some(conn)
@@ -333,10 +374,13 @@ impl Open {
         let idle = inner
             .by_id
             .values()
-            .filter(|c| c.busy.load(Ordering::Acquire) == 0)
+            .filter(|c| {
+                c.busy.load(Ordering::Acquire) == 0 && !c.closing.load(Ordering::Acquire)
+            })
             .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
         if let Some(c) = idle {
             debug!(ip = %c.ip, "closing an idle connection to make room");
+            c.closing.store(true, Ordering::Release);
             c.close.notify_one();
         }
     }

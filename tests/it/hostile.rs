@@ -354,3 +354,92 @@ async fn a_tenant_429_during_a_lookup_reaches_the_caller_as_429() {
         "tenant_rate_limited"
     );
 }
+
+/// A tenant with one large answer (`GET /api/v2/big`, 8 MiB) and the
+/// sandbox behind everything else.
+#[derive(Clone)]
+struct Big(tollgate::sandbox::Sandbox);
+
+impl Handler for Big {
+    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        if req.uri().path() == "/api/v2/big" {
+            return Response::new(tollgate::full(Bytes::from(vec![b'x'; 8 << 20])));
+        }
+        self.0.handle(req).await
+    }
+}
+
+/// Clients that stop reading their answers (HTTP/1 and HTTP/2) cannot hold
+/// the gateway's slots: at the cap they are dropped to make room, and an
+/// idle HTTP/2 connection is closed at the header deadline.
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_hold_the_slots() {
+    let tenant = serve_on_port_0(Big(tollgate::sandbox::Sandbox::new())).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let served = Served::start(
+        dir.path(),
+        &[],
+        &[
+            ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant}")),
+            ("TOLLGATE_AUDIT_URL", db),
+            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
+            ("TOLLGATE_LIMITS_MAX_CONNECTIONS", "3".into()),
+            ("TOLLGATE_LIMITS_HEADER_TIMEOUT", "2s".into()),
+        ],
+    )
+    .await;
+    let addr: SocketAddr = served.addr.parse().expect("addr");
+    // HTTP/1: a large answer asked for and never read.
+    let mut h1 = connect_from([127, 0, 0, 2], addr).await;
+    h1.write_all(b"GET /api/v2/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n")
+        .await
+        .expect("write");
+    // HTTP/2 (prior knowledge): the same, its stream never read.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let stalled = h2
+        .request(
+            Request::get(format!("http://{addr}/api/v2/big"))
+                .header("authorization", "Bearer t")
+                .body(http_body_util::Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("answer head");
+    // One more that sends nothing at all.
+    let _silent = connect_from([127, 0, 0, 3], addr).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let a = Harness::client_send(
+            &served.addr,
+            Method::PATCH,
+            &item(),
+            r#"{"show_as_button":false}"#,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert!(started.elapsed() < Duration::from_secs(3), "waited {:?}", started.elapsed());
+    }
+    // An HTTP/2 connection left idle is closed at the header deadline.
+    let idle = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Full<Bytes>,
+    >(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(idle),
+    )
+    .await
+    .expect("h2 handshake");
+    let closed = tokio::spawn(connection);
+    let _ = sender.ready().await;
+    let ended = tokio::time::timeout(Duration::from_secs(6), closed).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was closed");
+    drop(stalled);
+    crate::harness::terminate(served.child).await;
+}
