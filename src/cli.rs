@@ -237,8 +237,8 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
             }
         },
     };
-    let _claim = crate::audit::store::claim(&config.audit.url)?;
     let store = Store::open(&config.audit.url).await?;
+    let _claim = crate::audit::store::claim(&config.audit.url)?;
     let audit = Arc::new(AuditLog::start(store.clone()).await?);
     info!(
         store = store.backend(),

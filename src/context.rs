@@ -233,13 +233,20 @@ impl ContextClient {
         }
     }
 
-    /// The organization named by id, or else by name: `{id, name}`.
-    async fn org(&self, id_or_name: &str, cred: &Credential<'_>) -> Result<Value, ContextError> {
+    /// The organization named by id, or else (`by_name`: a path may name it
+    /// either way) by name: `{id, name}`.
+    async fn org(
+        &self,
+        id_or_name: &str,
+        by_name: bool,
+        cred: &Credential<'_>,
+    ) -> Result<Value, ContextError> {
         let by_id = self
             .fact(format!("/api/v2/organizations/{}", enc(id_or_name)), cred)
             .await?;
         let found = match by_id {
             Some(v) => Some(v),
+            None if !by_name => None,
             None => {
                 self.fact(
                     format!("/api/v2/organizations/name/{}", enc(id_or_name)),
@@ -293,8 +300,23 @@ impl ContextClient {
                 enc(org_id),
                 enc(connection_id)
             );
-            if let Some(Value::Object(m)) = self.fetch(&path, cred).await? {
-                return Ok(Some(m));
+            // Anything but an association of the expected shape (or a 404)
+            // fails closed: `before` is what the rules judge from.
+            match self.fetch(&path, cred).await? {
+                None => continue,
+                Some(Value::Object(m)) => {
+                    state::check_shape(&m).map_err(|e| {
+                        ContextError::Unavailable(format!(
+                            "GET {path}: unexpected association: {e}"
+                        ))
+                    })?;
+                    return Ok(Some(m));
+                }
+                Some(other) => {
+                    return Err(ContextError::Unavailable(format!(
+                        "GET {path}: the tenant answered {other} instead of an association"
+                    )));
+                }
             }
         }
         Ok(None)
@@ -332,14 +354,14 @@ impl ContextClient {
                 }
             })
             .collect();
-        let mut org_ids: Vec<&str> = Vec::new();
+        let mut org_ids: Vec<(&str, bool)> = Vec::new();
         let mut connection_ids: Vec<&str> = Vec::new();
         for (change, needs) in validated.changes.iter().zip(&needs) {
             if let OrgRef::Existing(id) = &change.org
                 && (needs.org || needs.before)
-                && !org_ids.contains(&id.as_str())
+                && !org_ids.iter().any(|(o, _)| o == id)
             {
-                org_ids.push(id);
+                org_ids.push((id, by_name(change)));
             }
             if let Some(cid) = change.connection_id.as_deref()
                 && needs.connection
@@ -349,14 +371,18 @@ impl ContextClient {
             }
         }
         let (orgs, connections) = tokio::try_join!(
-            try_join_all(org_ids.iter().map(|id| self.org(id, &cred))),
+            try_join_all(
+                org_ids
+                    .iter()
+                    .map(|(id, by_name)| self.org(id, *by_name, &cred))
+            ),
             try_join_all(
                 connection_ids
                     .iter()
                     .map(|id| self.connection(Some(id), &cred))
             ),
         )?;
-        let orgs: HashMap<&str, Value> = org_ids.into_iter().zip(orgs).collect();
+        let orgs: HashMap<&str, Value> = org_ids.into_iter().map(|(id, _)| id).zip(orgs).collect();
         let connections: HashMap<&str, Value> =
             connection_ids.into_iter().zip(connections).collect();
         try_join_all(validated.changes.iter().zip(needs).map(|(change, needs)| {
@@ -438,16 +464,41 @@ impl ContextClient {
     }
 }
 
-/// The associations a request changes, as the request names them: the
-/// pairs the gateway locks. A new organization has none yet; an SSO ticket
-/// without a connection creates the connection later.
+/// Whether a change names its organization where a name is accepted too:
+/// the path's `{id}`. Array elements carry `organization_id`, an id.
+fn by_name(change: &Change) -> bool {
+    change.pointer.is_empty()
+}
+
+/// The associations a request changes, as the request names them, compared
+/// case-insensitively: the pairs the gateway locks before it reads anything.
+/// A new organization has none yet; an SSO ticket without a connection
+/// creates the connection later. (An organization a path names by name is
+/// locked again under its id once resolved: see [`resolved_pairs`].)
 pub fn pairs(validated: &Validated) -> Vec<Pair> {
     validated
         .changes
         .iter()
         .filter_map(|c| match (&c.org, &c.connection_id) {
-            (OrgRef::Existing(org), Some(cid)) => Some((org.clone(), cid.clone())),
+            (OrgRef::Existing(org), Some(cid)) => Some((org.to_lowercase(), cid.to_lowercase())),
             _ => None,
         })
         .collect()
+}
+
+/// The pairs of `inputs` under their organizations' resolved ids that
+/// `locked` does not hold yet.
+pub fn resolved_pairs(inputs: &[Input], locked: &[Pair]) -> Vec<Pair> {
+    let mut extra: Vec<Pair> = Vec::new();
+    for input in inputs {
+        let org = input.org.get("id").and_then(Value::as_str);
+        let cid = input.connection.get("id").and_then(Value::as_str);
+        if let (Some(org), Some(cid)) = (org, cid) {
+            let pair = (org.to_lowercase(), cid.to_lowercase());
+            if !locked.contains(&pair) && !extra.contains(&pair) {
+                extra.push(pair);
+            }
+        }
+    }
+    extra
 }

@@ -88,8 +88,16 @@ impl Gateway {
         );
         let identity = Identity::new(&config.identity, &upstream, &url)?;
         // A waiter gives up after the time one tenant call may take.
-        let locks = AssociationLocks::for_store(&config.audit.url, &url, config.upstream.timeout.0)
-            .map_err(|e| SetupError::Url(e.to_string()))?;
+        // Replicas agree on the tenant however its URL is spelled.
+        let tenant = upstream
+            .uri("/")
+            .map_or_else(|_| url.clone(), |u| u.to_string());
+        let locks = AssociationLocks::for_store(
+            &config.audit.url,
+            &tenant.to_ascii_lowercase(),
+            config.upstream.timeout.0,
+        )
+        .map_err(|e| SetupError::Url(e.to_string()))?;
         Ok(Gateway {
             config: Arc::new(config),
             upstream,
@@ -197,7 +205,11 @@ impl Gateway {
     ) -> Result<Response<BoxBody>, Refusal> {
         facts.operation = Some(route.operation.id().to_owned());
         facts.path = route.path.clone();
-        facts.org_id = route.id.clone();
+        // An SSO ticket's `{id}` is its self-service profile: its
+        // organizations come from the body.
+        if route.operation != route::Operation::SsoTicketCreate {
+            facts.org_id = route.id.clone();
+        }
         facts.connection_id = route.connection_id.clone();
         let (parts, body) = req.into_parts();
         // Identify the caller before anything else: an unverified token or an
@@ -238,19 +250,47 @@ impl Gateway {
         // until the tenant has answered, so no other change through tollgate
         // (this process, or a replica on the same Postgres) lands in between
         // and `after` is where this change really leads.
-        let held = self
-            .locks
-            .acquire(&context::pairs(&validated))
-            .instrument(tracing::info_span!("association.lock"))
-            .await?;
+        let pairs = context::pairs(&validated);
+        let mut held = vec![
+            self.locks
+                .acquire(&pairs)
+                .instrument(tracing::info_span!("association.lock"))
+                .await?,
+        ];
         // Fetch the context the applicable rules read; `before` fresh.
-        let inputs = self
+        let mut inputs = self
             .context
             .inputs(&policy, &route, &validated, auth.as_ref(), &request)
             .instrument(tracing::info_span!("context.fetch"))
             .await?;
+        // A path may name its organization by name: once resolved, the
+        // association is locked under its id too (as a change naming the id
+        // would lock it), and `before` read again inside that lock.
+        let extra = context::resolved_pairs(&inputs, &pairs);
+        if !extra.is_empty() {
+            held.push(
+                self.locks
+                    .acquire(&extra)
+                    .instrument(tracing::info_span!("association.lock"))
+                    .await?,
+            );
+            inputs = self
+                .context
+                .inputs(&policy, &route, &validated, auth.as_ref(), &request)
+                .instrument(tracing::info_span!("context.fetch"))
+                .await?;
+        }
         // The record keeps the rules' view; everything below borrows it.
         facts.changes = inputs;
+        // Indexed by the organization's id, however the request named it.
+        if let Some(id) = facts
+            .changes
+            .first()
+            .and_then(|c| c.org.get("id"))
+            .and_then(Value::as_str)
+        {
+            facts.org_id = Some(id.to_owned());
+        }
         // Judge every change by every applicable rule.
         let decision = tracing::info_span!("policy.evaluate", rules = policy.rules.len())
             .in_scope(|| policy::evaluate(&policy, &facts.changes));
@@ -280,9 +320,20 @@ impl Gateway {
             self.upstream.send_buffered(forwarded).await
         };
         let sent = call.instrument(tracing::info_span!("upstream.call")).await;
-        // The tenant has answered, or the deadline passed: the next change
-        // to these associations may read them.
-        drop(held);
+        // The tenant has answered: the next change to these associations
+        // may read them. If it did not (a timeout, a connection lost), the
+        // change may still land: the associations stay locked for another
+        // deadline, so the next change reads `before` after it.
+        match &sent {
+            Ok(_) => drop(held),
+            Err(_) => {
+                let settle = self.upstream.timeout();
+                tokio::spawn(async move {
+                    tokio::time::sleep(settle).await;
+                    drop(held);
+                });
+            }
+        }
         metrics::histogram!("tollgate_upstream_duration_seconds", "operation" => route.operation.id())
             .record(started.elapsed().as_secs_f64());
         let resp = match sent {
@@ -301,10 +352,11 @@ impl Gateway {
         };
         // Record the outcome; the exchange is over whatever the store says.
         let max = usize::try_from(self.config.audit.max_body).unwrap_or(usize::MAX);
+        let kept = recorded_answer(route.operation, resp.body());
         let outcome = facts.outcome_event(
             resp.status().as_u16(),
             resp.headers(),
-            Some(resp.body()),
+            Some(&kept),
             started.elapsed(),
             max,
             post_check.as_ref(),
@@ -562,20 +614,41 @@ fn refusal_decision(refusal: &Refusal) -> Option<&'static str> {
     }
 }
 
+/// The tenant's answer as the log keeps it. An SSO ticket's answer is a
+/// bearer credential (`{"ticket": "https://…?ticket=…"}`): the append-only
+/// log keeps its URL with the query values redacted, never the ticket.
+fn recorded_answer(operation: route::Operation, body: &Bytes) -> Bytes {
+    if operation != route::Operation::SsoTicketCreate {
+        return body.clone();
+    }
+    let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(body) else {
+        // Not the JSON object the tenant documents: keep nothing of it.
+        return Bytes::from_static(b"\"<not recorded: an SSO ticket answer>\"");
+    };
+    if let Some(Value::String(url)) = answer.get("ticket") {
+        let redacted = route::redact_target(url);
+        answer.insert("ticket".into(), Value::String(redacted));
+    }
+    Bytes::from(Value::Object(answer).to_string())
+}
+
 /// Whether an ungoverned request may alter a fact the context cache keeps
 /// (an organization renamed or removed, a connection created or removed).
 fn changes_facts(method: &http::Method, target: &str) -> bool {
     if method.is_safe() {
         return false;
     }
-    let path = target
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    ["/api/v2/organizations", "/api/v2/connections"]
-        .iter()
-        .any(|p| path.starts_with(p))
+    // Read as the tenant reads it: `%6Frganizations` is `organizations`.
+    let path = target.split('?').next().unwrap_or_default();
+    let Ok(segments) = route::decode_segments(path) else {
+        return true;
+    };
+    let is = |i: usize, name: &str| {
+        segments
+            .get(i)
+            .is_some_and(|s| s.eq_ignore_ascii_case(name))
+    };
+    is(0, "api") && is(1, "v2") && (is(2, "organizations") || is(2, "connections"))
 }
 
 /// What is known of a request before any stage runs.
@@ -715,6 +788,12 @@ fn forward_request(
         headers.remove(h);
     }
     set_correlation_id(&mut headers, id);
+    // The answer is judged again (the post-check) and recorded: it must come
+    // back as plain JSON, whatever encodings the client would accept.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     let body = match text {
         Some(text) => {
             let bytes = text.into_bytes();

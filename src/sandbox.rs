@@ -157,9 +157,12 @@ impl Sandbox {
         *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = (reads, writes, true);
     }
 
-    /// Delays every answer by exactly this long: a tenant that stalls.
+    /// Makes every write wait this long before the tenant acts on it (and
+    /// answers): a tenant that stalls, and applies a change after the
+    /// caller gave up. Reads are answered at once.
     pub fn set_stall(&self, delay: std::time::Duration) {
-        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = (delay, delay, false);
+        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) =
+            (std::time::Duration::ZERO, delay, false);
     }
 
     /// Stops (or resumes) refusing signup without membership: a tenant that
@@ -327,18 +330,22 @@ impl Handler for Sandbox {
             headers: parts.headers.clone(),
             body: body.clone(),
         });
-        let (status, value) = self.answer(&parts.method, parts.uri.path(), &parts.headers, &body);
-        // The answer travels back over a network: it reflects the state when
-        // it was computed, and arrives some time later (jittered, so answers
-        // overtake each other as they do across a real network).
         let (reads, writes, varies) = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let latency = if parts.method.is_safe() {
             reads
         } else {
             writes
         };
-        if !latency.is_zero() {
-            tokio::time::sleep(if varies { jitter(latency) } else { latency }).await;
+        // A stalled tenant acts late: the change lands after the wait.
+        if !varies && !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let (status, value) = self.answer(&parts.method, parts.uri.path(), &parts.headers, &body);
+        // Otherwise the answer travels back over a network: it reflects the
+        // state when it was computed, and arrives some time later (jittered,
+        // so answers overtake each other as they do across a real network).
+        if varies && !latency.is_zero() {
+            tokio::time::sleep(jitter(latency)).await;
         }
         let mut resp = if status == StatusCode::NO_CONTENT {
             Response::new(full(Bytes::new()))

@@ -144,10 +144,28 @@ pub async fn serve_with<H: Handler>(
         let idle = limits.header_timeout;
         tokio::spawn(async move {
             let result = match tls {
-                None => run(&builder, TokioIo::new(stream), service, &conn, stopping, idle).await,
+                None => {
+                    run(
+                        &builder,
+                        TokioIo::new(stream),
+                        service,
+                        &conn,
+                        stopping,
+                        idle,
+                    )
+                    .await
+                }
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => {
-                        run(&builder, TokioIo::new(stream), service, &conn, stopping, idle).await
+                        run(
+                            &builder,
+                            TokioIo::new(stream),
+                            service,
+                            &conn,
+                            stopping,
+                            idle,
+                        )
+                        .await
                     }
                     Err(e) => {
                         debug!(%peer, error = %e, "TLS handshake failed");
@@ -374,9 +392,7 @@ impl Open {
         let idle = inner
             .by_id
             .values()
-            .filter(|c| {
-                c.busy.load(Ordering::Acquire) == 0 && !c.closing.load(Ordering::Acquire)
-            })
+            .filter(|c| c.busy.load(Ordering::Acquire) == 0 && !c.closing.load(Ordering::Acquire))
             .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
         if let Some(c) = idle {
             debug!(ip = %c.ip, "closing an idle connection to make room");

@@ -33,7 +33,8 @@ pub enum StoreError {
 /// knowing (the association locks live in each process's memory), so it is
 /// refused. `Ok(None)`: nothing to claim (Postgres, which shares its locks
 /// across replicas, or an in-memory database). Commands that only read the
-/// store (`audit query`, `audit verify`) do not claim it.
+/// store (`audit query`, `audit verify`) do not claim it. Call it once the
+/// store is open (the file exists), so its real path is known.
 pub fn claim(url: &str) -> Result<Option<std::fs::File>, StoreError> {
     if !url.starts_with("sqlite:") {
         return Ok(None);
@@ -44,6 +45,9 @@ pub fn claim(url: &str) -> Result<Option<std::fs::File>, StoreError> {
     if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
         return Ok(None);
     }
+    // One file, however it is named: a symbolic link resolves to it. (A
+    // hard link is another name the file system cannot tell apart.)
+    let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let lock_path = {
         let mut p = path.as_os_str().to_owned();
         p.push(".lock");

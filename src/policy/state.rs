@@ -34,6 +34,29 @@ pub fn tenant_defaults() -> Map<String, Value> {
     m
 }
 
+/// Checks that an association as the tenant answered it has the shape rules
+/// rely on: every field it carries of the declared type, or null. A tenant
+/// answering `"is_signup_enabled": "yes"` must not read as "not enabled".
+pub fn check_shape(association: &Map<String, Value>) -> Result<(), String> {
+    for (field, value) in association {
+        let ok = match field.as_str() {
+            "assign_membership_on_login"
+            | "show_as_button"
+            | "is_signup_enabled"
+            | "is_enabled" => value.is_boolean() || value.is_null(),
+            "connection_id"
+            | "organization_connection_name"
+            | "organization_access_level"
+            | "organization_member_access_level" => value.is_string() || value.is_null(),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!("{field} is {value}, not of its type"));
+        }
+    }
+    Ok(())
+}
+
 /// Every association field, from `source` where it has it, else null.
 pub fn normalize(source: &Map<String, Value>) -> Map<String, Value> {
     ASSOCIATION_FIELDS

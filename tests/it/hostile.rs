@@ -422,24 +422,54 @@ async fn clients_that_stop_reading_do_not_hold_the_slots() {
         )
         .await;
         assert_eq!(a.status, StatusCode::OK);
-        assert!(started.elapsed() < Duration::from_secs(3), "waited {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "waited {:?}",
+            started.elapsed()
+        );
     }
     // An HTTP/2 connection left idle is closed at the header deadline.
     let idle = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake::<
-        _,
-        _,
-        http_body_util::Full<Bytes>,
-    >(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(idle),
-    )
-    .await
-    .expect("h2 handshake");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Full<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(idle),
+        )
+        .await
+        .expect("h2 handshake");
     let closed = tokio::spawn(connection);
     let _ = sender.ready().await;
     let ended = tokio::time::timeout(Duration::from_secs(6), closed).await;
     assert!(ended.is_ok(), "the idle HTTP/2 connection was closed");
     drop(stalled);
     crate::harness::terminate(served.child).await;
+}
+
+/// An SSO ticket is a bearer credential: the append-only log keeps its URL
+/// without the ticket, and indexes the exchange by the organization.
+#[tokio::test]
+async fn sso_tickets_are_not_kept_in_the_log() {
+    let h = Harness::start().await;
+    let a = h
+        .send(
+            Method::POST,
+            &format!("/api/v2/self-service-profiles/{SELF_SERVICE_PROFILE}/sso-ticket"),
+            Some(&json!({"enabled_organizations": [{"organization_id": ORG_ACME}]}).to_string()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let ticket = a.json()["ticket"].as_str().unwrap_or_default().to_owned();
+    let secret = ticket.split("ticket=").nth(1).expect("a ticket").to_owned();
+    h.audit.flush().await;
+    let rows = h.store.exchange_events(&a.audit_id()).await.expect("rows");
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert!(!r.body.contains(&secret), "{}", r.body);
+        assert_eq!(r.index.org_id.as_deref(), Some(ORG_ACME));
+    }
+    assert!(
+        rows[1].body.contains("ticket=<redacted>"),
+        "{}",
+        rows[1].body
+    );
 }

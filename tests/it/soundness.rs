@@ -513,10 +513,10 @@ async fn a_busy_association_is_a_503_with_retry_after_recorded_as_unavailable() 
         .policies(&[("r.toml", RULES)])
         .start()
         .await;
-    // A stalling tenant: the first change holds the association for its
-    // three round trips (organization, association, the change itself),
-    // 1.8 s; the second gives up waiting after one deadline, 1 s.
-    h.tenant.set_stall(Duration::from_millis(600));
+    // A stalling tenant: the first change times out after 1 s and keeps the
+    // association another second (its change may still land); the second
+    // gives up waiting after one deadline.
+    h.tenant.set_stall(Duration::from_millis(1500));
     let h = Arc::new(h);
     let p = path(CON_SAML);
     let first = {
@@ -532,7 +532,7 @@ async fn a_busy_association_is_a_503_with_retry_after_recorded_as_unavailable() 
         .send(Method::PATCH, &p, Some(r#"{"show_as_button":true}"#))
         .await;
     let first = first.await.expect("join");
-    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(
         second.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -555,4 +555,174 @@ async fn a_busy_association_is_a_503_with_retry_after_recorded_as_unavailable() 
         .await
         .expect("show");
     assert_eq!(evs[0]["event"]["decision"], "unavailable");
+}
+
+/// The tenant's answer must stay readable for the post-check: the client's
+/// `Accept-Encoding` is not passed on.
+#[tokio::test]
+async fn the_answer_to_a_governed_change_is_asked_for_unencoded() {
+    let h = Harness::start().await;
+    let a = h
+        .send_with(
+            Method::PATCH,
+            &path(CON_SAML),
+            &[
+                ("authorization", crate::harness::TOKEN),
+                ("content-type", "application/json"),
+                ("accept-encoding", "gzip, deflate, br"),
+            ],
+            br#"{"show_as_button":false}"#,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let patch = h
+        .received()
+        .into_iter()
+        .find(|r| r.method == Method::PATCH)
+        .expect("forwarded");
+    assert_eq!(patch.headers["accept-encoding"], "identity");
+    let (_, outcome) = recorded(&h, &a.audit_id()).await;
+    assert_eq!(outcome["post_check"], "passed");
+}
+
+/// A change that timed out may still land at the tenant: the next change to
+/// the association waits until it could have, then reads `before`.
+#[tokio::test]
+async fn a_change_that_lands_after_its_timeout_is_judged_against() {
+    let h = Harness::setup()
+        .config("[upstream]\ntimeout = \"1s\"\n")
+        .policies(&[("r.toml", RULES)])
+        .start()
+        .await;
+    lenient_tenant(&h.tenant);
+    h.tenant.set_stall(Duration::from_millis(1500));
+    let h = Arc::new(h);
+    let p = path(CON_DATABASE);
+    let first = {
+        let (h, p) = (h.clone(), p.clone());
+        tokio::spawn(async move {
+            h.send(Method::PATCH, &p, Some(r#"{"is_signup_enabled":true}"#))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let second = h
+        .send(
+            Method::PATCH,
+            &p,
+            Some(r#"{"assign_membership_on_login":false}"#),
+        )
+        .await;
+    assert_eq!(
+        first.await.expect("join").status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert_eq!(
+        second.status,
+        StatusCode::FORBIDDEN,
+        "judged after the first change landed: {}",
+        String::from_utf8_lossy(&second.body)
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let state = h
+        .tenant
+        .association(ORG_ACME, CON_DATABASE)
+        .expect("association");
+    assert!(!forbidden(&state), "{state:?}");
+}
+
+/// However a request names an association — its ids in any case, the
+/// organization by name — it ends up under the same lock.
+#[tokio::test]
+async fn every_spelling_of_an_association_takes_one_lock() {
+    let org = |id: &str, name: &str| json!({"id": id, "name": name});
+    let input = |org_value: Value| tollgate::policy::Input {
+        operation: tollgate::route::Operation::OrganizationConnectionUpdate,
+        change_operation: tollgate::route::Operation::OrganizationConnectionUpdate,
+        pointer: String::new(),
+        org: org_value,
+        connection: json!({"id": "CON_DATABASE"}),
+        body: json!({}),
+        before: Value::Null,
+        after: Value::Null,
+        caller: Value::Null,
+        request: Value::Null,
+        now: chrono::Utc::now(),
+        fetched: Default::default(),
+    };
+    let mut keys = Vec::new();
+    for named in ["acme", "org_acme", "ORG_ACME"] {
+        let method = Method::PATCH;
+        let target = format!("/api/v2/organizations/{named}/connections/CON_DATABASE");
+        let Ok(tollgate::route::Route::Governed(route)) =
+            tollgate::route::classify(&method, &target, None)
+        else {
+            panic!("governed");
+        };
+        let body = serde_json::from_str(r#"{"show_as_button":true}"#).expect("json");
+        let validated =
+            tollgate::schema::validate(&route, Some(body), Default::default()).expect("valid");
+        let locked = tollgate::context::pairs(&validated);
+        // What the tenant resolves the organization to.
+        let resolved = input(org("org_acme", "acme"));
+        let extra = tollgate::context::resolved_pairs(&[resolved], &locked);
+        let mut all: Vec<_> = locked.into_iter().chain(extra).collect();
+        all.sort();
+        keys.push(all);
+    }
+    let by_id = vec![("org_acme".to_owned(), "con_database".to_owned())];
+    assert_eq!(keys[1], by_id);
+    assert_eq!(keys[2], by_id);
+    assert!(
+        keys[0].contains(&by_id[0]),
+        "by name, locked under the id too: {:?}",
+        keys[0]
+    );
+}
+
+/// An association the tenant answers in an unexpected shape fails closed.
+#[tokio::test]
+async fn an_odd_association_from_the_tenant_fails_closed() {
+    #[derive(Clone)]
+    struct Odd(Sandbox);
+    impl tollgate::server::Handler for Odd {
+        async fn handle(
+            &self,
+            req: http::Request<hyper::body::Incoming>,
+        ) -> http::Response<tollgate::BoxBody> {
+            if req.method() == Method::GET
+                && req.uri().path().contains("/connections/")
+                && req.uri().path().starts_with("/api/v2/organizations/")
+            {
+                return http::Response::new(tollgate::full(bytes::Bytes::from_static(
+                    br#"{"connection_id":"con_database","is_signup_enabled":"yes"}"#,
+                )));
+            }
+            self.0.handle(req).await
+        }
+    }
+    let tenant = Sandbox::new();
+    let addr = crate::harness::serve_on_port_0(Odd(tenant.clone())).await;
+    let h = Harness::setup()
+        .policies(&[("r.toml", RULES)])
+        .upstream(&format!("http://{addr}"), tenant)
+        .start()
+        .await;
+    let a = h
+        .send(
+            Method::PATCH,
+            &path(CON_DATABASE),
+            Some(r#"{"assign_membership_on_login":false}"#),
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert!(
+        !h.received().iter().any(|r| r.method == Method::PATCH),
+        "nothing forwarded"
+    );
 }
