@@ -358,7 +358,7 @@ impl ContextClient {
         let mut connection_ids: Vec<&str> = Vec::new();
         for (change, needs) in validated.changes.iter().zip(&needs) {
             if let OrgRef::Existing(id) = &change.org
-                && (needs.org || needs.before)
+                && (needs.org || (needs.before && !change.operation.is_create()))
                 && !org_ids.iter().any(|(o, _)| o == id)
             {
                 org_ids.push((id, by_name(change)));
@@ -456,7 +456,9 @@ impl ContextClient {
             // What the record can vouch for: fetched, or known without asking
             // (a new organization; no connection named; no `before` for a create).
             fetched: Needs {
-                org: needs.org || needs.before || matches!(change.org, OrgRef::New(_)),
+                org: needs.org
+                    || (needs.before && !op.is_create())
+                    || matches!(change.org, OrgRef::New(_)),
                 connection: needs.connection || cid.is_none(),
                 before: needs.before || op.is_create(),
             },
