@@ -726,3 +726,52 @@ async fn an_odd_association_from_the_tenant_fails_closed() {
         "nothing forwarded"
     );
 }
+
+/// Two `tollgate serve` processes on one Postgres, in front of one tenant,
+/// racing on one association: the advisory lock keeps them apart.
+#[tokio::test]
+async fn two_serve_processes_on_one_postgres_never_add_up() {
+    let (tenant, addr) = start_sandbox().await;
+    lenient_tenant(&tenant);
+    let dir = tempfile::tempdir().expect("dir");
+    let store = crate::harness::fresh_store_url(Backend::Postgres, dir.path()).await;
+    std::fs::write(dir.path().join("r.toml"), RULES).expect("rules");
+    let env = [
+        ("TOLLGATE_UPSTREAM_URL", format!("http://{addr}")),
+        ("TOLLGATE_AUDIT_URL", store),
+        ("TOLLGATE_POLICY_DIR", dir.path().display().to_string()),
+    ];
+    let a = Served::start(dir.path(), &[], &env).await;
+    let b = Served::start(dir.path(), &[], &env).await;
+    let p = path(CON_DATABASE);
+    for i in 0..50 {
+        tenant.set_association(ORG_ACME, CON_DATABASE, start_state());
+        let barrier = Barrier::new(2);
+        let (x, y) = tokio::join!(
+            async {
+                barrier.wait().await;
+                Harness::client_send(&a.addr, Method::PATCH, &p, r#"{"is_signup_enabled":true}"#)
+                    .await
+            },
+            async {
+                barrier.wait().await;
+                Harness::client_send(
+                    &b.addr,
+                    Method::PATCH,
+                    &p,
+                    r#"{"assign_membership_on_login":false}"#,
+                )
+                .await
+            },
+        );
+        let mut statuses = [x.status, y.status];
+        statuses.sort();
+        assert_eq!(statuses, [StatusCode::OK, StatusCode::FORBIDDEN], "#{i}");
+        let state = tenant
+            .association(ORG_ACME, CON_DATABASE)
+            .expect("association");
+        assert!(!forbidden(&state), "#{i}: {state:?}");
+    }
+    crate::harness::terminate(a.child).await;
+    crate::harness::terminate(b.child).await;
+}
