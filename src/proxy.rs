@@ -28,7 +28,7 @@ use crate::config::{AuditFailure, Config, OtherRoutes};
 use crate::context::{self, ContextClient, ContextError, RequestFacts};
 use crate::error::Refusal;
 use crate::identity::{Identity, IdentityError};
-use crate::lock::AssociationLocks;
+use crate::lock::{AssociationLocks, Held};
 use crate::policy::postcheck::{self, PostCheck};
 use crate::policy::reload::Policies;
 use crate::policy::{self, Decision, Input, Mode, Outcome, PolicySet};
@@ -245,41 +245,11 @@ impl Gateway {
         };
         // The credential the tenant sees: the caller's, or the broker's.
         let auth = self.identity.tenant_authorization(&parts.headers).await?;
-        // One change per association at a time: every association the
-        // request changes is locked before `before` is read, and stays locked
-        // until the tenant has answered, so no other change through tollgate
-        // (this process, or a replica on the same Postgres) lands in between
-        // and `after` is where this change really leads.
-        let pairs = context::pairs(&validated);
-        let mut held = vec![
-            self.locks
-                .acquire(&pairs)
-                .instrument(tracing::info_span!("association.lock"))
-                .await?,
-        ];
-        // Fetch the context the applicable rules read; `before` fresh.
-        let mut inputs = self
-            .context
-            .inputs(&policy, &route, &validated, auth.as_ref(), &request)
-            .instrument(tracing::info_span!("context.fetch"))
+        // One change per association at a time, then the context the rules
+        // read, `before` fresh, inside the locks.
+        let (held, inputs) = self
+            .lock_and_fetch(&policy, &route, &validated, auth.as_ref(), &request)
             .await?;
-        // A path may name its organization by name: once resolved, the
-        // association is locked under its id too (as a change naming the id
-        // would lock it), and `before` read again inside that lock.
-        let extra = context::resolved_pairs(&inputs, &pairs);
-        if !extra.is_empty() {
-            held.push(
-                self.locks
-                    .acquire(&extra)
-                    .instrument(tracing::info_span!("association.lock"))
-                    .await?,
-            );
-            inputs = self
-                .context
-                .inputs(&policy, &route, &validated, auth.as_ref(), &request)
-                .instrument(tracing::info_span!("context.fetch"))
-                .await?;
-        }
         // The record keeps the rules' view; everything below borrows it.
         facts.changes = inputs;
         // Indexed by the organization's id, however the request named it.
@@ -320,20 +290,7 @@ impl Gateway {
             self.upstream.send_buffered(forwarded).await
         };
         let sent = call.instrument(tracing::info_span!("upstream.call")).await;
-        // The tenant has answered: the next change to these associations
-        // may read them. If it did not (a timeout, a connection lost), the
-        // change may still land: the associations stay locked for another
-        // deadline, so the next change reads `before` after it.
-        match &sent {
-            Ok(_) => drop(held),
-            Err(_) => {
-                let settle = self.upstream.timeout();
-                tokio::spawn(async move {
-                    tokio::time::sleep(settle).await;
-                    drop(held);
-                });
-            }
-        }
+        self.release(held, sent.is_ok());
         metrics::histogram!("tollgate_upstream_duration_seconds", "operation" => route.operation.id())
             .record(started.elapsed().as_secs_f64());
         let resp = match sent {
@@ -382,6 +339,59 @@ impl Gateway {
             add_warnings(&mut parts.headers, decision);
         }
         Ok(Response::from_parts(parts, full(bytes)))
+    }
+
+    /// Locks every association the request changes, then fetches the
+    /// context its rules read. The locks come first and stay until the
+    /// tenant has answered, so no other change through tollgate (this
+    /// process, or a replica on the same Postgres) lands between the read
+    /// of `before` and this change: `after` is where it really leads.
+    async fn lock_and_fetch(
+        &self,
+        policy: &PolicySet,
+        route: &Governed,
+        validated: &Validated,
+        auth: Option<&HeaderValue>,
+        request: &RequestFacts,
+    ) -> Result<(Vec<Held>, Vec<Input>), Refusal> {
+        let lock = |pairs: Vec<crate::lock::Pair>| async move {
+            self.locks
+                .acquire(&pairs)
+                .instrument(tracing::info_span!("association.lock"))
+                .await
+        };
+        let fetch = || {
+            self.context
+                .inputs(policy, route, validated, auth, request)
+                .instrument(tracing::info_span!("context.fetch"))
+        };
+        let pairs = context::pairs(validated);
+        let mut held = vec![lock(pairs.clone()).await?];
+        let mut inputs = fetch().await?;
+        // A path may name its organization by name: once resolved, the
+        // association is locked under its id too (as a change naming the id
+        // would lock it), and `before` read again inside that lock.
+        let extra = context::resolved_pairs(&inputs, &pairs);
+        if !extra.is_empty() {
+            held.push(lock(extra).await?);
+            inputs = fetch().await?;
+        }
+        Ok((held, inputs))
+    }
+
+    /// Releases the associations once the tenant has answered. If it did not
+    /// (a timeout, a connection lost), the change may still land: they stay
+    /// locked for another deadline, so the next change reads `before` after
+    /// it.
+    fn release(&self, held: Vec<Held>, answered: bool) {
+        if answered {
+            return;
+        }
+        let settle = self.upstream.timeout();
+        tokio::spawn(async move {
+            tokio::time::sleep(settle).await;
+            drop(held);
+        });
     }
 
     async fn read_body(
