@@ -284,7 +284,7 @@ pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
         addr = %listener.local_addr()?,
         tls = listen_tls.is_some(),
         client_certificates = config.listen.client_ca.is_some(),
-        upstream = config.upstream.url.as_deref().unwrap_or_default(),
+        upstream = %audit::redact_url(config.upstream.url.as_deref().unwrap_or_default()),
         "tollgate listening"
     );
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);

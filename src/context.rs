@@ -247,9 +247,12 @@ impl ContextClient {
         let found = match by_id {
             Some(v) => Some(v),
             None if !by_name => None,
+            // Which organization a name means changes with every rename,
+            // anywhere: it is asked each time, never cached, since the
+            // association whose `before` is read depends on it.
             None => {
-                self.fact(
-                    format!("/api/v2/organizations/name/{}", enc(id_or_name)),
+                self.fetch(
+                    &format!("/api/v2/organizations/name/{}", enc(id_or_name)),
                     cred,
                 )
                 .await?

@@ -64,7 +64,7 @@ pub struct AssociationLocks {
 
 /// Locks held; dropping releases them.
 pub struct Held {
-    _local: Vec<OwnedMutexGuard<()>>,
+    local: Vec<OwnedMutexGuard<()>>,
     shared: Option<Transaction<'static, Postgres>>,
 }
 
@@ -149,7 +149,7 @@ impl AssociationLocks {
         let pairs: BTreeSet<&Pair> = pairs.iter().collect();
         if pairs.is_empty() {
             return Ok(Held {
-                _local: Vec::new(),
+                local: Vec::new(),
                 shared: None,
             });
         }
@@ -166,14 +166,45 @@ impl AssociationLocks {
         let shared = match &self.shared {
             Some(pool) => {
                 let left = self.wait.saturating_sub(started.elapsed());
-                Some(self.acquire_shared(pool, &pairs, left).await?)
+                let store = |e: sqlx::Error| LockError::Store(e.to_string());
+                let mut tx = tokio::time::timeout(left, pool.begin())
+                    .await
+                    .map_err(|_| LockError::Store("no connection to the store in time".into()))?
+                    .map_err(store)?;
+                self.lock_shared(&mut tx, &pairs).await?;
+                Some(tx)
             }
             None => None,
         };
-        Ok(Held {
-            _local: local,
-            shared,
-        })
+        Ok(Held { local, shared })
+    }
+
+    /// Adds `pairs` to locks already held (an organization named by name,
+    /// once resolved), in the same Postgres transaction: an exchange never
+    /// holds more than one of the pool's connections. Out of the sorted
+    /// order, so a wait here is bounded by the deadline like any other.
+    pub async fn extend(&self, held: &mut Held, pairs: &[Pair]) -> Result<(), LockError> {
+        let pairs: BTreeSet<&Pair> = pairs.iter().collect();
+        let started = std::time::Instant::now();
+        for pair in &pairs {
+            let mutex = self.local_mutex(pair);
+            let left = self.wait.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, mutex.lock_owned()).await {
+                Ok(guard) => held.local.push(guard),
+                Err(_) => return Err(busy(pair)),
+            }
+        }
+        match (&self.shared, held.shared.as_mut()) {
+            (Some(_), Some(tx)) => self.lock_shared(tx, &pairs).await,
+            (Some(pool), None) => {
+                let store = |e: sqlx::Error| LockError::Store(e.to_string());
+                let mut tx = pool.begin().await.map_err(store)?;
+                self.lock_shared(&mut tx, &pairs).await?;
+                held.shared = Some(tx);
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
     }
 
     fn local_mutex(&self, pair: &Pair) -> Arc<tokio::sync::Mutex<()>> {
@@ -191,33 +222,29 @@ impl AssociationLocks {
         m
     }
 
-    async fn acquire_shared(
+    /// Takes the advisory lock of each pair in `tx`. The server gives up at
+    /// the connection's `lock_timeout` (SQLSTATE 55P03): busy.
+    async fn lock_shared(
         &self,
-        pool: &PgPool,
+        tx: &mut Transaction<'static, Postgres>,
         pairs: &BTreeSet<&Pair>,
-        left: Duration,
-    ) -> Result<Transaction<'static, Postgres>, LockError> {
-        let store = |e: sqlx::Error| LockError::Store(e.to_string());
-        let mut tx = tokio::time::timeout(left, pool.begin())
-            .await
-            .map_err(|_| LockError::Store("no connection to the store in time".into()))?
-            .map_err(store)?;
+    ) -> Result<(), LockError> {
         // Keys are taken in the pairs' order, which is also the in-process
         // order, so replicas never wait on each other in a cycle.
         for pair in pairs {
             let taken = sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(self.shared_key(pair))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await;
             match taken {
                 Ok(_) => {}
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
                     return Err(busy(pair));
                 }
-                Err(e) => return Err(store(e)),
+                Err(e) => return Err(LockError::Store(e.to_string())),
             }
         }
-        Ok(tx)
+        Ok(())
     }
 
     /// The advisory-lock key of a pair: 64 bits of SHA-256 over the tenant

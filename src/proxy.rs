@@ -88,10 +88,20 @@ impl Gateway {
         );
         let identity = Identity::new(&config.identity, &upstream, &url)?;
         // A waiter gives up after the time one tenant call may take.
-        // Replicas agree on the tenant however its URL is spelled.
-        let tenant = upstream
-            .uri("/")
-            .map_or_else(|_| url.clone(), |u| u.to_string());
+        // Replicas agree on the tenant however its URL is spelled (case,
+        // trailing slash, default port). Host spellings (`localhost` vs
+        // `127.0.0.1`) are not resolved: give replicas one `upstream.url`.
+        let tenant = upstream.uri("/").map_or_else(
+            |_| url.clone(),
+            |u| {
+                let text = u.to_string();
+                match (u.scheme_str(), u.port_u16()) {
+                    (Some("https"), Some(443)) => text.replacen(":443/", "/", 1),
+                    (Some("http"), Some(80)) => text.replacen(":80/", "/", 1),
+                    _ => text,
+                }
+            },
+        );
         let locks = AssociationLocks::for_store(
             &config.audit.url,
             &tenant.to_ascii_lowercase(),
@@ -353,27 +363,28 @@ impl Gateway {
         validated: &Validated,
         auth: Option<&HeaderValue>,
         request: &RequestFacts,
-    ) -> Result<(Vec<Held>, Vec<Input>), Refusal> {
-        let lock = |pairs: Vec<crate::lock::Pair>| async move {
-            self.locks
-                .acquire(&pairs)
-                .instrument(tracing::info_span!("association.lock"))
-                .await
-        };
+    ) -> Result<(Held, Vec<Input>), Refusal> {
         let fetch = || {
             self.context
                 .inputs(policy, route, validated, auth, request)
                 .instrument(tracing::info_span!("context.fetch"))
         };
         let pairs = context::pairs(validated);
-        let mut held = vec![lock(pairs.clone()).await?];
+        let mut held = self
+            .locks
+            .acquire(&pairs)
+            .instrument(tracing::info_span!("association.lock"))
+            .await?;
         let mut inputs = fetch().await?;
         // A path may name its organization by name: once resolved, the
         // association is locked under its id too (as a change naming the id
         // would lock it), and `before` read again inside that lock.
         let extra = context::resolved_pairs(&inputs, &pairs);
         if !extra.is_empty() {
-            held.push(lock(extra).await?);
+            self.locks
+                .extend(&mut held, &extra)
+                .instrument(tracing::info_span!("association.lock"))
+                .await?;
             inputs = fetch().await?;
         }
         Ok((held, inputs))
@@ -383,7 +394,7 @@ impl Gateway {
     /// (a timeout, a connection lost), the change may still land: they stay
     /// locked for another deadline, so the next change reads `before` after
     /// it.
-    fn release(&self, held: Vec<Held>, answered: bool) {
+    fn release(&self, held: Held, answered: bool) {
         if answered {
             return;
         }

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use http_body_util::BodyExt;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -114,6 +115,12 @@ pub async fn serve_with<H: Handler>(
             },
             () = &mut shutdown => break,
         };
+        // An address past its share is turned away before it can cost
+        // anyone else their connection.
+        if !open.has_room_for(peer.ip(), limits.max_per_ip) {
+            debug!(%peer, "connection refused: too many from this address");
+            continue;
+        }
         // A slot for the new client: a free one, or, at the cap, one made by
         // closing the connection idle the longest (a client that sends
         // nothing, or reads nothing, must not keep the next one out).
@@ -212,10 +219,20 @@ fn service<H: Handler>(
         // recorded): if the connection drops the exchange, it finishes
         // in a task of its own. It runs inline otherwise; a task per
         // exchange costs a cross-thread hand-off on every request.
+        let progress = conn.clone();
         let exchange = AssertUnwindSafe(async move {
             let resp = handler.handle(req).await;
             drop(busy);
-            resp
+            // While the answer is being written, each part the client takes
+            // counts as activity: an honest slow reader is not idle, a
+            // client that stops reading soon is.
+            resp.map(|inner| {
+                Progress {
+                    inner,
+                    conn: progress,
+                }
+                .boxed()
+            })
         });
         let exchange = exchange.catch_unwind();
         let exchange = Detach(Some(Box::pin(exchange)));
@@ -304,6 +321,40 @@ struct Conn {
     closing: std::sync::atomic::AtomicBool,
 }
 
+/// An answer's body that marks its connection active at every part it
+/// hands over (hyper asks for the next part only once the client has taken
+/// the last).
+struct Progress {
+    inner: BoxBody,
+    conn: Arc<Conn>,
+}
+
+impl http_body::Body for Progress {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.conn
+                .idle_since
+                .store(since_start(), std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Counts a running exchange on its connection.
 struct Busy(Arc<Conn>);
 
@@ -347,6 +398,11 @@ fn since_start() -> u64 {
 impl Open {
     fn inner(&self) -> std::sync::MutexGuard<'_, OpenInner> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `ip` holds fewer than `max_per_ip` connections.
+    fn has_room_for(&self, ip: std::net::IpAddr, max_per_ip: usize) -> bool {
+        self.inner().per_ip.get(&ip).copied().unwrap_or(0) < max_per_ip
     }
 
     /// Registers a connection from `ip`, unless that address already holds

@@ -10,15 +10,17 @@ use crate::policy;
 
 /// A database URL without its password, for messages.
 pub(super) fn redact_url(url: &str) -> String {
+    // Query values too: `?password=…`, `?sslkey=…`.
+    let url = crate::route::redact_target(url);
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
             match creds.split_once(':') {
                 Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
+                None => url.clone(),
             }
         }
-        _ => url.to_owned(),
+        _ => url,
     }
 }
 

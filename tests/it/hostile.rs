@@ -355,7 +355,7 @@ async fn a_tenant_429_during_a_lookup_reaches_the_caller_as_429() {
     );
 }
 
-/// A tenant with one large answer (`GET /api/v2/big`, 8 MiB) and the
+/// A tenant with large answers (`GET /api/v2/big`, 8 MiB; `/huge`, 32 MiB) and the
 /// sandbox behind everything else.
 #[derive(Clone)]
 struct Big(tollgate::sandbox::Sandbox);
@@ -364,6 +364,9 @@ impl Handler for Big {
     async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
         if req.uri().path() == "/api/v2/big" {
             return Response::new(tollgate::full(Bytes::from(vec![b'x'; 8 << 20])));
+        }
+        if req.uri().path() == "/api/v2/huge" {
+            return Response::new(tollgate::full(Bytes::from(vec![b'x'; 32 << 20])));
         }
         self.0.handle(req).await
     }
@@ -472,4 +475,51 @@ async fn sso_tickets_are_not_kept_in_the_log() {
         "{}",
         rows[1].body
     );
+}
+
+/// A client that reads a long answer slowly, but steadily, keeps its
+/// connection: taking parts of the answer is activity.
+#[tokio::test]
+async fn an_honest_slow_reader_is_not_cut() {
+    let tenant = serve_on_port_0(Big(tollgate::sandbox::Sandbox::new())).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let served = Served::start(
+        dir.path(),
+        &[],
+        &[
+            ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant}")),
+            ("TOLLGATE_AUDIT_URL", db),
+            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
+            ("TOLLGATE_LIMITS_HEADER_TIMEOUT", "1s".into()),
+        ],
+    )
+    .await;
+    let addr: SocketAddr = served.addr.parse().expect("addr");
+    let mut reader = connect_from([127, 0, 0, 1], addr).await;
+    reader
+        .write_all(b"GET /api/v2/huge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => total += n,
+            Ok(Err(_)) => break,
+        }
+        // About 6 MB/s: the whole answer (more than the socket buffers
+        // hold) takes longer than the deadline and its grace together.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(total > 32 << 20, "read {total} bytes of a 32 MiB answer");
+    crate::harness::terminate(served.child).await;
 }
