@@ -129,3 +129,21 @@ pub(super) async fn replay(config: &Config, dir: &Path, since: &str) -> anyhow::
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn store_and_tenant_urls_are_logged_without_secrets() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db/tollgate?sslmode=require&password=pw2"),
+            "postgres://app:***@db/tollgate?sslmode=<redacted>&password=<redacted>"
+        );
+        assert_eq!(
+            redact_url("http://user:pw@127.0.0.1:8081"),
+            "http://user:***@127.0.0.1:8081"
+        );
+        assert_eq!(redact_url("sqlite://tollgate.db"), "sqlite://tollgate.db");
+    }
+}
