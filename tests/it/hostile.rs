@@ -22,6 +22,25 @@ fn item() -> String {
     format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
 }
 
+/// `tollgate serve` in front of `tenant` with the starter policies, a
+/// SQLite log in a directory of its own, and these extra variables.
+async fn serve_in_front_of(
+    tenant: SocketAddr,
+    extra: &[(&str, &str)],
+) -> (Served, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut env = vec![
+        ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant}")),
+        ("TOLLGATE_AUDIT_URL", db),
+        ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let served = Served::start(dir.path(), &[], &env).await;
+    (served, dir)
+}
+
 /// A connection to `addr` from the loopback address `from` (127.0.0.x).
 async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
@@ -378,18 +397,11 @@ impl Handler for Big {
 #[tokio::test]
 async fn clients_that_stop_reading_do_not_hold_the_slots() {
     let tenant = serve_on_port_0(Big(tollgate::sandbox::Sandbox::new())).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = format!("sqlite://{}", dir.path().join("a.db").display());
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let served = Served::start(
-        dir.path(),
-        &[],
+    let (served, _dir) = serve_in_front_of(
+        tenant,
         &[
-            ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant}")),
-            ("TOLLGATE_AUDIT_URL", db),
-            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
-            ("TOLLGATE_LIMITS_MAX_CONNECTIONS", "3".into()),
-            ("TOLLGATE_LIMITS_HEADER_TIMEOUT", "2s".into()),
+            ("TOLLGATE_LIMITS_MAX_CONNECTIONS", "3"),
+            ("TOLLGATE_LIMITS_HEADER_TIMEOUT", "2s"),
         ],
     )
     .await;
@@ -482,20 +494,8 @@ async fn sso_tickets_are_not_kept_in_the_log() {
 #[tokio::test]
 async fn an_honest_slow_reader_is_not_cut() {
     let tenant = serve_on_port_0(Big(tollgate::sandbox::Sandbox::new())).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = format!("sqlite://{}", dir.path().join("a.db").display());
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let served = Served::start(
-        dir.path(),
-        &[],
-        &[
-            ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant}")),
-            ("TOLLGATE_AUDIT_URL", db),
-            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
-            ("TOLLGATE_LIMITS_HEADER_TIMEOUT", "1s".into()),
-        ],
-    )
-    .await;
+    let (served, _dir) =
+        serve_in_front_of(tenant, &[("TOLLGATE_LIMITS_HEADER_TIMEOUT", "1s")]).await;
     let addr: SocketAddr = served.addr.parse().expect("addr");
     let mut reader = connect_from([127, 0, 0, 1], addr).await;
     reader

@@ -58,6 +58,14 @@ fn forbidden(state: &Map<String, Value>) -> bool {
         && (!on("assign_membership_on_login") || matches!(level, "limited" | "full"))
 }
 
+/// Asserts the tenant's association breaks no rule.
+fn assert_allowed_state(tenant: &Sandbox, label: &str) {
+    let state = tenant
+        .association(ORG_ACME, CON_DATABASE)
+        .expect("association");
+    assert!(!forbidden(&state), "{label}: forbidden state {state:?}");
+}
+
 /// A lenient tenant a little way off, and the association at its start.
 fn lenient_tenant(tenant: &Sandbox) {
     tenant.set_lenient(true);
@@ -118,14 +126,7 @@ async fn race(a: &Harness, b: &Harness, n: usize, label: &str) {
             a.tenant
                 .set_association(ORG_ACME, CON_DATABASE, start_state());
             let (ax, ay) = pair(a, b, x, y).await;
-            let state = a
-                .tenant
-                .association(ORG_ACME, CON_DATABASE)
-                .expect("association");
-            assert!(
-                !forbidden(&state),
-                "{label} #{i} {x} + {y}: forbidden state {state:?}"
-            );
+            assert_allowed_state(&a.tenant, &format!("{label} #{i} {x} + {y}"));
             let mut statuses = [ax.status, ay.status];
             statuses.sort();
             assert_eq!(
@@ -241,11 +242,7 @@ async fn a_lookup_racing_a_change_does_not_resurrect_the_old_state() {
             StatusCode::FORBIDDEN,
             "#{i}: judged against the new state"
         );
-        let state = h
-            .tenant
-            .association(ORG_ACME, CON_DATABASE)
-            .expect("association");
-        assert!(!forbidden(&state), "#{i}: {state:?}");
+        assert_allowed_state(&h.tenant, &format!("#{i}"));
     }
 }
 
@@ -296,11 +293,7 @@ async fn a_change_made_at_the_tenant_is_judged_against() {
     assert_eq!(a.json()["rules"][0]["id"], "signup-needs-membership");
     let (decision, _) = recorded(&h, &a.audit_id()).await;
     assert_eq!(decision["changes"][0]["before"]["is_signup_enabled"], true);
-    let state = h
-        .tenant
-        .association(ORG_ACME, CON_DATABASE)
-        .expect("association");
-    assert!(!forbidden(&state), "{state:?}");
+    assert_allowed_state(&h.tenant, "after");
 }
 
 /// One PATCH straight to the tenant; its status.
@@ -624,11 +617,7 @@ async fn a_change_that_lands_after_its_timeout_is_judged_against() {
         String::from_utf8_lossy(&second.body)
     );
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let state = h
-        .tenant
-        .association(ORG_ACME, CON_DATABASE)
-        .expect("association");
-    assert!(!forbidden(&state), "{state:?}");
+    assert_allowed_state(&h.tenant, "after");
 }
 
 /// However a request names an association — its ids in any case, the
@@ -767,10 +756,7 @@ async fn two_serve_processes_on_one_postgres_never_add_up() {
         let mut statuses = [x.status, y.status];
         statuses.sort();
         assert_eq!(statuses, [StatusCode::OK, StatusCode::FORBIDDEN], "#{i}");
-        let state = tenant
-            .association(ORG_ACME, CON_DATABASE)
-            .expect("association");
-        assert!(!forbidden(&state), "#{i}: {state:?}");
+        assert_allowed_state(&tenant, &format!("#{i}"));
     }
     crate::harness::terminate(a.child).await;
     crate::harness::terminate(b.child).await;
