@@ -222,6 +222,17 @@ async fn on_failure_forward_forwards_without_a_record() {
     let got = h.received();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].method, Method::PATCH);
+    // With the table back, the log holds nothing of that exchange.
+    exec(
+        &h.store,
+        "ALTER TABLE audit_events_away RENAME TO audit_events",
+    )
+    .await;
+    h.audit.flush().await;
+    assert!(
+        events(&h, &a.audit_id()).await.is_empty(),
+        "forwarded without a record"
+    );
 }
 
 #[tokio::test]

@@ -275,6 +275,13 @@ mode = "dry-run"
     assert_eq!(a.status, StatusCode::OK);
     assert!(!a.headers.contains_key("warning"));
     assert_eq!(changes(&h).len(), 2);
+    // The record says what would have been denied.
+    h.audit.flush().await;
+    let evs = tollgate::audit::query::show(&h.store, &a.audit_id())
+        .await
+        .expect("show");
+    assert_eq!(evs[0]["event"]["decision"], "dry_run_deny");
+    assert_eq!(evs[0]["event"]["rules"][0], "candidate-no-readonly");
 }
 
 /// The sandbox, failing every connection lookup.

@@ -247,10 +247,7 @@ async fn conflicting_framing_never_reaches_the_tenant_ambiguously() {
     );
     let out = h.raw(raw.as_bytes()).await;
     let received = h.received();
-    assert!(
-        received.len() <= 1,
-        "at most the judged request: {received:?}"
-    );
+    assert_eq!(received.len(), 1, "the judged request alone: {received:?}");
     for r in &received {
         assert_eq!(r.json(), serde_json::json!({"show_as_button": false}));
         assert_eq!(
@@ -269,7 +266,7 @@ async fn conflicting_framing_never_reaches_the_tenant_ambiguously() {
     );
     let out = h.raw(raw.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    assert!(h.received().len() <= 1);
+    assert_eq!(h.received().len(), 1, "nothing more reached the tenant");
 }
 
 #[tokio::test]
