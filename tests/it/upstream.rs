@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tollgate::BoxBody;
 use tollgate::sandbox::Sandbox;
 use tollgate::sandbox::seed::*;
-use tollgate::server::{self, Handler};
+use tollgate::server::Handler;
 
 use crate::harness::Harness;
 
@@ -187,20 +187,11 @@ impl Handler for Slow {
 
 #[tokio::test]
 async fn shutdown_drains_in_flight_exchanges() {
-    let tenant = Sandbox::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let slow = Slow {
-        inner: tenant.clone(),
-        delay: Duration::from_millis(500),
-    };
-    tokio::spawn(server::serve(
-        listener,
-        Arc::new(slow),
-        8,
-        std::future::pending(),
-    ));
-    let mut h = Harness::in_front_of("", &format!("http://{addr}"), tenant).await;
+    // The tenant holds the change 500 ms before it acts and answers; it
+    // records the request on arrival, so the shutdown below lands while the
+    // exchange is in flight, not after the tenant answered.
+    let mut h = Harness::start().await;
+    h.tenant.set_stall(Duration::from_millis(500));
     let gateway = h.addr;
 
     let h = {
@@ -220,12 +211,25 @@ async fn shutdown_drains_in_flight_exchanges() {
             }
         });
         // Wait until the request is in the tenant's hands, then stop.
-        while h.received().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !h.received().iter().any(|r| r.method == Method::PATCH) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the change reached the tenant");
         h.shutdown();
-        let status = in_flight.await.expect("join").expect("answered");
+        let status = tokio::time::timeout(Duration::from_secs(5), in_flight)
+            .await
+            .expect("answered in time")
+            .expect("join")
+            .expect("answered");
         assert_eq!(status, StatusCode::OK, "the in-flight exchange completed");
+        assert_eq!(
+            h.tenant.association(ORG_ACME, CON_SAML).expect("exists")["show_as_button"],
+            false,
+            "and the change was applied"
+        );
         h
     };
     let mut h = h;
