@@ -8,7 +8,7 @@ use tollgate::admin::Admin;
 use tollgate::config::Secret;
 use tollgate::sandbox::seed::*;
 
-use crate::harness::{Answer, BACKENDS, Harness};
+use crate::harness::{Answer, Harness};
 
 const TOKEN: &str = "admin-s3cret";
 
@@ -75,9 +75,8 @@ async fn the_api_requires_the_token() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn exchanges_can_be_listed_filtered_and_shown() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn exchanges_can_be_listed_filtered_and_shown(backend: Backend) {
         let h = Harness::setup().backend(backend).start().await;
         let addr = admin(&h).await;
         let a = h

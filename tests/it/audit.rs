@@ -1,13 +1,11 @@
 //! The audit log through the gateway, on SQLite and Postgres both.
 
-use std::time::Duration;
-
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tollgate::audit::{self, Store, query, verify};
 use tollgate::sandbox::seed::*;
 
-use crate::harness::{BACKENDS, Backend, Harness};
+use crate::harness::{Backend, Harness};
 
 fn item() -> String {
     format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
@@ -64,9 +62,8 @@ fn drop_triggers(backend: Backend) -> &'static str {
     }
 }
 
-#[tokio::test]
-async fn a_forwarded_exchange_has_both_events_and_a_denied_one_its_decision() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn a_forwarded_exchange_has_both_events_and_a_denied_one_its_decision(backend: Backend) {
         let h = Harness::setup()
             .backend(backend)
             .policies(&[("r.toml", NO_FULL)])
@@ -160,9 +157,8 @@ async fn a_forwarded_exchange_has_both_events_and_a_denied_one_its_decision() {
     }
 }
 
-#[tokio::test]
-async fn a_store_that_cannot_record_refuses_and_forwards_nothing() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn a_store_that_cannot_record_refuses_and_forwards_nothing(backend: Backend) {
         let h = Harness::setup().backend(backend).start().await;
         exec(
             &h.store,
@@ -204,9 +200,10 @@ async fn a_store_that_cannot_record_refuses_and_forwards_nothing() {
     }
 }
 
-#[tokio::test]
-async fn on_failure_forward_forwards_without_a_record() {
+on_both_backends! {
+async fn on_failure_forward_forwards_without_a_record(backend: Backend) {
     let h = Harness::setup()
+        .backend(backend)
         .config("[audit]\non_failure = \"forward\"\n")
         .start()
         .await;
@@ -234,10 +231,10 @@ async fn on_failure_forward_forwards_without_a_record() {
         "forwarded without a record"
     );
 }
+}
 
-#[tokio::test]
-async fn concurrent_exchanges_are_all_recorded_in_one_valid_chain() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn concurrent_exchanges_are_all_recorded_in_one_valid_chain(backend: Backend) {
         let h = std::sync::Arc::new(Harness::setup().backend(backend).start().await);
         let mut tasks = Vec::new();
         for i in 0..200 {
@@ -317,9 +314,8 @@ async fn tampered(backend: Backend, tamper: &str) -> verify::Report {
     verify::verify(&h.store).await.expect("verify")
 }
 
-#[tokio::test]
-async fn verify_detects_every_kind_of_tampering() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn verify_detects_every_kind_of_tampering(backend: Backend) {
         let edit = "UPDATE audit_events SET body = REPLACE(body, '\"show_as_button\":false', '\"show_as_button\":true') WHERE seq = 3";
         let r = tampered(backend, edit).await;
         assert_eq!(r.breaks.len(), 1, "{backend:?} edit: {r:?}");
@@ -359,9 +355,8 @@ async fn verify_detects_every_kind_of_tampering() {
     }
 }
 
-#[tokio::test]
-async fn the_store_refuses_updates_and_deletes() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn the_store_refuses_updates_and_deletes(backend: Backend) {
         let h = Harness::setup().backend(backend).start().await;
         h.send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
             .await;
@@ -381,9 +376,8 @@ async fn the_store_refuses_updates_and_deletes() {
     }
 }
 
-#[tokio::test]
-async fn queries_filter_and_export() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn queries_filter_and_export(backend: Backend) {
         let h = Harness::setup()
             .backend(backend)
             .policies(&[("r.toml", NO_FULL)])
@@ -524,9 +518,8 @@ async fn queries_filter_and_export() {
     }
 }
 
-#[tokio::test]
-async fn a_decision_without_outcome_shows_as_unknown() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn a_decision_without_outcome_shows_as_unknown(backend: Backend) {
         let h = Harness::setup().backend(backend).start().await;
         // What a crash between the two events leaves behind.
         let facts = audit::events::Facts {
@@ -555,8 +548,8 @@ async fn a_decision_without_outcome_shows_as_unknown() {
     }
 }
 
-#[tokio::test]
-async fn a_tenant_that_times_out_leaves_a_failed_outcome() {
+on_both_backends! {
+async fn a_tenant_that_times_out_leaves_a_failed_outcome(backend: Backend) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -568,6 +561,7 @@ async fn a_tenant_that_times_out_leaves_a_failed_outcome() {
         }
     });
     let h = Harness::setup()
+        .backend(backend)
         .config("[upstream]\ntimeout = \"200ms\"\n")
         .upstream(&format!("http://{addr}"), tollgate::sandbox::Sandbox::new())
         .start()
@@ -576,7 +570,6 @@ async fn a_tenant_that_times_out_leaves_a_failed_outcome() {
         .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
         .await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
-    tokio::time::sleep(Duration::from_millis(10)).await;
     let evs = events(&h, &a.audit_id()).await;
     assert_eq!(evs.len(), 2);
     assert_eq!(evs[1]["event"]["data"]["error"]["kind"], "timeout");
@@ -590,4 +583,5 @@ async fn a_tenant_that_times_out_leaves_a_failed_outcome() {
     .await
     .expect("query");
     assert_eq!(rows[0].outcome, "failed");
+}
 }

@@ -32,7 +32,30 @@ pub enum Backend {
     Postgres,
 }
 
-pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+/// One storage test, run as two: `NAME::sqlite` and `NAME::postgres`, so a
+/// failure names its backend and one backend's failure does not hide the
+/// other's.
+macro_rules! on_both_backends {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$meta])*
+            async fn run($backend: crate::harness::Backend) $body
+
+            #[tokio::test]
+            async fn sqlite() {
+                run(crate::harness::Backend::Sqlite).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                run(crate::harness::Backend::Postgres).await
+            }
+        }
+    };
+}
 
 /// The Postgres server the storage tests use.
 pub fn postgres_base_url() -> String {

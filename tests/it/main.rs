@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway on 127.0.0.1:0 in front of an
 //! in-process tenant (the sandbox, or a purpose-built one), over real sockets.
 
+#[macro_use]
 mod harness;
 
 mod admin;

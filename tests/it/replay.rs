@@ -5,11 +5,10 @@ use tollgate::audit::replay::replay;
 use tollgate::policy::load_dir;
 use tollgate::sandbox::seed::*;
 
-use crate::harness::{BACKENDS, Harness};
+use crate::harness::Harness;
 
-#[tokio::test]
-async fn replay_lists_the_decisions_a_candidate_would_change() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn replay_lists_the_decisions_a_candidate_would_change(backend: Backend) {
         // Recorded under a set that only reads `after`.
         let recorded_rules = "[[rule]]\nid = \"no-hidden\"\ndeny = 'after.show_as_button == false'\nmessage = \"m\"\nmode = \"warn\"\n";
         let h = Harness::setup()

@@ -12,7 +12,7 @@ use tollgate::audit::query;
 use tollgate::sandbox::Sandbox;
 use tollgate::sandbox::seed::*;
 
-use crate::harness::{BACKENDS, Backend, Harness, Served, serve_exits, start_sandbox};
+use crate::harness::{Backend, Harness, Served, serve_exits, start_sandbox};
 
 /// The tenant's own rule, enforced here by policy only (the tenant below is
 /// lenient), and one the tenant never enforces.
@@ -152,9 +152,8 @@ async fn race(a: &Harness, b: &Harness, n: usize, label: &str) {
     }
 }
 
-#[tokio::test]
-async fn concurrent_changes_to_one_association_never_add_up() {
-    for backend in BACKENDS {
+on_both_backends! {
+    async fn concurrent_changes_to_one_association_never_add_up(backend: Backend) {
         let h = Harness::setup()
             .backend(backend)
             .policies(&[("r.toml", RULES)])
