@@ -90,9 +90,9 @@ async fn metrics_name_the_documented_series() {
     }
 }
 
-#[tokio::test]
-async fn readiness_follows_the_store_and_the_tenant() {
-    let h = Harness::start().await;
+on_both_backends! {
+async fn readiness_follows_the_store_and_the_tenant(backend: Backend) {
+    let h = Harness::setup().backend(backend).start().await;
     let (_, tenant) = start_sandbox().await;
     let upstream =
         Upstream::new(&format!("http://{tenant}"), Duration::from_secs(2), None).expect("upstream");
@@ -118,7 +118,7 @@ async fn readiness_follows_the_store_and_the_tenant() {
     let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let dead_addr = dead.local_addr().expect("addr");
     drop(dead);
-    let h2 = Harness::start().await;
+    let h2 = Harness::setup().backend(backend).start().await;
     let upstream = Upstream::new(&format!("http://{dead_addr}"), Duration::from_secs(2), None)
         .expect("upstream");
     let addr = serve_admin(
@@ -128,6 +128,7 @@ async fn readiness_follows_the_store_and_the_tenant() {
     let r = get(addr, "/readyz").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.json()["tenant"], "unreachable");
+}
 }
 
 /// An OTLP/HTTP receiver: keeps every request body.
