@@ -75,6 +75,7 @@ pub async fn fresh_store_url(backend: Backend, dir: &std::path::Path) -> String 
             let pool = sqlx::PgPool::connect(&base).await.unwrap_or_else(|e| {
                 panic!("PostgreSQL at {base} is required for the storage tests: {e}")
             });
+            drop_old_schemas(&pool).await;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
                 .execute(&pool)
                 .await
@@ -83,6 +84,36 @@ pub async fn fresh_store_url(backend: Backend, dir: &std::path::Path) -> String 
             format!("{base}?options[search_path]={schema}")
         }
     }
+}
+
+/// Drops, once per test run, the schemas earlier runs left behind: a test
+/// cannot drop its own (it may fail halfway), but its schema's name
+/// (`t_` + a UUIDv7) says when it was made, and one over an hour old belongs
+/// to no run in progress.
+async fn drop_old_schemas(pool: &sqlx::PgPool) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname ~ '^t_[0-9a-f]{32}$'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for name in names {
+            let made_ms = u64::from_str_radix(&name[2..14], 16).unwrap_or(u64::MAX);
+            if now_ms.saturating_sub(made_ms) > 3_600_000 {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {name} CASCADE"
+                )))
+                .execute(pool)
+                .await;
+            }
+        }
+    })
+    .await;
 }
 
 /// A gateway in front of a tenant.
