@@ -136,7 +136,40 @@ async fn each_operation_is_forwarded_as_judged() {
 
 #[tokio::test]
 async fn the_tenants_answer_is_returned_unchanged() {
-    let h = Harness::start().await;
+    let (tenant, addr) = crate::harness::start_sandbox().await;
+    let h = Harness::in_front_of("", &format!("http://{addr}"), tenant).await;
+    // Byte for byte, headers included, as the tenant gives it directly
+    // (but for the rate-limit counters, which move with every request,
+    // the date, and tollgate's own audit id).
+    let path = format!("/api/v2/organizations/{ORG_GLOBEX}/connections/{CON_SAML}");
+    let direct = Harness::client_send(
+        &addr.to_string(),
+        Method::PATCH,
+        &path,
+        r#"{"show_as_button":true}"#,
+    )
+    .await;
+    let through = h
+        .send(Method::PATCH, &path, Some(r#"{"show_as_button":true}"#))
+        .await;
+    assert_eq!(through.status, direct.status);
+    assert_eq!(through.body, direct.body);
+    let kept = |a: &crate::harness::Answer| {
+        let mut v: Vec<(String, String)> = a
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "date" | "x-ratelimit-remaining" | "x-ratelimit-reset" | "x-tollgate-audit-id"
+                )
+            })
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(kept(&through), kept(&direct));
     // A 404 from the tenant: its own error body, not tollgate's.
     let a = h
         .send(
