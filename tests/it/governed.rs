@@ -253,7 +253,8 @@ async fn case_and_trailing_slash_variants_are_governed_and_canonicalised() {
 #[tokio::test]
 async fn the_forwarded_body_is_the_reserialised_judged_value() {
     let h = Harness::start().await;
-    let sent = "{ \"organization_access_level\" : \"limit\\u0065d\",\n\t\"show_as_button\":false }";
+    // Keys out of alphabetical order: the order sent is the order forwarded.
+    let sent = "{ \"show_as_button\":false,\n\t\"organization_access_level\" : \"limit\\u0065d\" }";
     let a = h
         .send(
             Method::PATCH,
@@ -265,7 +266,7 @@ async fn the_forwarded_body_is_the_reserialised_judged_value() {
     let got = &h.received()[0];
     assert_eq!(
         std::str::from_utf8(&got.body).expect("utf-8"),
-        r#"{"organization_access_level":"limited","show_as_button":false}"#
+        r#"{"show_as_button":false,"organization_access_level":"limited"}"#
     );
     assert_eq!(
         h.tenant.association(ORG_ACME, CON_SAML).expect("exists")["organization_access_level"],
