@@ -5,13 +5,27 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
+/// Runs the binary from the repository (its `policies/`) with a cleared
+/// environment but for `env` (no `TOLLGATE_*` of the caller's leaks in),
+/// ephemeral listen ports (a `serve` that should have failed cannot take
+/// 8080), and a deadline (it cannot hang the suite).
 fn tollgate(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args(args).current_dir(REPO);
+    cmd.args(args)
+        .current_dir(REPO)
+        .env_clear()
+        .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
+        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run tollgate")
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.output());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("tollgate finished within 60 s")
+        .expect("run tollgate")
 }
 
 fn text(b: &[u8]) -> String {
