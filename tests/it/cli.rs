@@ -191,3 +191,88 @@ fn bad_configuration_is_refused_naming_the_key() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("/nonexistent/tollgate.toml"));
 }
+
+/// `migrate`, `audit verify` (text, `--json`, exit 1 on a break) and
+/// `policy replay`, from the command line, on a log the binary wrote.
+#[tokio::test]
+async fn store_commands_migrate_verify_and_replay() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let env = [("TOLLGATE_AUDIT_URL", db.as_str())];
+    let out = tollgate(&["migrate"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("audit store migrated (sqlite)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let served = crate::harness::Served::start(
+        dir.path(),
+        &["--sandbox"],
+        &[("TOLLGATE_AUDIT_URL", db.clone())],
+    )
+    .await;
+    let (status, _) = curl(&served.addr, r#"{"show_as_button":false}"#).await;
+    assert_eq!(status, 200);
+    crate::harness::terminate(served.child).await;
+
+    let out = tollgate(&["audit", "verify", "--json"], &env);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["events"], 2, "{report}");
+
+    // A candidate set that forbids hiding connections changes that decision.
+    let candidate = tempfile::tempdir().expect("candidate");
+    std::fs::write(
+        candidate.path().join("r.toml"),
+        "[[rule]]\nid = \"keep-buttons\"\ndeny = 'after.show_as_button == false'\nmessage = \"m\"\n",
+    )
+    .expect("write");
+    let c = candidate.path().to_str().expect("utf-8");
+    let out = tollgate(&["policy", "replay", c], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("allow -> deny  keep-buttons"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("1 would change"), "{stdout}");
+
+    // An edited row: verify says where, and exits 1.
+    let store = tollgate::audit::Store::open(&db).await.expect("store");
+    let tollgate::audit::Store::Sqlite(pool) = &store else {
+        panic!("sqlite")
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "DROP TRIGGER audit_events_no_update; UPDATE audit_events SET body = replace(body, 'false', 'true') WHERE seq = 1"
+            .to_owned(),
+    ))
+    .execute(pool)
+    .await
+    .expect("tamper");
+    let out = tollgate(&["audit", "verify"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("broken at seq 1"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = tollgate(&["audit", "verify", "--json"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["breaks"][0]["seq"], 1, "{report}");
+}
+
+/// `policy test` with rules but no case fails: a guardrail nobody tested.
+#[test]
+fn policy_test_without_cases_exits_1() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("r.toml"),
+        "[[rule]]\nid = \"r\"\ndeny = 'false'\nmessage = \"m\"\n",
+    )
+    .expect("write");
+    let out = tollgate(
+        &["policy", "test", dir.path().to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+}
