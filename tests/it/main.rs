@@ -14,6 +14,7 @@ mod identity;
 mod observability;
 mod passthrough;
 mod policy;
+mod promises;
 mod replay;
 mod soundness;
 mod tls;

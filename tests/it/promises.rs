@@ -1,0 +1,158 @@
+//! README promises about what the log keeps and what is looked up again,
+//! each checked where a user would look: the audit log and the tenant.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+use tollgate::audit::query;
+use tollgate::sandbox::seed::*;
+
+use crate::harness::Harness;
+
+fn item() -> String {
+    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
+}
+
+async fn events(h: &Harness, id: &str) -> Vec<Value> {
+    h.audit.flush().await;
+    query::show(&h.store, id)
+        .await
+        .expect("show")
+        .into_iter()
+        .map(|e| e["event"].clone())
+        .collect()
+}
+
+/// `audit.max_body`: the tenant's answer is kept up to that many bytes,
+/// and marked truncated.
+#[tokio::test]
+async fn outcome_bodies_are_capped_at_audit_max_body() {
+    let h = Harness::with_config("[audit]\nmax_body = 16\n").await;
+    let a = h
+        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.len() > 16, "the client gets the whole answer");
+    let evs = events(&h, &a.audit_id()).await;
+    let outcome = &evs[1]["data"];
+    assert_eq!(outcome["body_truncated"], true);
+    assert_eq!(
+        outcome["body"].as_str().map(str::len),
+        Some(16),
+        "{outcome}"
+    );
+}
+
+/// An ungoverned write is recorded with its method, path and status, never
+/// its bodies (client secrets travel there).
+#[tokio::test]
+async fn ungoverned_writes_are_recorded_without_their_bodies() {
+    let h = Harness::start().await;
+    let secret = "client-secret-value-0123";
+    let a = h
+        .send(
+            Method::POST,
+            "/api/v2/clients",
+            Some(&format!(r#"{{"name":"ci","client_secret":"{secret}"}}"#)),
+        )
+        .await;
+    let evs = events(&h, &a.audit_id()).await;
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    assert_eq!(evs[0]["operation"], "other");
+    assert_eq!(evs[0]["data"]["method"], "POST");
+    assert_eq!(evs[0]["data"]["path"], "/api/v2/clients");
+    assert!(evs[0]["data"]["request_body"].is_null());
+    assert_eq!(evs[1]["data"]["status"], a.status.as_u16());
+    assert!(evs[1]["data"]["body"].is_null());
+    let all = serde_json::to_string(&evs).expect("json");
+    assert!(!all.contains(secret));
+}
+
+/// Requests tollgate refuses itself have their decision alone, with the
+/// answer they got, and nothing reaches the tenant.
+#[tokio::test]
+async fn refusals_are_recorded_with_their_decision_alone() {
+    let h = Harness::with_config("[limits]\nmax_body = 64\n").await;
+    let cases: [(&[(&str, &str)], Vec<u8>, u16); 3] = [
+        (
+            &[
+                ("authorization", crate::harness::TOKEN),
+                ("content-type", "application/json"),
+            ],
+            format!(r#"{{"organization_connection_name":"{}"}}"#, "x".repeat(80)).into_bytes(),
+            413,
+        ),
+        (
+            &[
+                ("authorization", crate::harness::TOKEN),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            b"show_as_button=false".to_vec(),
+            415,
+        ),
+        (
+            &[
+                ("authorization", crate::harness::TOKEN),
+                ("content-type", "application/json"),
+                ("x-http-method-override", "DELETE"),
+            ],
+            br#"{"show_as_button":false}"#.to_vec(),
+            400,
+        ),
+    ];
+    for (headers, body, status) in cases {
+        let a = h.send_with(Method::PATCH, &item(), headers, &body).await;
+        assert_eq!(a.status.as_u16(), status);
+        let evs = events(&h, &a.audit_id()).await;
+        assert_eq!(evs.len(), 1, "{status}: {evs:?}");
+        assert_eq!(evs[0]["kind"], "decision");
+        assert_eq!(evs[0]["decision"], "invalid");
+        assert_eq!(evs[0]["data"]["error"]["status"], status);
+    }
+    assert!(h.received().is_empty(), "nothing reached the tenant");
+
+    let h = Harness::with_config("[routes]\nother = \"deny\"\n").await;
+    let a = h.send(Method::GET, "/api/v2/clients", None).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let evs = events(&h, &a.audit_id()).await;
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["decision"], "deny");
+    assert_eq!(
+        evs[0]["data"]["error"]["errorCode"],
+        "tollgate_route_denied"
+    );
+}
+
+/// `context.cache_ttl`: a connection's facts are looked up again once it
+/// has passed.
+#[tokio::test]
+async fn cached_facts_expire_after_cache_ttl() {
+    let rule = "[[rule]]\nid = \"no-oidc\"\noperations = [\"organization_connection.update\"]\ndeny = 'connection.strategy == \"oidc\"'\nmessage = \"m\"\n";
+    let h = Harness::setup()
+        .config("[context]\ncache_ttl = \"300ms\"\n")
+        .policies(&[("r.toml", rule)])
+        .start()
+        .await;
+    let lookups = || {
+        h.received()
+            .iter()
+            .filter(|r| {
+                r.method == Method::GET && r.target == format!("/api/v2/connections/{CON_SAML}")
+            })
+            .count()
+    };
+    for _ in 0..2 {
+        let a = h
+            .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    assert_eq!(lookups(), 1, "the second change used the cached connection");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let a = h
+        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":true}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(lookups(), 2, "looked up again after the ttl");
+}
