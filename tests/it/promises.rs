@@ -69,12 +69,14 @@ async fn ungoverned_writes_are_recorded_without_their_bodies() {
     assert!(!all.contains(secret));
 }
 
+type Headers = &'static [(&'static str, &'static str)];
+
 /// Requests tollgate refuses itself have their decision alone, with the
 /// answer they got, and nothing reaches the tenant.
 #[tokio::test]
 async fn refusals_are_recorded_with_their_decision_alone() {
     let h = Harness::with_config("[limits]\nmax_body = 64\n").await;
-    let cases: [(&[(&str, &str)], Vec<u8>, u16); 3] = [
+    let cases: [(Headers, Vec<u8>, u16); 3] = [
         (
             &[
                 ("authorization", crate::harness::TOKEN),
