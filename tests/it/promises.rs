@@ -158,3 +158,78 @@ async fn cached_facts_expire_after_cache_ttl() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(lookups(), 2, "looked up again after the ttl");
 }
+
+/// Rules read `request` and `org` (resolved from an id or from a name).
+#[tokio::test]
+async fn rules_read_the_request_and_the_organization() {
+    let rules = r#"
+[[rule]]
+id = "no-scripts"
+deny = 'request.user_agent == "evil-script/1.0"'
+message = "this client may not change connections"
+
+[[rule]]
+id = "acme-frozen"
+operations = ["organization_connection.update"]
+deny = 'org.name == "acme" && body.show_as_button == false'
+message = "acme's buttons stay"
+"#;
+    let h = Harness::with_policies("", &[("r.toml", rules)]).await;
+    let headers = |ua: &'static str| {
+        [
+            ("authorization", crate::harness::TOKEN),
+            ("content-type", "application/json"),
+            ("user-agent", ua),
+        ]
+    };
+    let a = h
+        .send_with(
+            Method::PATCH,
+            &item(),
+            &headers("evil-script/1.0"),
+            br#"{"show_as_button":true}"#,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["rules"][0]["id"], "no-scripts");
+    // By id: resolved to its name.
+    let a = h
+        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["rules"][0]["id"], "acme-frozen");
+    // By name: resolved the same way.
+    let a = h
+        .send(
+            Method::PATCH,
+            &format!("/api/v2/organizations/acme/connections/{CON_SAML}"),
+            Some(r#"{"show_as_button":false}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["rules"][0]["id"], "acme-frozen");
+    assert!(
+        !h.received().iter().any(|r| r.method == Method::PATCH),
+        "nothing forwarded"
+    );
+}
+
+/// A `warn` rule whose expression fails at run time forwards, and says so
+/// in the `Warning` header, naming the rule and the error.
+#[tokio::test]
+async fn a_failing_warn_rule_forwards_with_its_error() {
+    let rule =
+        "[[rule]]\nid = \"shaky\"\ndeny = 'body.nope == 1'\nmessage = \"m\"\nmode = \"warn\"\n";
+    let h = Harness::with_policies("", &[("r.toml", rule)]).await;
+    let a = h
+        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":true}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let warning = a.headers["warning"].to_str().expect("ascii");
+    assert!(
+        warning.starts_with(r#"299 tollgate "shaky: rule shaky could not be evaluated"#),
+        "{warning}"
+    );
+    let evs = events(&h, &a.audit_id()).await;
+    assert_eq!(evs[0]["decision"], "warn");
+}
