@@ -176,3 +176,42 @@ async fn client_certificates_are_required_when_configured() {
         "only the authenticated client reached the tenant"
     );
 }
+
+/// HTTPS clients that offer HTTP/2 get it (ALPN); the admin listener
+/// serves HTTPS the same way.
+#[tokio::test]
+async fn http2_over_alpn_and_an_https_admin_listener() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let tls = Arc::new(ServerTls::load(write_server_files(dir.path(), &ca, None)).expect("tls"));
+    let h = Harness::setup().tls(tls.clone()).start().await;
+    let c = client(&ca, None);
+    let req = Request::get(format!(
+        "https://localhost:{}/api/v2/organizations",
+        h.addr.port()
+    ))
+    .header("authorization", "Bearer t")
+    .body(Full::new(Bytes::new()))
+    .expect("request");
+    let resp = c.request(req).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let admin = tollgate::admin::Admin::new(h.store.clone(), h.policies.clone(), None);
+    tokio::spawn(tollgate::server::serve_tls(
+        listener,
+        Arc::new(admin),
+        8,
+        std::future::pending(),
+        Some(tls),
+    ));
+    let req = Request::get(format!("https://localhost:{port}/healthz"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = c.request(req).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
