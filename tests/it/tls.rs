@@ -215,3 +215,56 @@ async fn http2_over_alpn_and_an_https_admin_listener() {
     let resp = c.request(req).await.expect("answer");
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// `systemctl reload` (SIGHUP) gives the running binary its new
+/// certificate, without a restart.
+#[tokio::test]
+async fn sighup_reloads_the_running_binarys_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let files = write_server_files(dir.path(), &ca, None);
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let served = crate::harness::Served::start(
+        dir.path(),
+        &["--sandbox"],
+        &[
+            ("TOLLGATE_LISTEN_TLS_CERT", files.cert.display().to_string()),
+            ("TOLLGATE_LISTEN_TLS_KEY", files.key.display().to_string()),
+            ("TOLLGATE_AUDIT_URL", db),
+        ],
+    )
+    .await;
+    let port: u16 = served
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert_eq!(get(&client(&ca, None), port).await, Ok(StatusCode::OK));
+    let ca2 = Ca::new();
+    write_server_files(dir.path(), &ca2, None);
+    let pid = served.child.id().expect("pid").to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let reloaded = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if get(&client(&ca2, None), port).await == Ok(StatusCode::OK) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        reloaded.is_ok(),
+        "the new certificate is served after SIGHUP"
+    );
+    assert!(
+        get(&client(&ca, None), port).await.is_err(),
+        "the old one is gone"
+    );
+    crate::harness::terminate(served.child).await;
+}
