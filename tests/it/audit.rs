@@ -344,6 +344,17 @@ on_both_backends! {
         let r = tampered(backend, insert).await;
         assert_eq!(r.breaks[0].seq, 3, "{backend:?} insert: {r:?}");
 
+        // A whole chain written by someone who is no writer.
+        let forged_chain = "INSERT INTO audit_events (chain_id, seq, event_id, exchange_id, kind, time_us, prev_hash, hash, body) \
+                            SELECT 'forged-chain', seq, event_id || '-f', exchange_id, kind, time_us, prev_hash, hash, body FROM audit_events";
+        let r = tampered(backend, forged_chain).await;
+        assert!(
+            r.breaks
+                .iter()
+                .any(|b| b.chain_id == "forged-chain" && b.reason.contains("never registered")),
+            "{backend:?} forged chain: {r:?}"
+        );
+
         let reorder = "UPDATE audit_events SET seq = 100 WHERE seq = 2; UPDATE audit_events SET seq = 2 WHERE seq = 3; \
                        UPDATE audit_events SET seq = 3 WHERE seq = 100";
         let r = tampered(backend, reorder).await;
