@@ -415,3 +415,36 @@ fn keys_new_prints_a_key_once_and_its_hash() {
     );
     assert!(text.contains("name = \"terraform-ci\""));
 }
+
+/// Rules read `caller.key`: the name of the broker key that made the call.
+#[tokio::test]
+async fn rules_read_the_callers_key_name() {
+    let (ci, _) = tollgate::identity::new_key();
+    let (intern, _) = tollgate::identity::new_key();
+    let config = broker_config(&[
+        ("terraform-ci", &ci, None),
+        ("intern-script", &intern, None),
+    ]);
+    let rule = "[[rule]]\nid = \"ci-only\"\ndeny = 'caller.key != \"terraform-ci\"'\nmessage = \"only the CI pipeline changes connections\"\n";
+    let h = Harness::with_policies(&config, &[("r.toml", rule)]).await;
+    let send = |key: String| {
+        let h = &h;
+        async move {
+            let auth = format!("Bearer {key}");
+            h.send_with(
+                Method::PATCH,
+                &item(),
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                BODY,
+            )
+            .await
+        }
+    };
+    assert_eq!(send(ci).await.status, StatusCode::OK);
+    let denied = send(intern).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(denied.json()["rules"][0]["id"], "ci-only");
+}
