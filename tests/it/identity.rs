@@ -448,3 +448,35 @@ async fn rules_read_the_callers_key_name() {
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert_eq!(denied.json()["rules"][0]["id"], "ci-only");
 }
+
+/// The broker's token is refreshed a little before it expires (a tenth of
+/// its lifetime early), never used up to its last instant.
+#[tokio::test]
+async fn broker_tokens_are_refreshed_before_they_expire() {
+    let (ci, _) = tollgate::identity::new_key();
+    let (tenant, addr) = start_sandbox().await;
+    tenant.set_token_ttl(2);
+    let h = Harness::setup()
+        .config(&broker_config(&[("ci", &ci, None)]))
+        .upstream(&format!("http://{addr}"), tenant)
+        .start()
+        .await;
+    let auth = format!("Bearer {ci}");
+    let path = item();
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let send = || h.send_with(Method::PATCH, &path, &headers, BODY);
+    let started = std::time::Instant::now();
+    assert_eq!(send().await.status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(send().await.status, StatusCode::OK);
+    assert_eq!(h.tenant.tokens_issued(), 1, "a fresh token is reused");
+    // 1.9 s in: the token has 0.1 s left at the tenant; tollgate has
+    // already let it go.
+    tokio::time::sleep(std::time::Duration::from_millis(1900).saturating_sub(started.elapsed()))
+        .await;
+    assert_eq!(send().await.status, StatusCode::OK);
+    assert_eq!(h.tenant.tokens_issued(), 2, "refreshed before expiry");
+}
