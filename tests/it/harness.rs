@@ -63,6 +63,18 @@ pub fn postgres_base_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// An address on which nobody listens, kept so for as long as the returned
+/// socket lives: bound but not listening, so connections are refused and no
+/// other test can take the port meanwhile (unlike binding and dropping).
+pub fn refused_address() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
 /// A fresh, empty audit store URL: a SQLite file in `dir`, or a new schema
 /// of the test database. Postgres must be there: a storage test is never
 /// skipped for lack of it.

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
 use tollgate::BoxBody;
 use tollgate::admin::Admin;
 use tollgate::sandbox::seed::*;
@@ -115,9 +114,7 @@ async fn readiness_follows_the_store_and_the_tenant(backend: Backend) {
     assert_eq!(r.json()["audit_store"], "unreachable");
 
     // A tenant nobody answers for.
-    let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let dead_addr = dead.local_addr().expect("addr");
-    drop(dead);
+    let (_reserved, dead_addr) = crate::harness::refused_address();
     let h2 = Harness::setup().backend(backend).start().await;
     let upstream = Upstream::new(&format!("http://{dead_addr}"), Duration::from_secs(2), None)
         .expect("upstream");

@@ -28,9 +28,7 @@ const BODY: Option<&str> = Some(r#"{"show_as_button":false}"#);
 
 #[tokio::test]
 async fn a_tenant_that_is_down_is_502() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
+    let (_reserved, addr) = crate::harness::refused_address();
     let h = Harness::in_front_of("", &format!("http://{addr}"), Sandbox::new()).await;
     for (method, path, body) in [
         (Method::PATCH, item(), BODY),
