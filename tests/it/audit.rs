@@ -344,6 +344,17 @@ on_both_backends! {
         let r = tampered(backend, insert).await;
         assert_eq!(r.breaks[0].seq, 3, "{backend:?} insert: {r:?}");
 
+        // A chain's events moved under another registered chain's id.
+        let moved = "INSERT INTO audit_chains (chain_id, started_us, host) VALUES ('moved-to', 0, 'x'); \
+                     UPDATE audit_events SET chain_id = 'moved-to'";
+        let r = tampered(backend, moved).await;
+        assert!(
+            r.breaks
+                .iter()
+                .any(|b| b.chain_id == "moved-to" && b.reason.contains("moved")),
+            "{backend:?} moved: {r:?}"
+        );
+
         // A whole chain written by someone who is no writer.
         let forged_chain = "INSERT INTO audit_events (chain_id, seq, event_id, exchange_id, kind, time_us, prev_hash, hash, body) \
                             SELECT 'forged-chain', seq, event_id || '-f', exchange_id, kind, time_us, prev_hash, hash, body FROM audit_events";
