@@ -59,8 +59,14 @@ async fn curl(addr: &str, body: &str) -> (u16, Value) {
 async fn serve_sandbox_judges_records_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("dir");
     let db = format!("sqlite://{}", dir.path().join("audit.db").display());
-    let (child, addr) =
-        crate::harness::spawn_serve(&["--sandbox"], &[("TOLLGATE_AUDIT_URL", db.clone())]).await;
+    // In a directory of its own: the sandbox enforces its built-in starter set.
+    let served = crate::harness::Served::start(
+        dir.path(),
+        &["--sandbox"],
+        &[("TOLLGATE_AUDIT_URL", db.clone())],
+    )
+    .await;
+    let (child, addr) = (served.child, served.addr);
 
     let (status, body) = curl(&addr, r#"{"organization_access_level":"full"}"#).await;
     assert_eq!(status, 403);

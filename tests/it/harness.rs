@@ -315,14 +315,6 @@ pub async fn serve_on_port_0<H: server::Handler>(handler: H) -> SocketAddr {
     addr
 }
 
-/// Runs `tollgate serve ARGS` from the repository with these variables (and
-/// ephemeral listen and admin ports); returns the process and the address it
-/// listens on, read from its log.
-pub async fn spawn_serve(args: &[&str], env: &[(&str, String)]) -> (tokio::process::Child, String) {
-    let served = Served::start(Path::new(env!("CARGO_MANIFEST_DIR")), args, env).await;
-    (served.child, served.addr)
-}
-
 /// A `tollgate serve` process, with what it logged so far.
 pub struct Served {
     pub child: tokio::process::Child,

@@ -156,9 +156,12 @@ async fn traces_reach_an_otlp_collector_and_the_tenant() {
     let otlp = crate::harness::serve_on_port_0(collector.clone()).await;
     let (tenant, tenant_addr) = start_sandbox().await;
     let dir = tempfile::tempdir().expect("dir");
-    let (child, addr) = crate::harness::spawn_serve(
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let served = crate::harness::Served::start(
+        dir.path(),
         &[],
         &[
+            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
             ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant_addr}")),
             (
                 "TOLLGATE_AUDIT_URL",
@@ -168,6 +171,7 @@ async fn traces_reach_an_otlp_collector_and_the_tenant() {
         ],
     )
     .await;
+    let (child, addr) = (served.child, served.addr);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
     let req = Request::patch(format!(
