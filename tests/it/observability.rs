@@ -35,45 +35,66 @@ async fn serve_admin(admin: Admin) -> SocketAddr {
     crate::harness::serve_on_port_0(admin).await
 }
 
+/// The running binary's own `/metrics` (no recorder shared with other
+/// tests): the documented series, the sampled gauges, and a policy reload
+/// on SIGHUP with no file changed (the directory watch alone would not
+/// reload).
 #[tokio::test]
-async fn metrics_name_the_documented_series() {
-    let handle = tollgate::telemetry::metrics();
-    assert!(handle.is_some(), "the recorder installs");
-    let rule =
-        "[[rule]]\nid = \"saml-only\"\ndeny = 'connection.strategy == \"oidc\"'\nmessage = \"m\"\n";
-    let h = Harness::with_policies("", &[("r.toml", rule)]).await;
+async fn the_binary_serves_its_metrics_and_reloads_policies_on_sighup() {
+    let (_, tenant) = start_sandbox().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("mkdir");
+    std::fs::write(
+        policies.join("r.toml"),
+        "[[rule]]\nid = \"saml-only\"\ndeny = 'connection.strategy == \"oidc\"'\nmessage = \"m\"\n",
+    )
+    .expect("write");
+    let served = crate::harness::Served::start(
+        dir.path(),
+        &[],
+        &[
+            ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant}")),
+            (
+                "TOLLGATE_AUDIT_URL",
+                format!("sqlite://{}", dir.path().join("a.db").display()),
+            ),
+        ],
+    )
+    .await;
     let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
     for _ in 0..2 {
-        let a = h
-            .send(Method::PATCH, &path, Some(r#"{"show_as_button":false}"#))
-            .await;
+        let a = Harness::client_send(
+            &served.addr,
+            Method::PATCH,
+            &path,
+            r#"{"show_as_button":false}"#,
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK);
     }
-    let a = h.send(Method::PATCH, &path, Some(r#"{"x":1}"#)).await;
+    let a = Harness::client_send(&served.addr, Method::PATCH, &path, r#"{"x":1}"#).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    h.policies.reload().expect("reload");
-    h.audit.flush().await;
-    let admin = Admin::new(h.store.clone(), h.policies.clone(), None).with_metrics(handle);
-    let m = get(serve_admin(admin).await, "/metrics").await;
-    assert_eq!(m.status, StatusCode::OK);
-    let text = String::from_utf8_lossy(&m.body).into_owned();
+    let metrics = || async {
+        String::from_utf8_lossy(&Harness::client_get(&served.admin, "/metrics").await.body)
+            .into_owned()
+    };
+    let text = metrics().await;
     for series in [
-        r#"tollgate_requests_total{operation="organization_connection.update",decision="allow",status="2xx"}"#,
-        r#"tollgate_requests_total{operation="organization_connection.update",decision="invalid",status="4xx"}"#,
+        r#"tollgate_requests_total{operation="organization_connection.update",decision="allow",status="2xx"} 2"#,
+        r#"tollgate_requests_total{operation="organization_connection.update",decision="invalid",status="4xx"} 1"#,
         "tollgate_request_duration_seconds_bucket{operation=\"organization_connection.update\",le=\"0.005\"}",
         "tollgate_upstream_duration_seconds_bucket",
         "tollgate_audit_write_duration_seconds_bucket",
         "tollgate_audit_batch_size_bucket",
-        r#"tollgate_policy_reloads_total{result="success"}"#,
-        r#"tollgate_context_cache_total{result="hit"}"#,
-        r#"tollgate_context_cache_total{result="miss"}"#,
+        r#"tollgate_context_cache_total{result="hit"} 1"#,
+        r#"tollgate_context_cache_total{result="miss"} 1"#,
         "# HELP tollgate_requests_total",
         "# TYPE tollgate_request_duration_seconds histogram",
         "# TYPE tollgate_runtime_alive_tasks gauge",
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
-    // The sampled gauges hold readings, not zeros.
     for gauge in [
         "tollgate_runtime_alive_tasks",
         "process_resident_memory_bytes",
@@ -87,6 +108,30 @@ async fn metrics_name_the_documented_series() {
             .expect("a number");
         assert!(value > 0.0, "{gauge} = {value}");
     }
+    assert!(
+        !text.contains("tollgate_policy_reloads_total"),
+        "no reload yet"
+    );
+    let pid = served.child.id().expect("pid").to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let reloaded = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if metrics()
+                .await
+                .contains(r#"tollgate_policy_reloads_total{result="success"} 1"#)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(reloaded.is_ok(), "SIGHUP reloaded the policies");
+    crate::harness::terminate(served.child).await;
 }
 
 on_both_backends! {
