@@ -109,3 +109,69 @@ async fn deny_refuses_everything_but_governed_calls() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(h.received().len(), 1);
 }
+
+/// A tenant whose answers carry hop-by-hop headers.
+#[derive(Clone)]
+struct HopByHop(tollgate::sandbox::Sandbox);
+
+impl tollgate::server::Handler for HopByHop {
+    async fn handle(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> http::Response<tollgate::BoxBody> {
+        let mut resp = self.0.handle(req).await;
+        let h = resp.headers_mut();
+        h.insert("connection", "x-tenant-private".parse().expect("value"));
+        h.insert("x-tenant-private", "internal".parse().expect("value"));
+        h.insert("proxy-authenticate", "Basic".parse().expect("value"));
+        h.insert("keep-alive", "timeout=5".parse().expect("value"));
+        resp
+    }
+}
+
+/// Hop-by-hop headers describe one connection: dropped on the way back as
+/// on the way in, the rest of the tenant's headers kept.
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_on_the_way_back() {
+    let tenant = tollgate::sandbox::Sandbox::new();
+    let addr = crate::harness::serve_on_port_0(HopByHop(tenant.clone())).await;
+    let h = Harness::in_front_of("", &format!("http://{addr}"), tenant).await;
+    for (method, path, body) in [
+        (Method::GET, "/api/v2/connections".to_owned(), None),
+        (
+            Method::PATCH,
+            "/api/v2/organizations/org_acme/connections/con_saml".to_owned(),
+            Some(r#"{"show_as_button":false}"#),
+        ),
+    ] {
+        let a = h.send(method.clone(), &path, body).await;
+        assert_eq!(a.status, StatusCode::OK, "{method}");
+        for name in ["x-tenant-private", "proxy-authenticate", "keep-alive"] {
+            assert!(
+                !a.headers.contains_key(name),
+                "{method}: {name} passed back"
+            );
+        }
+        assert!(
+            a.headers.contains_key("x-ratelimit-limit"),
+            "{method}: the rest is kept"
+        );
+    }
+}
+
+/// Every request's path is screened, governed or not: a dot segment is
+/// refused before anything is forwarded.
+#[tokio::test]
+async fn ambiguous_paths_are_refused_on_ungoverned_routes_too() {
+    let h = Harness::start().await;
+    for path in [
+        "/api/v2/users/%2e%2e/organizations/org_acme/connections/con_saml",
+        "/api/v2/users/../clients",
+        "/api/v2/clients%2Fx",
+    ] {
+        let a = h.send(Method::GET, path, None).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(a.error_code(), "invalid_uri", "{path}");
+    }
+    assert!(h.received().is_empty(), "nothing reached the tenant");
+}

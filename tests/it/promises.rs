@@ -233,3 +233,151 @@ async fn a_failing_warn_rule_forwards_with_its_error() {
     let evs = events(&h, &a.audit_id()).await;
     assert_eq!(evs[0]["decision"], "warn");
 }
+
+/// Everything the log and the audit store hold for a run, as text.
+async fn log_and_store(served: crate::harness::Served, db: &str) -> String {
+    let log = served.log();
+    crate::harness::terminate(served.child).await;
+    let store = tollgate::audit::Store::open(db).await.expect("store");
+    let rows = query::exchanges(
+        &store,
+        &query::Filter {
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("query");
+    let mut all = log;
+    for r in rows {
+        for e in store.exchange_events(&r.exchange_id).await.expect("rows") {
+            all.push_str(&e.body);
+        }
+    }
+    all
+}
+
+/// Tokens, API keys and the broker's credentials never reach the log or the
+/// audit store, even at `RUST_LOG=debug`.
+#[tokio::test]
+async fn credentials_are_never_logged_or_recorded() {
+    let (tenant, addr) = crate::harness::start_sandbox().await;
+    let upstream = format!("http://{addr}");
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dir = tempfile::tempdir().expect("dir");
+
+    // Passthrough: the caller's own token.
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let served = crate::harness::Served::start(
+        dir.path(),
+        &[],
+        &[
+            ("TOLLGATE_UPSTREAM_URL", upstream.clone()),
+            ("TOLLGATE_AUDIT_URL", db.clone()),
+            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
+            ("RUST_LOG", "debug".into()),
+        ],
+    )
+    .await;
+    let token = "tok-SECRET-passthrough-0123456789";
+    let headers = [
+        ("authorization", format!("Bearer {token}")),
+        ("content-type", "application/json".to_owned()),
+    ];
+    let send = |method: Method, path: String, body: &'static str| {
+        let headers = headers.clone();
+        let addr = served.addr.clone();
+        async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}{path}"));
+            for (k, v) in &headers {
+                req = req.header(*k, v);
+            }
+            let req = req
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    body.as_bytes(),
+                )))
+                .expect("request");
+            client.request(req).await.expect("answer").status()
+        }
+    };
+    assert_eq!(
+        send(Method::PATCH, item(), r#"{"show_as_button":false}"#).await,
+        200
+    );
+    assert_eq!(
+        send(
+            Method::PATCH,
+            item(),
+            r#"{"organization_access_level":"full"}"#
+        )
+        .await,
+        403
+    );
+    assert_eq!(send(Method::PATCH, item(), r#"{"x":1}"#).await, 400);
+    assert_eq!(
+        send(Method::POST, "/api/v2/clients".into(), r#"{"name":"x"}"#).await,
+        404
+    );
+    let all = log_and_store(served, &db).await;
+    assert!(!all.contains(token), "the token was logged or recorded");
+    assert!(
+        all.contains("token_fingerprint"),
+        "the record names the token by fingerprint"
+    );
+
+    // Broker: API keys in, tollgate's own token out.
+    let (key, hash) = tollgate::identity::new_key();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[identity]\nmode = \"broker\"\nclient_id = \"tollgate-m2m\"\nclient_secret = \"m2m-SECRET-9876\"\n\
+             [[identity.keys]]\nname = \"ci\"\nhash = \"{hash}\"\n"
+        ),
+    )
+    .expect("write");
+    let db = format!("sqlite://{}", dir.path().join("b.db").display());
+    let served = crate::harness::Served::start(
+        dir.path(),
+        &["--config", config.to_str().expect("utf-8")],
+        &[
+            ("TOLLGATE_UPSTREAM_URL", upstream),
+            ("TOLLGATE_AUDIT_URL", db.clone()),
+            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
+            ("RUST_LOG", "debug".into()),
+        ],
+    )
+    .await;
+    let a = Harness::client_send(
+        &served.addr,
+        Method::PATCH,
+        &item(),
+        r#"{"show_as_button":true}"#,
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "the harness token is no key"
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::patch(format!("http://{}{}", served.addr, item()))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"show_as_button":true}"#,
+        )))
+        .expect("request");
+    assert_eq!(client.request(req).await.expect("answer").status(), 200);
+    assert!(tenant.tokens_issued() >= 1);
+    let all = log_and_store(served, &db).await;
+    for secret in [key.as_str(), "m2m-SECRET-9876", "sandbox-mgmt-token-"] {
+        assert!(!all.contains(secret), "{secret} was logged or recorded");
+    }
+}
