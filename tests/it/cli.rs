@@ -6,14 +6,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Runs the binary from the repository (its `policies/`) with a cleared
-/// environment but for `env` (no `TOLLGATE_*` of the caller's leaks in),
+/// environment but for `env` (no `TOLLGATE_*` of the caller's leaks in, no
+/// `./tollgate.toml` is read),
 /// ephemeral listen ports (a `serve` that should have failed cannot take
 /// 8080), and a deadline (it cannot hang the suite).
 fn tollgate(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    // An empty configuration file of its own: a `tollgate.toml` someone
+    // left in the repository is never read.
+    let config = tempfile::NamedTempFile::new().expect("config");
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(args)
         .current_dir(REPO)
         .env_clear()
+        .env("TOLLGATE_CONFIG", config.path())
         .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
         .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0");
     for (k, v) in env {
