@@ -46,9 +46,9 @@ async fn call(addr: SocketAddr, method: Method, path: &str, token: Option<&str>)
     }
 }
 
-#[tokio::test]
-async fn health_and_readiness_need_no_token() {
-    let h = Harness::start().await;
+on_both_backends! {
+async fn health_and_readiness_need_no_token(backend: Backend) {
+    let h = Harness::setup().backend(backend).start().await;
     let addr = admin(&h).await;
     assert_eq!(
         call(addr, Method::GET, "/healthz", None).await.status,
@@ -58,10 +58,11 @@ async fn health_and_readiness_need_no_token() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["audit_store"], "ok");
 }
+}
 
-#[tokio::test]
-async fn the_api_requires_the_token() {
-    let h = Harness::start().await;
+on_both_backends! {
+async fn the_api_requires_the_token(backend: Backend) {
+    let h = Harness::setup().backend(backend).start().await;
     let addr = admin(&h).await;
     for token in [None, Some("wrong"), Some("admin-s3cre")] {
         let r = call(addr, Method::GET, "/v1/exchanges", token).await;
@@ -73,6 +74,7 @@ async fn the_api_requires_the_token() {
     let closed_addr = crate::harness::serve_on_port_0(closed).await;
     let r = call(closed_addr, Method::GET, "/v1/policy", Some("")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
 }
 
 on_both_backends! {
@@ -128,9 +130,9 @@ on_both_backends! {
     }
 }
 
-#[tokio::test]
-async fn the_policy_can_be_read_and_reloaded() {
-    let h = Harness::start().await;
+on_both_backends! {
+async fn the_policy_can_be_read_and_reloaded(backend: Backend) {
+    let h = Harness::setup().backend(backend).start().await;
     let addr = admin(&h).await;
     let p = call(addr, Method::GET, "/v1/policy", Some(TOKEN))
         .await
@@ -163,4 +165,5 @@ async fn the_policy_can_be_read_and_reloaded() {
             .starts_with("bad.toml")
     );
     assert_eq!(r.json()["version"], good, "the last good set stays");
+}
 }

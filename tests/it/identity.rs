@@ -210,13 +210,13 @@ async fn an_unknown_kid_refreshes_the_jwks() {
     assert_eq!(fetches, 2, "fetched once, refetched once for the new kid");
 }
 
-#[tokio::test]
-async fn jwks_refetches_are_rate_limited() {
+on_both_backends! {
+async fn jwks_refetches_are_rate_limited(backend: Backend) {
     let a = signer("key-a");
     let (tenant, addr) = start_sandbox().await;
     tenant.set_jwks(json!({"keys": [a.jwk]}));
     let base = format!("http://{addr}");
-    let h = Harness::setup()
+    let h = Harness::setup().backend(backend)
         .config("[identity]\nverify = true\njwks_min_refresh = \"1h\"\n")
         .upstream(&base, tenant)
         .start()
@@ -237,6 +237,7 @@ async fn jwks_refetches_are_rate_limited() {
         "unknown kids cannot make tollgate hammer the JWKS"
     );
 }
+}
 
 fn broker_config(keys: &[(&str, &str, Option<&str>)]) -> String {
     let mut c = "[identity]\nmode = \"broker\"\nclient_id = \"tollgate-m2m\"\nclient_secret = \"m2m-secret\"\n".to_owned();
@@ -252,15 +253,15 @@ fn broker_config(keys: &[(&str, &str, Option<&str>)]) -> String {
     c
 }
 
-#[tokio::test]
-async fn broker_mode_injects_its_own_token() {
+on_both_backends! {
+async fn broker_mode_injects_its_own_token(backend: Backend) {
     let (ci, _) = tollgate::identity::new_key();
     let (narrow, _) = tollgate::identity::new_key();
     let config = broker_config(&[
         ("terraform-ci", &ci, None),
         ("rotator", &narrow, Some("organization_connection.update")),
     ]);
-    let h = Arc::new(Harness::with_config(&config).await);
+    let h = Arc::new(Harness::setup().backend(backend).config(&config).start().await);
     let send = |key: &str, method: Method, path: String, body: &'static [u8]| {
         let h = h.clone();
         let auth = format!("Bearer {key}");
@@ -353,13 +354,14 @@ async fn broker_mode_injects_its_own_token() {
     .expect("query");
     assert_eq!(rows.len(), 3);
 }
+}
 
-#[tokio::test]
-async fn broker_tokens_are_refreshed_after_expiry() {
+on_both_backends! {
+async fn broker_tokens_are_refreshed_after_expiry(backend: Backend) {
     let (ci, _) = tollgate::identity::new_key();
     let (tenant, addr) = start_sandbox().await;
     tenant.set_token_ttl(0);
-    let h = Harness::setup()
+    let h = Harness::setup().backend(backend)
         .config(&broker_config(&[("ci", &ci, None)]))
         .upstream(&format!("http://{addr}"), tenant)
         .start()
@@ -392,6 +394,7 @@ async fn broker_tokens_are_refreshed_after_expiry() {
         .expect("patch");
     assert_eq!(last.headers["authorization"], "Bearer sandbox-mgmt-token-3");
 }
+}
 
 #[test]
 fn keys_new_prints_a_key_once_and_its_hash() {
@@ -416,9 +419,9 @@ fn keys_new_prints_a_key_once_and_its_hash() {
     assert!(text.contains("name = \"terraform-ci\""));
 }
 
-/// Rules read `caller.key`: the name of the broker key that made the call.
-#[tokio::test]
-async fn rules_read_the_callers_key_name() {
+// Rules read `caller.key`: the name of the broker key that made the call.
+on_both_backends! {
+async fn rules_read_the_callers_key_name(backend: Backend) {
     let (ci, _) = tollgate::identity::new_key();
     let (intern, _) = tollgate::identity::new_key();
     let config = broker_config(&[
@@ -426,7 +429,12 @@ async fn rules_read_the_callers_key_name() {
         ("intern-script", &intern, None),
     ]);
     let rule = "[[rule]]\nid = \"ci-only\"\ndeny = 'caller.key != \"terraform-ci\"'\nmessage = \"only the CI pipeline changes connections\"\n";
-    let h = Harness::with_policies(&config, &[("r.toml", rule)]).await;
+    let h = Harness::setup()
+        .backend(backend)
+        .config(&config)
+        .policies(&[("r.toml", rule)])
+        .start()
+        .await;
     let send = |key: String| {
         let h = &h;
         async move {
@@ -448,15 +456,16 @@ async fn rules_read_the_callers_key_name() {
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert_eq!(denied.json()["rules"][0]["id"], "ci-only");
 }
+}
 
-/// The broker's token is refreshed a little before it expires (a tenth of
-/// its lifetime early), never used up to its last instant.
-#[tokio::test]
-async fn broker_tokens_are_refreshed_before_they_expire() {
+// The broker's token is refreshed a little before it expires (a tenth of
+// its lifetime early), never used up to its last instant.
+on_both_backends! {
+async fn broker_tokens_are_refreshed_before_they_expire(backend: Backend) {
     let (ci, _) = tollgate::identity::new_key();
     let (tenant, addr) = start_sandbox().await;
     tenant.set_token_ttl(2);
-    let h = Harness::setup()
+    let h = Harness::setup().backend(backend)
         .config(&broker_config(&[("ci", &ci, None)]))
         .upstream(&format!("http://{addr}"), tenant)
         .start()
@@ -479,4 +488,5 @@ async fn broker_tokens_are_refreshed_before_they_expire() {
         .await;
     assert_eq!(send().await.status, StatusCode::OK);
     assert_eq!(h.tenant.tokens_issued(), 2, "refreshed before expiry");
+}
 }

@@ -26,10 +26,14 @@ fn item() -> String {
 
 const BODY: Option<&str> = Some(r#"{"show_as_button":false}"#);
 
-#[tokio::test]
-async fn a_tenant_that_is_down_is_502() {
+on_both_backends! {
+async fn a_tenant_that_is_down_is_502(backend: Backend) {
     let (_reserved, addr) = crate::harness::refused_address();
-    let h = Harness::in_front_of("", &format!("http://{addr}"), Sandbox::new()).await;
+    let h = Harness::setup()
+        .backend(backend)
+        .upstream(&format!("http://{addr}"), Sandbox::new())
+        .start()
+        .await;
     for (method, path, body) in [
         (Method::PATCH, item(), BODY),
         (Method::GET, "/api/v2/organizations".into(), None),
@@ -46,6 +50,7 @@ async fn a_tenant_that_is_down_is_502() {
         );
     }
 }
+}
 
 /// Accepts connections and never answers.
 async fn silent_tenant() -> SocketAddr {
@@ -60,15 +65,15 @@ async fn silent_tenant() -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn a_tenant_that_stalls_is_504() {
+on_both_backends! {
+async fn a_tenant_that_stalls_is_504(backend: Backend) {
     let addr = silent_tenant().await;
-    let h = Harness::in_front_of(
-        "[upstream]\ntimeout = \"300ms\"\n",
-        &format!("http://{addr}"),
-        Sandbox::new(),
-    )
-    .await;
+    let h = Harness::setup()
+        .backend(backend)
+        .config("[upstream]\ntimeout = \"300ms\"\n")
+        .upstream(&format!("http://{addr}"), Sandbox::new())
+        .start()
+        .await;
     for (method, path, body) in [
         (Method::PATCH, item(), BODY),
         (Method::GET, "/api/v2/organizations".into(), None),
@@ -78,6 +83,7 @@ async fn a_tenant_that_stalls_is_504() {
         assert_eq!(a.error_code(), "tollgate_upstream_error");
         assert_eq!(a.json()["error"], "Gateway Timeout");
     }
+}
 }
 
 /// A test CA and a leaf certificate for `localhost` signed by it.
@@ -142,8 +148,8 @@ async fn tls_tenant(pki: &Pki) -> (Sandbox, SocketAddr) {
     (tenant, addr)
 }
 
-#[tokio::test]
-async fn tls_to_the_tenant_with_a_private_ca() {
+on_both_backends! {
+async fn tls_to_the_tenant_with_a_private_ca(backend: Backend) {
     let pki = make_pki();
     let (tenant, addr) = tls_tenant(&pki).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -154,7 +160,12 @@ async fn tls_to_the_tenant_with_a_private_ca() {
         ca_file.display().to_string()
     );
     let url = format!("https://localhost:{}", addr.port());
-    let h = Harness::in_front_of(&config, &url, tenant).await;
+    let h = Harness::setup()
+        .backend(backend)
+        .config(&config)
+        .upstream(&url, tenant)
+        .start()
+        .await;
     let a = h.send(Method::PATCH, &item(), BODY).await;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
     assert_eq!(h.received().len(), 1);
@@ -163,11 +174,17 @@ async fn tls_to_the_tenant_with_a_private_ca() {
     // A tenant whose certificate chains to another CA is refused.
     let other = make_pki();
     std::fs::write(&ca_file, &other.ca_pem).expect("write other ca");
-    let h2 = Harness::in_front_of(&config, &url, h.tenant.clone()).await;
+    let h2 = Harness::setup()
+        .backend(backend)
+        .config(&config)
+        .upstream(&url, h.tenant.clone())
+        .start()
+        .await;
     let a = h2.send(Method::PATCH, &item(), BODY).await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     assert_eq!(a.error_code(), "tollgate_upstream_error");
     assert_eq!(h.received().len(), 1, "nothing more reached the tenant");
+}
 }
 
 /// The sandbox, answering after a delay.
@@ -183,12 +200,12 @@ impl Handler for Slow {
     }
 }
 
-#[tokio::test]
-async fn shutdown_drains_in_flight_exchanges() {
+on_both_backends! {
+async fn shutdown_drains_in_flight_exchanges(backend: Backend) {
     // The tenant holds the change 500 ms before it acts and answers; it
     // records the request on arrival, so the shutdown below lands while the
     // exchange is in flight, not after the tenant answered.
-    let mut h = Harness::start().await;
+    let mut h = Harness::setup().backend(backend).start().await;
     h.tenant.set_stall(Duration::from_millis(500));
     let gateway = h.addr;
 
@@ -241,9 +258,10 @@ async fn shutdown_drains_in_flight_exchanges() {
         "no longer accepting"
     );
 }
+}
 
-#[tokio::test]
-async fn a_caller_that_hangs_up_does_not_cancel_the_exchange() {
+on_both_backends! {
+async fn a_caller_that_hangs_up_does_not_cancel_the_exchange(backend: Backend) {
     use tokio::io::AsyncWriteExt;
     use tollgate::audit::query;
 
@@ -253,7 +271,7 @@ async fn a_caller_that_hangs_up_does_not_cancel_the_exchange() {
         delay: Duration::from_millis(300),
     };
     let addr = crate::harness::serve_on_port_0(slow).await;
-    let h = Harness::in_front_of("", &format!("http://{addr}"), tenant).await;
+    let h = Harness::setup().backend(backend).config("").upstream(&format!("http://{addr}"), tenant).start().await;
 
     // The caller sends a change and hangs up before the tenant answers.
     let body = r#"{"show_as_button":false}"#;
@@ -289,6 +307,7 @@ async fn a_caller_that_hangs_up_does_not_cancel_the_exchange() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].outcome, "completed", "{rows:?}");
     assert_eq!(rows[0].status, Some(200));
+}
 }
 
 /// A handler with a bug.
