@@ -203,17 +203,22 @@ fn bad_configuration_is_refused_naming_the_key() {
     assert!(text(&out.stderr).contains("/nonexistent/tollgate.toml"));
 }
 
-/// `migrate`, `audit verify` (text, `--json`, exit 1 on a break) and
-/// `policy replay`, from the command line, on a log the binary wrote.
-#[tokio::test]
-async fn store_commands_migrate_verify_and_replay() {
+// `migrate`, `audit verify` (text, `--json`, exit 1 on a break) and
+// `policy replay`, from the command line, on a log the binary wrote.
+on_both_backends! {
+async fn store_commands_migrate_verify_and_replay(backend: Backend) {
     let dir = tempfile::tempdir().expect("dir");
-    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let db = crate::harness::fresh_store_url(backend, dir.path()).await;
     let env = [("TOLLGATE_AUDIT_URL", db.as_str())];
     let out = tollgate(&["migrate"], &env);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let name = if db.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
     assert!(
-        text(&out.stdout).starts_with("audit store migrated (sqlite)"),
+        text(&out.stdout).starts_with(&format!("audit store migrated ({name})")),
         "{}",
         text(&out.stdout)
     );
@@ -249,15 +254,21 @@ async fn store_commands_migrate_verify_and_replay() {
 
     // An edited row: verify says where, and exits 1.
     let store = tollgate::audit::Store::open(&db).await.expect("store");
-    let tollgate::audit::Store::Sqlite(pool) = &store else {
-        panic!("sqlite")
-    };
-    sqlx::raw_sql(sqlx::AssertSqlSafe(
-        "DROP TRIGGER audit_events_no_update; UPDATE audit_events SET body = replace(body, 'false', 'true') WHERE seq = 1"
-            .to_owned(),
-    ))
-    .execute(pool)
-    .await
+    let edit = "UPDATE audit_events SET body = replace(body, 'false', 'true') WHERE seq = 1";
+    match &store {
+        tollgate::audit::Store::Sqlite(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TRIGGER audit_events_no_update; {edit}"
+        )))
+        .execute(pool)
+        .await
+        .map(|_| ()),
+        tollgate::audit::Store::Postgres(pool) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TRIGGER audit_events_no_change ON audit_events; {edit}"
+        )))
+        .execute(pool)
+        .await
+        .map(|_| ()),
+    }
     .expect("tamper");
     let out = tollgate(&["audit", "verify"], &env);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
@@ -270,6 +281,7 @@ async fn store_commands_migrate_verify_and_replay() {
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["breaks"][0]["seq"], 1, "{report}");
+}
 }
 
 /// `policy test` with rules but no case fails: a guardrail nobody tested.
