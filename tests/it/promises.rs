@@ -376,8 +376,66 @@ async fn credentials_are_never_logged_or_recorded() {
         .expect("request");
     assert_eq!(client.request(req).await.expect("answer").status(), 200);
     assert!(tenant.tokens_issued() >= 1);
+    let metrics = Harness::client_get(&served.admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("tollgate_broker_token_refreshes_total 1"),
+        "the broker's token fetch is counted:\n{text}"
+    );
     let all = log_and_store(served, &db).await;
     for secret in [key.as_str(), "m2m-SECRET-9876", "sandbox-mgmt-token-"] {
         assert!(!all.contains(secret), "{secret} was logged or recorded");
     }
+}
+
+/// A store that cannot record: the change is refused (503, `Retry-After`),
+/// nothing is forwarded, and the failure is counted on `/metrics`.
+#[tokio::test]
+async fn audit_write_failures_are_refused_and_counted() {
+    let (tenant, addr) = crate::harness::start_sandbox().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let served = crate::harness::Served::start(
+        dir.path(),
+        &[],
+        &[
+            ("TOLLGATE_UPSTREAM_URL", format!("http://{addr}")),
+            ("TOLLGATE_AUDIT_URL", db.clone()),
+            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
+        ],
+    )
+    .await;
+    let store = tollgate::audit::Store::open(&db).await.expect("store");
+    let tollgate::audit::Store::Sqlite(pool) = &store else {
+        panic!("sqlite")
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "ALTER TABLE audit_events RENAME TO away",
+    ))
+    .execute(pool)
+    .await
+    .expect("rename");
+    let a = Harness::client_send(
+        &served.addr,
+        Method::PATCH,
+        &item(),
+        r#"{"show_as_button":false}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.error_code(), "tollgate_audit_unavailable");
+    assert_eq!(a.headers["retry-after"], "1");
+    assert!(
+        !tenant.received().iter().any(|r| r.method == Method::PATCH),
+        "nothing forwarded"
+    );
+    let metrics = Harness::client_get(&served.admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tollgate_audit_write_failures_total ") && !l.ends_with(" 0")),
+        "{text}"
+    );
+    crate::harness::terminate(served.child).await;
 }
