@@ -146,64 +146,47 @@ impl AssociationLocks {
 
     /// Locks every pair, in sorted order, waiting at most the deadline.
     pub async fn acquire(&self, pairs: &[Pair]) -> Result<Held, LockError> {
-        let pairs: BTreeSet<&Pair> = pairs.iter().collect();
-        if pairs.is_empty() {
-            return Ok(Held {
-                local: Vec::new(),
-                shared: None,
-            });
-        }
-        let started = std::time::Instant::now();
-        let mut local = Vec::with_capacity(pairs.len());
-        for pair in &pairs {
-            let mutex = self.local_mutex(pair);
-            let left = self.wait.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, mutex.lock_owned()).await {
-                Ok(guard) => local.push(guard),
-                Err(_) => return Err(busy(pair)),
-            }
-        }
-        let shared = match &self.shared {
-            Some(pool) => {
-                let left = self.wait.saturating_sub(started.elapsed());
-                let store = |e: sqlx::Error| LockError::Store(e.to_string());
-                let mut tx = tokio::time::timeout(left, pool.begin())
-                    .await
-                    .map_err(|_| LockError::Store("no connection to the store in time".into()))?
-                    .map_err(store)?;
-                self.lock_shared(&mut tx, &pairs).await?;
-                Some(tx)
-            }
-            None => None,
+        let mut held = Held {
+            local: Vec::with_capacity(pairs.len()),
+            shared: None,
         };
-        Ok(Held { local, shared })
+        self.extend(&mut held, pairs).await?;
+        Ok(held)
     }
 
-    /// Adds `pairs` to locks already held (an organization named by name,
-    /// once resolved), in the same Postgres transaction: an exchange never
-    /// holds more than one of the pool's connections. Out of the sorted
-    /// order, so a wait here is bounded by the deadline like any other.
+    /// Adds `pairs`, in sorted order, to the locks `held` (all of them, for
+    /// [`acquire`](Self::acquire); an organization named by name, once
+    /// resolved, later), in the same Postgres transaction: an exchange never
+    /// holds more than one of the pool's connections. A wait past the
+    /// deadline is busy; so is one out of the sorted order, which is how two
+    /// requests waiting on each other end.
     pub async fn extend(&self, held: &mut Held, pairs: &[Pair]) -> Result<(), LockError> {
         let pairs: BTreeSet<&Pair> = pairs.iter().collect();
+        if pairs.is_empty() {
+            return Ok(());
+        }
         let started = std::time::Instant::now();
+        let left = || self.wait.saturating_sub(started.elapsed());
         for pair in &pairs {
             let mutex = self.local_mutex(pair);
-            let left = self.wait.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, mutex.lock_owned()).await {
+            match tokio::time::timeout(left(), mutex.lock_owned()).await {
                 Ok(guard) => held.local.push(guard),
                 Err(_) => return Err(busy(pair)),
             }
         }
-        match (&self.shared, held.shared.as_mut()) {
-            (Some(_), Some(tx)) => self.lock_shared(tx, &pairs).await,
-            (Some(pool), None) => {
-                let store = |e: sqlx::Error| LockError::Store(e.to_string());
-                let mut tx = pool.begin().await.map_err(store)?;
-                self.lock_shared(&mut tx, &pairs).await?;
-                held.shared = Some(tx);
-                Ok(())
-            }
-            (None, _) => Ok(()),
+        let Some(pool) = &self.shared else {
+            return Ok(());
+        };
+        if held.shared.is_none() {
+            let tx = tokio::time::timeout(left(), pool.begin())
+                .await
+                .map_err(|_| LockError::Store("no connection to the store in time".into()))?
+                .map_err(|e| LockError::Store(e.to_string()))?;
+            held.shared = Some(tx);
+        }
+        match held.shared.as_mut() {
+            Some(tx) => self.lock_shared(tx, &pairs).await,
+            None => Ok(()),
         }
     }
 

@@ -434,8 +434,10 @@ impl Gateway {
         let bytes = read(body).await?;
         match schema::parse_strict(&bytes) {
             Ok(map) => {
-                // Valid UTF-8: parse_strict checked it.
-                let literals = schema::number_literals(&String::from_utf8_lossy(&bytes));
+                // parse_strict accepted it, so it is UTF-8: no copy needed.
+                let literals = std::str::from_utf8(&bytes)
+                    .map(schema::number_literals)
+                    .unwrap_or_default();
                 Ok(Some((map, literals)))
             }
             Err(e) => {

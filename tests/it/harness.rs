@@ -63,6 +63,27 @@ pub fn postgres_base_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// Every event the audit store at `db` holds, as stored (the canonical
+/// text that was hashed), and how many exchanges they belong to.
+pub async fn stored_events(db: &str) -> (usize, String) {
+    let store = tollgate::audit::Store::open(db).await.expect("store");
+    let filter = tollgate::audit::query::Filter {
+        limit: 10_000,
+        ..Default::default()
+    };
+    let exchanges = tollgate::audit::query::exchanges(&store, &filter)
+        .await
+        .expect("query");
+    let mut text = String::new();
+    for x in &exchanges {
+        for row in store.exchange_events(&x.exchange_id).await.expect("rows") {
+            text.push_str(&row.body);
+            text.push('\n');
+        }
+    }
+    (exchanges.len(), text)
+}
+
 /// An address on which nobody listens, kept so for as long as the returned
 /// socket lives: bound but not listening, so connections are refused and no
 /// other test can take the port meanwhile (unlike binding and dropping).
@@ -337,19 +358,8 @@ impl Served {
     /// listens.
     pub async fn start(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Served {
         use tokio::io::AsyncBufReadExt;
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        cmd.arg("serve")
-            .args(args)
-            .current_dir(dir)
-            .env_clear()
-            .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
-            .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        let mut cmd = serve_command(dir, args, env);
+        cmd.stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn tollgate");
         let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -386,10 +396,50 @@ impl Served {
         }
     }
 
+    /// `tollgate serve` in front of the tenant at `tenant`, with the starter
+    /// policies, a SQLite log in a new directory (returned with the store's
+    /// URL; the directory lives as long as it does) and these extra
+    /// variables.
+    pub async fn in_front_of(
+        tenant: SocketAddr,
+        extra: &[(&str, &str)],
+    ) -> (Served, tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = format!("sqlite://{}", dir.path().join("a.db").display());
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let mut env = vec![
+            ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant}")),
+            ("TOLLGATE_AUDIT_URL", db.clone()),
+            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let served = Served::start(dir.path(), &[], &env).await;
+        (served, dir, db)
+    }
+
     /// What it logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log").join("\n")
     }
+}
+
+/// `tollgate serve ARGS` in `dir`, with a cleared environment but for `env`
+/// (after ephemeral listen and admin ports and `RUST_LOG=info`, so `env`
+/// can override them), killed if dropped.
+fn serve_command(dir: &Path, args: &[&str], env: &[(&str, String)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
+        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
 }
 
 /// Runs `tollgate serve ARGS` in `dir` with a cleared environment but for
@@ -399,17 +449,7 @@ pub async fn serve_exits(
     args: &[&str],
     env: &[(&str, String)],
 ) -> (std::process::ExitStatus, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.arg("serve")
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
-        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = serve_command(dir, args, env);
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .expect("exited in time")
@@ -557,6 +597,14 @@ impl Harness {
     /// Requests the tenant received.
     pub fn received(&self) -> Vec<Received> {
         self.tenant.received()
+    }
+
+    /// How many `method` requests reached the tenant.
+    pub fn forwarded(&self, method: Method) -> usize {
+        self.received()
+            .iter()
+            .filter(|r| r.method == method)
+            .count()
     }
 }
 

@@ -22,25 +22,6 @@ fn item() -> String {
     format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
 }
 
-/// `tollgate serve` in front of `tenant` with the starter policies, a
-/// SQLite log in a directory of its own, and these extra variables.
-async fn serve_in_front_of(
-    tenant: SocketAddr,
-    extra: &[(&str, &str)],
-) -> (Served, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = format!("sqlite://{}", dir.path().join("a.db").display());
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let mut env = vec![
-        ("TOLLGATE_UPSTREAM_URL", format!("http://{tenant}")),
-        ("TOLLGATE_AUDIT_URL", db),
-        ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
-    let served = Served::start(dir.path(), &[], &env).await;
-    (served, dir)
-}
-
 /// A connection to `addr` from the loopback address `from` (127.0.0.x).
 async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
@@ -223,26 +204,11 @@ async fn query_string_values_are_never_recorded() {
     let log = served.log();
     crate::harness::terminate(served.child).await;
 
-    let store = tollgate::audit::Store::open(&db).await.expect("store");
-    let rows = query::exchanges(
-        &store,
-        &query::Filter {
-            limit: 1000,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("query");
+    let (exchanges, recorded) = crate::harness::stored_events(&db).await;
     assert!(
-        rows.len() >= 2,
+        exchanges >= 2,
         "the refusal and the ungoverned write are recorded"
     );
-    let mut recorded = String::new();
-    for r in &rows {
-        for e in query::show(&store, &r.exchange_id).await.expect("show") {
-            recorded.push_str(&e.to_string());
-        }
-    }
     assert!(recorded.contains("access_token=<redacted>"), "{recorded}");
     assert!(recorded.contains("client_secret=<redacted>"), "{recorded}");
     let spans: Vec<u8> = collector
@@ -397,7 +363,7 @@ impl Handler for Big {
 #[tokio::test]
 async fn clients_that_stop_reading_do_not_hold_the_slots() {
     let tenant = serve_on_port_0(Big(tollgate::sandbox::Sandbox::new())).await;
-    let (served, _dir) = serve_in_front_of(
+    let (served, _dir, _db) = Served::in_front_of(
         tenant,
         &[
             ("TOLLGATE_LIMITS_MAX_CONNECTIONS", "3"),
@@ -494,8 +460,8 @@ async fn sso_tickets_are_not_kept_in_the_log() {
 #[tokio::test]
 async fn an_honest_slow_reader_is_not_cut() {
     let tenant = serve_on_port_0(Big(tollgate::sandbox::Sandbox::new())).await;
-    let (served, _dir) =
-        serve_in_front_of(tenant, &[("TOLLGATE_LIMITS_HEADER_TIMEOUT", "1s")]).await;
+    let (served, _dir, _db) =
+        Served::in_front_of(tenant, &[("TOLLGATE_LIMITS_HEADER_TIMEOUT", "1s")]).await;
     let addr: SocketAddr = served.addr.parse().expect("addr");
     let mut reader = connect_from([127, 0, 0, 1], addr).await;
     reader

@@ -208,10 +208,7 @@ message = "acme's buttons stay"
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json()["rules"][0]["id"], "acme-frozen");
-    assert!(
-        !h.received().iter().any(|r| r.method == Method::PATCH),
-        "nothing forwarded"
-    );
+    assert_eq!(h.forwarded(Method::PATCH), 0, "nothing forwarded");
 }
 
 /// A `warn` rule whose expression fails at run time forwards, and says so
@@ -238,23 +235,7 @@ async fn a_failing_warn_rule_forwards_with_its_error() {
 async fn log_and_store(served: crate::harness::Served, db: &str) -> String {
     let log = served.log();
     crate::harness::terminate(served.child).await;
-    let store = tollgate::audit::Store::open(db).await.expect("store");
-    let rows = query::exchanges(
-        &store,
-        &query::Filter {
-            limit: 1000,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("query");
-    let mut all = log;
-    for r in rows {
-        for e in store.exchange_events(&r.exchange_id).await.expect("rows") {
-            all.push_str(&e.body);
-        }
-    }
-    all
+    log + &crate::harness::stored_events(db).await.1
 }
 
 /// Tokens, API keys and the broker's credentials never reach the log or the
@@ -393,19 +374,7 @@ async fn credentials_are_never_logged_or_recorded() {
 #[tokio::test]
 async fn audit_write_failures_are_refused_and_counted() {
     let (tenant, addr) = crate::harness::start_sandbox().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = format!("sqlite://{}", dir.path().join("a.db").display());
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let served = crate::harness::Served::start(
-        dir.path(),
-        &[],
-        &[
-            ("TOLLGATE_UPSTREAM_URL", format!("http://{addr}")),
-            ("TOLLGATE_AUDIT_URL", db.clone()),
-            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
-        ],
-    )
-    .await;
+    let (served, _dir, db) = crate::harness::Served::in_front_of(addr, &[]).await;
     let store = tollgate::audit::Store::open(&db).await.expect("store");
     let tollgate::audit::Store::Sqlite(pool) = &store else {
         panic!("sqlite")

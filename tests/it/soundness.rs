@@ -360,10 +360,7 @@ async fn an_invalid_token_gets_no_verdict_from_another_callers_context() {
         "the tenant's own answer"
     );
     assert!(forged.json().get("rules").is_none(), "no verdict leaks");
-    assert!(
-        !h.received().iter().any(|r| r.method == Method::PATCH),
-        "nothing was forwarded"
-    );
+    assert_eq!(h.forwarded(Method::PATCH), 0, "nothing was forwarded");
 }
 
 /// A tenant that applies more than it was asked: the answer is judged
@@ -372,19 +369,7 @@ async fn an_invalid_token_gets_no_verdict_from_another_callers_context() {
 async fn a_tenant_doing_more_than_asked_is_caught_by_the_post_check() {
     let (tenant, addr) = start_sandbox().await;
     tenant.set_extra_change(Some(fields(json!({"organization_access_level": "full"}))));
-    let dir = tempfile::tempdir().expect("dir");
-    let db = format!("sqlite://{}", dir.path().join("a.db").display());
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let served = Served::start(
-        dir.path(),
-        &[],
-        &[
-            ("TOLLGATE_UPSTREAM_URL", format!("http://{addr}")),
-            ("TOLLGATE_AUDIT_URL", db.clone()),
-            ("TOLLGATE_POLICY_DIR", policies.display().to_string()),
-        ],
-    )
-    .await;
+    let (served, _dir, db) = Served::in_front_of(addr, &[]).await;
     let a = Harness::client_send(
         &served.addr,
         Method::PATCH,
@@ -709,10 +694,7 @@ async fn an_odd_association_from_the_tenant_fails_closed() {
         "{}",
         String::from_utf8_lossy(&a.body)
     );
-    assert!(
-        !h.received().iter().any(|r| r.method == Method::PATCH),
-        "nothing forwarded"
-    );
+    assert_eq!(h.forwarded(Method::PATCH), 0, "nothing forwarded");
 }
 
 /// Two `tollgate serve` processes on one Postgres, in front of one tenant,
