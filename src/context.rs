@@ -308,7 +308,7 @@ impl ContextClient {
             match self.fetch(&path, cred).await? {
                 None => continue,
                 Some(Value::Object(m)) => {
-                    state::check_shape(&m).map_err(|e| {
+                    crate::association::check_shape(&m).map_err(|e| {
                         ContextError::Unavailable(format!(
                             "GET {path}: unexpected association: {e}"
                         ))

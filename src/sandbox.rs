@@ -65,13 +65,7 @@ pub mod seed {
     pub const SELF_SERVICE_PROFILE: &str = "ssp_sandbox";
 }
 
-pub use crate::policy::state::tenant_defaults as association_defaults;
-
-const LEGACY_FIELDS: [&str; 3] = [
-    "assign_membership_on_login",
-    "is_signup_enabled",
-    "show_as_button",
-];
+pub use crate::association::tenant_defaults as association_defaults;
 
 impl Default for Sandbox {
     fn default() -> Self {

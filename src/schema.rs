@@ -17,8 +17,8 @@ use crate::route::{Governed, Operation};
 /// deep; organization bodies carry metadata and branding a few more.
 pub const MAX_DEPTH: usize = 32;
 
-/// The access levels of the organization-connection family.
-pub const ACCESS_LEVELS: [&str; 4] = ["none", "readonly", "limited", "full"];
+pub use crate::association::ACCESS_LEVELS;
+use crate::association::{self, Type};
 
 /// What to do with a field the schema does not know (`schema.unknown_fields`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -303,35 +303,6 @@ pub struct Validated {
     pub unknown_fields: Vec<String>,
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    /// A string of 1–50 characters without NUL, or null.
-    Name,
-    Bool,
-    /// One of [`ACCESS_LEVELS`]; null only on update.
-    AccessLevel,
-    /// A boolean; null only on update.
-    NullableOnUpdateBool,
-}
-
-/// The organization-connection family's fields (DESIGN §1).
-const ORG_CONNECTION_FIELDS: &[(&str, Kind)] = &[
-    ("organization_connection_name", Kind::Name),
-    ("assign_membership_on_login", Kind::Bool),
-    ("show_as_button", Kind::Bool),
-    ("is_signup_enabled", Kind::Bool),
-    ("organization_access_level", Kind::AccessLevel),
-    ("organization_member_access_level", Kind::AccessLevel),
-    ("is_enabled", Kind::NullableOnUpdateBool),
-];
-
-/// The legacy `enabled_connections` family's fields.
-const ENABLED_CONNECTION_FIELDS: &[(&str, Kind)] = &[
-    ("assign_membership_on_login", Kind::Bool),
-    ("is_signup_enabled", Kind::Bool),
-    ("show_as_button", Kind::Bool),
-];
-
 /// Longest id accepted in a body (`connection_id`, `organization_id`).
 const MAX_ID: usize = 50;
 
@@ -454,19 +425,19 @@ impl Validator {
         id_key: Option<&str>,
     ) -> Result<(Option<String>, Map<String, Value>), SchemaError> {
         let create = op.is_create();
-        let table = match op {
+        let legacy = matches!(
+            op,
             Operation::OrganizationEnabledConnectionCreate
-            | Operation::OrganizationEnabledConnectionUpdate => ENABLED_CONNECTION_FIELDS,
-            _ => ORG_CONNECTION_FIELDS,
-        };
+                | Operation::OrganizationEnabledConnectionUpdate
+        );
         let mut id = None;
         let mut fields = Map::new();
         for (key, value) in obj {
             let pointer = format!("{at}/{}", pointer_token(key));
             if Some(key.as_str()) == id_key {
                 id = Some(check_id(value, &pointer)?);
-            } else if let Some((_, kind)) = table.iter().find(|(name, _)| name == key) {
-                check_field(*kind, value, create, &pointer)?;
+            } else if let Some(field) = association::settable(legacy).find(|f| f.name == key) {
+                check_field(field.ty, value, create, &pointer)?;
                 fields.insert(key.clone(), value.clone());
             } else if self.unknown == UnknownFields::Reject {
                 return Err(err(
@@ -585,7 +556,7 @@ fn check_id(value: &Value, pointer: &str) -> Result<String, SchemaError> {
     Ok(s.clone())
 }
 
-fn check_field(kind: Kind, value: &Value, create: bool, pointer: &str) -> Result<(), SchemaError> {
+fn check_field(kind: Type, value: &Value, create: bool, pointer: &str) -> Result<(), SchemaError> {
     let mismatch = |expected: &str| {
         err(
             pointer,
@@ -596,8 +567,9 @@ fn check_field(kind: Kind, value: &Value, create: bool, pointer: &str) -> Result
         )
     };
     match (kind, value) {
-        (Kind::Name, Value::Null) => Ok(()),
-        (Kind::Name, Value::String(s)) => {
+        (Type::Id, _) => check_id(value, pointer).map(drop),
+        (Type::Name, Value::Null) => Ok(()),
+        (Type::Name, Value::String(s)) => {
             let n = tenant_length(s);
             if !(1..=50).contains(&n) {
                 Err(err(
@@ -610,15 +582,15 @@ fn check_field(kind: Kind, value: &Value, create: bool, pointer: &str) -> Result
                 Ok(())
             }
         }
-        (Kind::Name, _) => Err(mismatch("string or null")),
-        (Kind::Bool, Value::Bool(_)) => Ok(()),
-        (Kind::Bool, _) => Err(mismatch("boolean")),
-        (Kind::NullableOnUpdateBool, Value::Bool(_)) => Ok(()),
-        (Kind::NullableOnUpdateBool, Value::Null) if !create => Ok(()),
-        (Kind::NullableOnUpdateBool, _) => {
+        (Type::Name, _) => Err(mismatch("string or null")),
+        (Type::Bool, Value::Bool(_)) => Ok(()),
+        (Type::Bool, _) => Err(mismatch("boolean")),
+        (Type::NullableOnUpdateBool, Value::Bool(_)) => Ok(()),
+        (Type::NullableOnUpdateBool, Value::Null) if !create => Ok(()),
+        (Type::NullableOnUpdateBool, _) => {
             Err(mismatch(if create { "boolean" } else { "boolean or null" }))
         }
-        (Kind::AccessLevel, Value::String(s)) => {
+        (Type::AccessLevel, Value::String(s)) => {
             if ACCESS_LEVELS.contains(&s.as_str()) {
                 Ok(())
             } else {
@@ -630,8 +602,8 @@ fn check_field(kind: Kind, value: &Value, create: bool, pointer: &str) -> Result
                 ))
             }
         }
-        (Kind::AccessLevel, Value::Null) if !create => Ok(()),
-        (Kind::AccessLevel, _) => Err(mismatch(if create { "string" } else { "string or null" })),
+        (Type::AccessLevel, Value::Null) if !create => Ok(()),
+        (Type::AccessLevel, _) => Err(mismatch(if create { "string" } else { "string or null" })),
     }
 }
 

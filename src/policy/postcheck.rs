@@ -12,7 +12,6 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::state::ASSOCIATION_FIELDS;
 use super::{Input, Mode, PolicySet, RuleResult, evaluate};
 
 /// What the post-check found.
@@ -70,9 +69,9 @@ pub fn check(set: &PolicySet, judged: &Input, answer: &[u8]) -> PostCheck {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
     };
-    for field in ASSOCIATION_FIELDS {
-        if let Some(v) = answered.get(field) {
-            result.insert(field.to_owned(), v.clone());
+    for field in crate::association::FIELDS {
+        if let Some(v) = answered.get(field.name) {
+            result.insert(field.name.to_owned(), v.clone());
         }
     }
     let association = Value::Object(result);

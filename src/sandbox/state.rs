@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::{LEGACY_FIELDS, Received, association_defaults};
-use crate::schema::{self, ACCESS_LEVELS};
+use super::{Received, association_defaults};
+use crate::association::{self, ACCESS_LEVELS, Type};
+use crate::schema;
 
 #[derive(Clone, Debug)]
 pub(super) struct Organization {
@@ -92,7 +93,7 @@ impl State {
         let mut out = Map::new();
         out.insert("connection_id".into(), json!(cid));
         for (k, v) in fields {
-            if !legacy || LEGACY_FIELDS.contains(&k.as_str()) {
+            if !legacy || association::field_named(k).is_some_and(|f| f.legacy) {
                 out.insert(k.clone(), v.clone());
             }
         }
@@ -268,20 +269,23 @@ impl State {
 /// callers either).
 fn check_fields(body: &Map<String, Value>, legacy: bool, create: bool) -> Result<(), String> {
     for (k, v) in body {
-        let ok = match k.as_str() {
-            "connection_id" => create && v.is_string(),
-            "assign_membership_on_login" | "show_as_button" | "is_signup_enabled" => v.is_boolean(),
-            _ if legacy => false,
-            "organization_connection_name" => {
+        let ty = match association::field_named(k) {
+            Some(f) if f.ty == Type::Id && create => f.ty,
+            Some(f) if f.ty != Type::Id && (f.legacy || !legacy) => f.ty,
+            _ => return Err(format!("Additional properties not allowed: {k}")),
+        };
+        let ok = match ty {
+            Type::Id => v.is_string(),
+            Type::Bool => v.is_boolean(),
+            Type::Name => {
                 v.is_null()
                     || v.as_str()
                         .is_some_and(|s| (1..=50).contains(&s.encode_utf16().count()))
             }
-            "organization_access_level" | "organization_member_access_level" => {
+            Type::AccessLevel => {
                 (v.is_null() && !create) || v.as_str().is_some_and(|s| ACCESS_LEVELS.contains(&s))
             }
-            "is_enabled" => v.is_boolean() || (v.is_null() && !create),
-            _ => return Err(format!("Additional properties not allowed: {k}")),
+            Type::NullableOnUpdateBool => v.is_boolean() || (v.is_null() && !create),
         };
         if !ok {
             return Err(format!("Invalid value on property {k}"));
