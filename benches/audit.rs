@@ -24,7 +24,7 @@ fn event(i: usize) -> NewEvent {
             org_id: Some("org_acme".into()),
             connection_id: Some("con_saml".into()),
             caller: Some("ci-bot".into()),
-            decision: Some("allow".into()),
+            decision: Some(tollgate::policy::Decision::Allow),
             rules: Vec::new(),
         },
         data: serde_json::value::to_raw_value(&json!({"method": "PATCH", "path": "/api/v2/organizations/org_acme/connections/con_saml",

@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
-use tollgate::policy::testcases::{Given, inputs};
+use tollgate::policy::testcases::{Given, input};
 use tollgate::policy::{PolicySet, evaluate, load_sources};
 use tollgate::route::{Route, classify};
 use tollgate::schema::{UnknownFields, parse_strict, validate};
@@ -44,12 +44,12 @@ fn policy(c: &mut Criterion) {
         )),
         caller: obj(json!({"client_id": "ci-bot", "scopes": ["update:organization_connections"]})),
     };
-    let inputs = inputs(&given).unwrap_or_else(|e| panic!("{e}"));
+    let input = input(&given).unwrap_or_else(|e| panic!("{e}"));
     let mut group = c.benchmark_group("policy_evaluate");
     for n in [1, 20, 100] {
         let set = rules(n);
         group.bench_function(format!("{n}_rules"), |b| {
-            b.iter(|| evaluate(black_box(&set), black_box(&inputs)))
+            b.iter(|| evaluate(black_box(&set), black_box(&input)))
         });
     }
     group.finish();

@@ -222,7 +222,7 @@ pub fn filter_from(params: &HashMap<String, String>) -> Result<query::Filter, St
         connection: get("connection"),
         caller: get("caller"),
         operation: get("operation"),
-        decision: get("decision"),
+        decision: get("decision").map(|d| d.parse()).transpose()?,
         rule: get("rule"),
         limit: match get("limit") {
             Some(l) => l

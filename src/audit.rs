@@ -20,6 +20,8 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 pub use store::{Store, StoreError};
+
+use crate::policy::Decision;
 pub use writer::{AuditError, AuditLog};
 
 /// The `prev_hash` of a chain's first event.
@@ -53,7 +55,7 @@ pub struct Index {
     pub connection_id: Option<String>,
     /// The caller's client id (or API key name).
     pub caller: Option<String>,
-    pub decision: Option<String>,
+    pub decision: Option<Decision>,
     /// Ids of the rules that matched.
     pub rules: Vec<String>,
 }
@@ -165,7 +167,7 @@ fn canonical(chain_id: &str, seq: i64, event_id: &str, e: &NewEvent) -> String {
         org_id: e.index.org_id.as_deref(),
         connection_id: e.index.connection_id.as_deref(),
         caller: e.index.caller.as_deref(),
-        decision: e.index.decision.as_deref(),
+        decision: e.index.decision.map(Decision::as_str),
         rules: &e.index.rules,
         data: &e.data,
     })

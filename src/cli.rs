@@ -110,9 +110,9 @@ pub struct QueryArgs {
     /// Operation id (or `other`).
     #[arg(long)]
     pub operation: Option<String>,
-    /// allow, deny, warn, dry_run_deny or invalid.
+    /// allow, deny, warn, dry_run_deny, invalid or unavailable.
     #[arg(long)]
-    pub decision: Option<String>,
+    pub decision: Option<crate::policy::Decision>,
     /// A rule that matched.
     #[arg(long)]
     pub rule: Option<String>,

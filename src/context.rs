@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::lock::Pair;
-use crate::policy::{Input, Needs, PolicySet, state};
-use crate::route::{Governed, Operation};
+use crate::policy::input::{Connection, Org};
+use crate::policy::{ChangeInput, Needs, PolicySet};
+use crate::route::Governed;
 use crate::schema::{Change, OrgRef, Validated};
 use crate::upstream::Upstream;
 
@@ -72,13 +73,6 @@ pub struct ContextClient {
     cache: Mutex<Cache>,
     /// Lookups in flight, all requests together.
     in_flight: tokio::sync::Semaphore,
-}
-
-/// What one request is, besides its body: for `request` and `caller`.
-pub struct RequestFacts {
-    pub caller: Value,
-    pub request: Value,
-    pub now: chrono::DateTime<chrono::Utc>,
 }
 
 /// The credential one request's lookups are made with, its fingerprint
@@ -234,13 +228,13 @@ impl ContextClient {
     }
 
     /// The organization named by id, or else (`by_name`: a path may name it
-    /// either way) by name: `{id, name}`.
+    /// either way) by name.
     async fn org(
         &self,
         id_or_name: &str,
         by_name: bool,
         cred: &Credential<'_>,
-    ) -> Result<Value, ContextError> {
+    ) -> Result<Org, ContextError> {
         let by_id = self
             .fact(format!("/api/v2/organizations/{}", enc(id_or_name)), cred)
             .await?;
@@ -259,34 +253,32 @@ impl ContextClient {
             }
         };
         Ok(match found {
-            Some(o) => json!({"id": o.get("id"), "name": o.get("name")}),
-            None => json!({"id": id_or_name, "name": null}),
+            Some(o) => Org {
+                id: text(&o, "id"),
+                name: text(&o, "name"),
+            },
+            None => Org {
+                id: Some(id_or_name.to_owned()),
+                name: None,
+            },
         })
     }
 
-    /// The connection: `{id, name, strategy, is_database}`.
+    /// The connection named by id.
     async fn connection(
         &self,
-        id: Option<&str>,
+        id: &str,
         cred: &Credential<'_>,
-    ) -> Result<Value, ContextError> {
-        let Some(id) = id else {
-            return Ok(json!({"id": null, "name": null, "strategy": null, "is_database": false}));
-        };
+    ) -> Result<Connection, ContextError> {
         let found = self
             .fact(format!("/api/v2/connections/{}", enc(id)), cred)
             .await?;
-        let strategy = found
-            .as_ref()
-            .and_then(|c| c.get("strategy"))
-            .cloned()
-            .unwrap_or(Value::Null);
-        Ok(json!({
-            "id": id,
-            "name": found.as_ref().and_then(|c| c.get("name")).cloned().unwrap_or(Value::Null),
-            "is_database": strategy == "auth0",
-            "strategy": strategy,
-        }))
+        let field = |k: &str| found.as_ref().and_then(|c| text(c, k));
+        Ok(Connection::new(
+            Some(id.to_owned()),
+            field("name"),
+            field("strategy"),
+        ))
     }
 
     /// The association as it stands, read fresh through the current
@@ -336,8 +328,7 @@ impl ContextClient {
         route: &Governed,
         validated: &Validated,
         auth: Option<&HeaderValue>,
-        facts: &RequestFacts,
-    ) -> Result<Vec<Input>, ContextError> {
+    ) -> Result<Vec<ChangeInput>, ContextError> {
         let cred = Credential::new(auth);
         let needs: Vec<Needs> = validated
             .changes
@@ -379,94 +370,71 @@ impl ContextClient {
                     .iter()
                     .map(|(id, by_name)| self.org(id, *by_name, &cred))
             ),
-            try_join_all(
-                connection_ids
-                    .iter()
-                    .map(|id| self.connection(Some(id), &cred))
-            ),
+            try_join_all(connection_ids.iter().map(|id| self.connection(id, &cred))),
         )?;
-        let orgs: HashMap<&str, Value> = org_ids.into_iter().map(|(id, _)| id).zip(orgs).collect();
-        let connections: HashMap<&str, Value> =
+        let orgs: HashMap<&str, Org> = org_ids.into_iter().map(|(id, _)| id).zip(orgs).collect();
+        let connections: HashMap<&str, Connection> =
             connection_ids.into_iter().zip(connections).collect();
         try_join_all(validated.changes.iter().zip(needs).map(|(change, needs)| {
             let org = match &change.org {
-                OrgRef::New(name) => json!({"id": null, "name": name}),
-                OrgRef::Existing(id) => orgs
-                    .get(id.as_str())
-                    .cloned()
-                    .unwrap_or_else(|| json!({"id": id, "name": null})),
+                OrgRef::New(name) => Org {
+                    id: None,
+                    name: name.clone(),
+                },
+                OrgRef::Existing(id) => orgs.get(id.as_str()).cloned().unwrap_or(Org {
+                    id: Some(id.clone()),
+                    name: None,
+                }),
             };
             let cid = change.connection_id.as_deref();
             let connection = cid
                 .and_then(|c| connections.get(c).cloned())
-                .unwrap_or_else(
-                    || json!({"id": cid, "name": null, "strategy": null, "is_database": false}),
-                );
-            self.input(
-                route.operation,
-                change,
-                needs,
-                org,
-                connection,
-                &cred,
-                facts,
-            )
+                .unwrap_or_else(|| Connection::new(cid.map(str::to_owned), None, None));
+            self.input(change, needs, org, connection, &cred)
         }))
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One change's input: `before` read fresh when a rule needs it.
     async fn input(
         &self,
-        operation: Operation,
         change: &Change,
         needs: Needs,
-        org: Value,
-        connection: Value,
+        org: Org,
+        connection: Connection,
         cred: &Credential<'_>,
-        facts: &RequestFacts,
-    ) -> Result<Input, ContextError> {
-        let cid = change.connection_id.as_deref();
+    ) -> Result<ChangeInput, ContextError> {
         let op = change.operation;
         // Creates start from the tenant's defaults, not from what exists.
-        let current = match (&change.org, cid) {
+        let current = match (&change.org, change.connection_id.as_deref()) {
             (OrgRef::Existing(_), Some(cid)) if needs.before && !op.is_create() => {
-                let org_id = org
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                self.association(&org_id, cid, cred).await?
+                let org_id = org.id.as_deref().unwrap_or_default();
+                self.association(org_id, cid, cred).await?
             }
             _ => None,
         };
-        Ok(Input {
-            operation,
-            change_operation: op,
-            pointer: change.pointer.clone(),
+        // What the record can vouch for: fetched, or known without asking
+        // (a new organization; no connection named; no `before` for a create).
+        let fetched = Needs {
+            org: needs.org
+                || (needs.before && !op.is_create())
+                || matches!(change.org, OrgRef::New(_)),
+            connection: needs.connection || change.connection_id.is_none(),
+            before: needs.before || op.is_create(),
+        };
+        Ok(ChangeInput::of(
+            change,
             org,
             connection,
-            body: if op.is_delete() {
-                Value::Null
-            } else {
-                Value::Object(change.body.clone())
-            },
-            before: state::before(current.as_ref()),
-            after: state::after(op, cid, current.as_ref(), &change.fields),
-            caller: facts.caller.clone(),
-            request: facts.request.clone(),
-            now: facts.now,
-            // What the record can vouch for: fetched, or known without asking
-            // (a new organization; no connection named; no `before` for a create).
-            fetched: Needs {
-                org: needs.org
-                    || (needs.before && !op.is_create())
-                    || matches!(change.org, OrgRef::New(_)),
-                connection: needs.connection || cid.is_none(),
-                before: needs.before || op.is_create(),
-            },
-        })
+            current.as_ref(),
+            fetched,
+        ))
     }
+}
+
+/// A string field of a tenant answer.
+fn text(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
 /// Whether a change names its organization where a name is accepted too:
@@ -493,12 +461,10 @@ pub fn pairs(validated: &Validated) -> Vec<Pair> {
 
 /// The pairs of `inputs` under their organizations' resolved ids that
 /// `locked` does not hold yet.
-pub fn resolved_pairs(inputs: &[Input], locked: &[Pair]) -> Vec<Pair> {
+pub fn resolved_pairs(inputs: &[ChangeInput], locked: &[Pair]) -> Vec<Pair> {
     let mut extra: Vec<Pair> = Vec::new();
     for input in inputs {
-        let org = input.org.get("id").and_then(Value::as_str);
-        let cid = input.connection.get("id").and_then(Value::as_str);
-        if let (Some(org), Some(cid)) = (org, cid) {
+        if let (Some(org), Some(cid)) = (&input.org.id, &input.connection.id) {
             let pair = (org.to_lowercase(), cid.to_lowercase());
             if !locked.contains(&pair) && !extra.contains(&pair) {
                 extra.push(pair);

@@ -12,11 +12,12 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use crate::audit::AuditError;
+use crate::audit::events::Refused;
 use crate::body::BodyError;
 use crate::context::ContextError;
 use crate::identity::IdentityError;
 use crate::lock::LockError;
-use crate::policy::{Decision, Mode, RuleResult};
+use crate::policy::{Decision, Judgement, Mode, RuleResult};
 use crate::route::RouteError;
 use crate::schema::{JsonError, SchemaError};
 use crate::upstream::UpstreamError;
@@ -39,7 +40,7 @@ pub enum Refusal {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("{}", denial_message(.0))]
-    PolicyDenied(Decision),
+    PolicyDenied(Judgement),
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error(transparent)]
@@ -51,7 +52,7 @@ pub enum Refusal {
 }
 
 /// "denied by rule a: message" / "denied by rules a, b: message; message".
-fn denial_message(d: &Decision) -> String {
+fn denial_message(d: &Judgement) -> String {
     let denied: Vec<&RuleResult> = d.violations().filter(|r| r.mode == Mode::Enforce).collect();
     let mut ids: Vec<&str> = denied.iter().map(|r| r.id.as_str()).collect();
     ids.dedup();
@@ -65,21 +66,47 @@ fn denial_message(d: &Decision) -> String {
     )
 }
 
-/// The parts of an answer.
+/// The parts of an answer, and how the refusal is recorded.
 struct Answer {
     status: StatusCode,
     code: &'static str,
     message: String,
     extra: Map<String, Value>,
+    /// The decision recorded; `None`: not recorded as a refusal (the
+    /// tenant's failure is the outcome of a forwarded request; a store that
+    /// cannot record cannot record this either).
+    decision: Option<Decision>,
+}
+
+impl Answer {
+    fn decided(mut self, decision: Option<Decision>) -> Answer {
+        self.decision = decision;
+        self
+    }
+
+    fn with(mut self, key: &str, value: Value) -> Answer {
+        self.extra.insert(key.into(), value);
+        self
+    }
 }
 
 impl Refusal {
+    /// Every refusal's answer and recorded decision, in one place. A request
+    /// that is itself at fault is `invalid`; one the rules or the
+    /// configuration refuse is `deny`; one that could not be judged because
+    /// something it needed could not be had is `unavailable`.
     fn answer(&self) -> Answer {
+        use Decision::{Deny, Invalid, Unavailable};
         let plain = |status, code| Answer {
             status,
             code,
             message: self.to_string(),
             extra: Map::new(),
+            decision: Some(Invalid),
+        };
+        let own = |status, code, message: &str| Answer {
+            message: message.to_owned(),
+            ..plain(status, code)
         };
         match self {
             Refusal::Route(RouteError::MethodNotAllowed { .. }) => {
@@ -96,89 +123,84 @@ impl Refusal {
                 plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Refusal::Body(_) | Refusal::Json(_) => plain(StatusCode::BAD_REQUEST, "invalid_body"),
-            Refusal::Schema(e) => {
-                let mut a = plain(StatusCode::BAD_REQUEST, "invalid_body");
-                a.extra
-                    .insert("field".into(), Value::String(e.pointer.clone()));
-                a
-            }
+            Refusal::Schema(e) => plain(StatusCode::BAD_REQUEST, "invalid_body")
+                .with("field", Value::String(e.pointer.clone())),
             Refusal::MethodOverride(_) => plain(StatusCode::BAD_REQUEST, "invalid_headers"),
-            Refusal::OtherRouteDenied => plain(StatusCode::FORBIDDEN, "tollgate_route_denied"),
+            Refusal::OtherRouteDenied => {
+                plain(StatusCode::FORBIDDEN, "tollgate_route_denied").decided(Some(Deny))
+            }
             Refusal::PolicyDenied(d) => {
-                let mut a = plain(StatusCode::FORBIDDEN, "tollgate_policy_denied");
                 let rules: Vec<Value> = d
                     .violations()
                     .filter(|r| r.mode == Mode::Enforce)
                     .map(|r| json!({"id": r.id, "message": r.message, "field": r.field}))
                     .collect();
-                a.extra.insert("rules".into(), Value::Array(rules));
-                a
+                plain(StatusCode::FORBIDDEN, "tollgate_policy_denied")
+                    .with("rules", Value::Array(rules))
+                    .decided(Some(Deny))
             }
-            Refusal::Context(ContextError::Unavailable(_)) => Answer {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "tollgate_context_unavailable",
-                message: "context needed by a rule could not be fetched from the tenant".into(),
-                extra: Map::new(),
-            },
-            Refusal::Locked(e) => Answer {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "tollgate_context_unavailable",
-                message: match e {
+            Refusal::Context(ContextError::Unavailable(_)) => own(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tollgate_context_unavailable",
+                "context needed by a rule could not be fetched from the tenant",
+            )
+            .decided(Some(Unavailable)),
+            Refusal::Locked(e) => own(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tollgate_context_unavailable",
+                &match e {
                     LockError::Busy { .. } => e.to_string(),
                     LockError::Store(_) => {
                         "the association could not be locked for the change".into()
                     }
                 },
-                extra: Map::new(),
-            },
-            Refusal::Context(ContextError::Refused(resp) | ContextError::RateLimited(resp)) => {
-                Answer {
-                    status: resp.status(),
-                    code: "",
-                    message: String::new(),
-                    extra: Map::new(),
-                }
+            )
+            .decided(Some(Unavailable)),
+            // The tenant's own answer is passed back (see `into_response`);
+            // the code names it in the record.
+            Refusal::Context(ContextError::Refused(resp)) => {
+                own(resp.status(), "tenant_refused_credentials", "").decided(Some(Deny))
+            }
+            Refusal::Context(ContextError::RateLimited(resp)) => {
+                own(resp.status(), "tenant_rate_limited", "").decided(Some(Unavailable))
             }
             Refusal::Identity(
                 IdentityError::MissingToken
                 | IdentityError::InvalidToken(_)
                 | IdentityError::UnknownKey,
             ) => plain(StatusCode::UNAUTHORIZED, "invalid_token"),
-            Refusal::Identity(IdentityError::KeyForbidden { .. }) => {
-                plain(StatusCode::FORBIDDEN, "insufficient_scope")
+            Refusal::Identity(IdentityError::JwksUnavailable(_)) => own(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tollgate_context_unavailable",
+                "the tenant's signing keys could not be fetched",
+            )
+            .decided(Some(Unavailable)),
+            Refusal::Identity(IdentityError::TokenUnavailable(_)) => own(
+                StatusCode::BAD_GATEWAY,
+                "tollgate_upstream_error",
+                "a Management API token could not be obtained from the tenant",
+            )
+            .decided(Some(Unavailable)),
+            Refusal::Identity(_) => {
+                plain(StatusCode::FORBIDDEN, "insufficient_scope").decided(Some(Deny))
             }
-            Refusal::Identity(IdentityError::JwksUnavailable(_)) => Answer {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "tollgate_context_unavailable",
-                message: "the tenant's signing keys could not be fetched".into(),
-                extra: Map::new(),
-            },
-            Refusal::Identity(IdentityError::TokenUnavailable(_)) => Answer {
-                status: StatusCode::BAD_GATEWAY,
-                code: "tollgate_upstream_error",
-                message: "a Management API token could not be obtained from the tenant".into(),
-                extra: Map::new(),
-            },
             Refusal::AuditUnavailable(_) => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "tollgate_audit_unavailable",
-            ),
+            )
+            .decided(None),
             Refusal::Upstream(e) => {
                 let status = match e {
                     UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::BAD_GATEWAY,
                 };
-                Answer {
-                    status,
-                    code: "tollgate_upstream_error",
-                    message: e.public_message(),
-                    extra: Map::new(),
-                }
+                own(status, "tollgate_upstream_error", &e.public_message()).decided(None)
             }
         }
     }
 
-    /// The answer's `errorCode`.
+    /// The answer's `errorCode` (for a passed-back tenant answer, the code
+    /// the record names it by).
     pub fn error_code(&self) -> &'static str {
         self.answer().code
     }
@@ -186,6 +208,22 @@ impl Refusal {
     /// The answer's status.
     pub fn status(&self) -> StatusCode {
         self.answer().status
+    }
+
+    /// The decision the refusal is recorded with; `None`: not recorded
+    /// as a decision.
+    pub fn decision(&self) -> Option<Decision> {
+        self.answer().decision
+    }
+
+    /// What the record keeps of the refusal: `{status, errorCode, message}`.
+    pub fn recorded(&self) -> Refused {
+        let a = self.answer();
+        Refused {
+            status: a.status.as_u16(),
+            code: a.code.to_owned(),
+            message: self.to_string(),
+        }
     }
 
     /// The answer, with the exchange's audit id in the body.

@@ -13,7 +13,7 @@ mod verify;
 
 use base64::Engine;
 use http::{HeaderMap, HeaderValue, header};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use broker::{Broker, new_key};
@@ -142,7 +142,8 @@ pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
 
 /// The caller, as far as the request tells. Serialised (with its token
 /// fingerprint) into the `decision` event's `data.caller`.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Caller {
     /// `azp` (or `client_id`) of the token.
     pub client_id: Option<String>,
@@ -159,17 +160,29 @@ pub struct Caller {
     pub token_fingerprint: Option<String>,
 }
 
+/// The `caller` variable of DESIGN §4: the caller without its token's
+/// fingerprint.
+#[derive(serde::Serialize)]
+pub struct CallerView<'a> {
+    client_id: Option<&'a str>,
+    subject: Option<&'a str>,
+    grant_type: Option<&'a str>,
+    scopes: &'a [String],
+    verified: bool,
+    key: Option<&'a str>,
+}
+
 impl Caller {
     /// The `caller` variable of DESIGN §4.
-    pub fn to_value(&self) -> Value {
-        json!({
-            "client_id": self.client_id,
-            "subject": self.subject,
-            "grant_type": self.grant_type,
-            "scopes": self.scopes,
-            "verified": self.verified,
-            "key": self.key,
-        })
+    pub fn rule_view(&self) -> CallerView<'_> {
+        CallerView {
+            client_id: self.client_id.as_deref(),
+            subject: self.subject.as_deref(),
+            grant_type: self.grant_type.as_deref(),
+            scopes: &self.scopes,
+            verified: self.verified,
+            key: self.key.as_deref(),
+        }
     }
 }
 
@@ -230,6 +243,7 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
+    use serde_json::json;
 
     fn token(claims: &Value) -> String {
         let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod exchange;
 pub mod identity;
 pub mod lock;
 pub mod policy;

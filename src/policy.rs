@@ -7,6 +7,7 @@
 //! when each is judged by where it leads.
 
 mod eval;
+pub mod input;
 mod load;
 pub mod postcheck;
 pub mod reload;
@@ -18,10 +19,84 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use eval::{Decision, Input, Outcome, RuleResult, Verdict, evaluate};
+pub use eval::{Judgement, RuleResult, Verdict, evaluate};
+pub use input::{ChangeInput, RuleInput, VARIABLES};
 pub use load::{LoadError, absolute, load_dir, load_sources};
 
 use crate::route::Operation;
+
+/// What tollgate decided about an exchange: one kind, from the rules'
+/// judgement to the record, the query filters, replay and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Every rule passed: forwarded.
+    Allow,
+    /// An enforce rule was violated (or the route is denied): refused.
+    Deny,
+    /// Only warn rules were violated: forwarded with a `Warning` header.
+    Warn,
+    /// Only dry-run rules were violated: forwarded.
+    DryRunDeny,
+    /// The request itself was refused (malformed, unauthenticated) before
+    /// any rule could judge it.
+    Invalid,
+    /// What judging needed (the tenant's context, a lock, signing keys)
+    /// could not be had: refused, not judged.
+    Unavailable,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 6] = [
+        Decision::Allow,
+        Decision::Deny,
+        Decision::Warn,
+        Decision::DryRunDeny,
+        Decision::Invalid,
+        Decision::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::Warn => "warn",
+            Decision::DryRunDeny => "dry_run_deny",
+            Decision::Invalid => "invalid",
+            Decision::Unavailable => "unavailable",
+        }
+    }
+
+    /// Whether the request was forwarded to the tenant.
+    pub fn forwards(self) -> bool {
+        matches!(
+            self,
+            Decision::Allow | Decision::Warn | Decision::DryRunDeny
+        )
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Decision {
+    type Err = String;
+
+    /// Parses a decision; `dry-run-deny` is accepted for `dry_run_deny`.
+    fn from_str(s: &str) -> Result<Decision, String> {
+        let s = s.replace('-', "_");
+        Decision::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Decision::ALL.iter().map(|d| d.as_str()).collect();
+                format!("unknown decision {s:?}; one of {}", all.join(", "))
+            })
+    }
+}
 
 /// What a violation of a rule does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -136,19 +211,6 @@ impl PolicySet {
             .fold(Needs::default(), |n, r| n.union(r.needs))
     }
 }
-
-/// The variables rules can read (DESIGN §4).
-pub const VARIABLES: [&str; 9] = [
-    "operation",
-    "org",
-    "connection",
-    "body",
-    "before",
-    "after",
-    "caller",
-    "request",
-    "now",
-];
 
 /// The operations a rule without `operations` applies to: every create and
 /// update. Deletes must be named explicitly.

@@ -1,16 +1,17 @@
-//! The request pipeline, stage by stage.
+//! The request pipeline, one method per phase, in the order README draws:
 //!
-//! Governed requests: screen → classify → read body → validate → identify →
-//! fetch context → judge → record decision → forward what was judged →
-//! record outcome → answer. Everything else: screen → classify → apply
-//! `routes.other` (→ record) → stream through.
+//! governed: screen → classify → identify → read body → validate → lock →
+//! fetch context → judge → record decision → forward → post-check →
+//! record outcome → answer. Everything else: screen → classify → identify →
+//! `routes.other` (→ record) → forward, streamed → (record) → answer.
 //!
-//! Each stage either hands the next one a stricter value or ends the
-//! exchange with a [`Refusal`], answered in the tenant's error shape by
-//! `error.rs` and recorded in the audit log.
+//! Each phase adds what it established to the request's [`Exchange`], or
+//! ends it with a [`Refusal`]: `error.rs` gives every refusal its answer in
+//! the tenant's error shape and its recorded decision.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
@@ -19,22 +20,20 @@ use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tracing::{Instrument, error, info, warn};
-use uuid::Uuid;
 
 use crate::audit::AuditLog;
-use crate::audit::events::{Facts, Refused};
 use crate::body::{self, BodyError};
 use crate::config::{AuditFailure, Config, OtherRoutes};
-use crate::context::{self, ContextClient, ContextError, RequestFacts};
+use crate::context::{self, ContextClient};
 use crate::error::Refusal;
-use crate::identity::{Identity, IdentityError};
+use crate::exchange::{Class, Exchange};
+use crate::identity::{Caller, Identity, IdentityError};
 use crate::lock::{AssociationLocks, Held};
 use crate::policy::postcheck::{self, PostCheck};
 use crate::policy::reload::Policies;
-use crate::policy::{self, Decision, Input, Mode, Outcome, PolicySet};
+use crate::policy::{self, Decision, Judgement, Mode, PolicySet, RuleInput};
 use crate::route::{self, Governed, Route};
-use crate::schema::{self, OrgRef, Validated};
-use crate::server::Peer;
+use crate::schema::{self, Validated};
 use crate::upstream::{self, SetupError, Upstream, UpstreamError};
 use crate::{BoxBody, full};
 
@@ -61,6 +60,12 @@ pub struct Gateway {
     locks: AssociationLocks,
     audit: Arc<AuditLog>,
     identity: Identity,
+}
+
+/// A body read and validated: the judged value, and its text as forwarded.
+struct Judged {
+    validated: Validated,
+    text: Option<String>,
 }
 
 impl Gateway {
@@ -127,115 +132,218 @@ impl Gateway {
     /// Serves one exchange. Never fails: every refusal is an answer.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
         let started = Instant::now();
-        let mut facts = start_facts(&req);
-        let id = facts.exchange_id.clone();
+        let mut ex = Exchange::start(&req);
         let span = tracing::info_span!(
             "tollgate.exchange",
-            audit_id = %id,
-            method = %facts.method,
+            audit_id = %ex.id,
+            method = %ex.method,
             operation = tracing::field::Empty,
             decision = tracing::field::Empty,
             org = tracing::field::Empty,
             connection = tracing::field::Empty,
             status = tracing::field::Empty,
         );
-        let result = self
-            .exchange(req, &mut facts)
-            .instrument(span.clone())
-            .await;
-        let (mut resp, decision) = match result {
-            Ok(resp) => {
-                let decision = facts
-                    .decision
-                    .as_ref()
-                    .map_or("pass", |d| d.outcome.as_str());
-                (resp, decision)
-            }
+        let result = self.run(req, &mut ex).instrument(span.clone()).await;
+        let (mut resp, unrecorded) = match result {
+            Ok(resp) => (resp, "pass"),
             Err(refusal) => {
-                let status = refusal.status();
-                let _in = span.enter();
-                if status.is_server_error() {
-                    warn!(audit_id = %id, method = %facts.method, path = %facts.path, %status, error = %refusal, "refused");
-                } else {
-                    info!(audit_id = %id, method = %facts.method, path = %facts.path, %status, reason = %refusal, "refused");
-                }
-                drop(_in);
-                let decision = refusal_decision(&refusal);
-                self.record_refusal(&facts, &refusal, decision)
+                self.refused(&mut ex, &refusal)
                     .instrument(span.clone())
                     .await;
-                (
-                    refusal.into_response(&id).map(full),
-                    decision.unwrap_or("error"),
-                )
+                (refusal.into_response(&ex.id).map(full), "error")
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&id) {
+        if let Ok(v) = HeaderValue::from_str(&ex.id) {
             resp.headers_mut().insert(AUDIT_ID.clone(), v);
         }
-        let operation = facts.operation.clone().unwrap_or_else(|| "unknown".into());
-        span.record("operation", operation.as_str());
+        let operation = ex.class.label().unwrap_or("unknown");
+        let decision = ex.decision.map_or(unrecorded, Decision::as_str);
+        span.record("operation", operation);
         span.record("decision", decision);
         span.record("status", resp.status().as_u16());
-        if let Some(org) = &facts.org_id {
+        if let Some(org) = &ex.org_id {
             span.record("org", org.as_str());
         }
-        if let Some(c) = &facts.connection_id {
+        if let Some(c) = &ex.connection_id {
             span.record("connection", c.as_str());
         }
         let class = format!("{}xx", resp.status().as_u16() / 100);
-        metrics::counter!("tollgate_requests_total", "operation" => operation.clone(), "decision" => decision, "status" => class)
+        metrics::counter!("tollgate_requests_total", "operation" => operation, "decision" => decision, "status" => class)
             .increment(1);
         metrics::histogram!("tollgate_request_duration_seconds", "operation" => operation)
             .record(started.elapsed().as_secs_f64());
         resp
     }
 
-    async fn exchange(
+    /// Screen and classify, then the governed or the other pipeline.
+    async fn run(
         &self,
         req: Request<Incoming>,
-        facts: &mut Facts,
+        ex: &mut Exchange,
     ) -> Result<Response<BoxBody>, Refusal> {
         // Screen: headers that could turn any request into a governed one at
         // the tenant are refused before classification can be fooled by them.
         screen(req.headers())?;
         // Classify, with the tenant's routing semantics.
-        let route = route::classify(req.method(), req.uri().path(), req.uri().query())?;
-        match route {
-            Route::Governed(g) => self.governed(req, g, facts).await,
-            Route::Other => self.other(req, facts).await,
+        match route::classify(req.method(), req.uri().path(), req.uri().query())? {
+            Route::Governed(g) => self.governed(req, g, ex).await,
+            Route::Other => self.other(req, ex).await,
         }
     }
 
+    /// The governed pipeline, phase by phase.
     async fn governed(
         &self,
         req: Request<Incoming>,
         route: Governed,
-        facts: &mut Facts,
+        ex: &mut Exchange,
     ) -> Result<Response<BoxBody>, Refusal> {
-        facts.operation = Some(route.operation.id().to_owned());
-        facts.path = route.path.clone();
-        // An SSO ticket's `{id}` is its self-service profile: its
-        // organizations come from the body.
-        if route.operation != route::Operation::SsoTicketCreate {
-            facts.org_id = route.id.clone();
-        }
-        facts.connection_id = route.connection_id.clone();
+        ex.classified(&route);
         let (parts, body) = req.into_parts();
-        // Identify the caller before anything else: an unverified token or an
-        // unknown key gets nothing but a 401. (A refused request still
-        // records whatever the token names.)
+        // An unverified token or an unknown key gets nothing but a 401.
         let caller = self
-            .identify(&parts.headers, Some(route.operation), facts)
+            .identify(&parts.headers, Some(route.operation), ex)
             .await?;
-        // Read the body: media type, encoding and size before any parsing.
-        let (body, literals) = match self.read_body(&parts.headers, body, &route, facts).await? {
+        let judged = self
+            .read_and_validate(&parts.headers, body, &route, ex)
+            .await?;
+        // One policy set judges the whole exchange, even if a reload lands
+        // meanwhile.
+        let policy = self.policies.current();
+        // The credential the tenant sees: the caller's, or the broker's.
+        let auth = self.identity.tenant_authorization(&parts.headers).await?;
+        let held = self
+            .lock_and_fetch(
+                &policy,
+                &route,
+                &judged.validated,
+                auth.as_ref(),
+                caller,
+                ex,
+            )
+            .await?;
+        let judgement = self.judge(&policy, ex)?;
+        // Durably, before anything leaves: a request the tenant received
+        // always has its record.
+        self.record_decision(ex).await?;
+        let request = forward_request(
+            &self.upstream,
+            &parts.headers,
+            auth,
+            &route,
+            judged.text,
+            &ex.id,
+        )?;
+        let sent = self
+            .call(ex, true, route.operation.id(), request, |r| {
+                self.upstream.send_buffered(r)
+            })
+            .await;
+        self.release(held, sent.is_ok());
+        let (resp, latency) = sent?;
+        let post_check = self.post_check(&policy, ex, &resp);
+        let kept = recorded_answer(route.operation, resp.body());
+        self.record_outcome(ex, &resp, Some(&kept), latency, post_check.as_ref())
+            .await;
+        info!(audit_id = %ex.id, operation = %route.operation, path = %route.path, decision = %judgement.decision, status = resp.status().as_u16(), "forwarded");
+        // A new organization may be one a cached lookup did not find.
+        if resp.status().is_success() && route.operation == route::Operation::OrganizationCreate {
+            self.context.invalidate();
+        }
+        Ok(answer(resp, &judgement))
+    }
+
+    /// Everything else: `routes.other` decides; the body streams through.
+    async fn other(
+        &self,
+        req: Request<Incoming>,
+        ex: &mut Exchange,
+    ) -> Result<Response<BoxBody>, Refusal> {
+        ex.class = Class::Other;
+        self.identify(req.headers(), None, ex).await?;
+        let mode = self.config.other_routes(req.method());
+        if mode == OtherRoutes::Deny {
+            return Err(Refusal::OtherRouteDenied);
+        }
+        let audited = mode == OtherRoutes::Audit;
+        if audited {
+            ex.decision = Some(Decision::Allow);
+            self.record_decision(ex).await?;
+        }
+        let (mut parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        // The target as sent: `ex.path` is the recorded, redacted one.
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        parts.uri = self.upstream.uri(&target)?;
+        parts.version = http::Version::HTTP_11;
+        upstream::strip_hop_by_hop(&mut parts.headers);
+        set_correlation_id(&mut parts.headers, &ex.id);
+        let auth = self.identity.tenant_authorization(&parts.headers).await?;
+        set_authorization(&mut parts.headers, auth);
+        let request = Request::from_parts(parts, body.map_err(Into::into).boxed());
+        let (resp, latency) = self
+            .call(ex, audited, "other", request, |r| self.upstream.send(r))
+            .await?;
+        if resp.status().is_success() && changes_facts(&method, &target) {
+            self.context.invalidate();
+        }
+        if audited {
+            // The body streams through unrecorded: ungoverned answers can
+            // carry secrets (client secrets, keys) the log must not keep.
+            self.record_outcome(ex, &resp, None, latency, None).await;
+        }
+        let (mut parts, body) = resp.into_parts();
+        upstream::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed(),
+        ))
+    }
+
+    /// Identifies the caller into the exchange; a refused caller is still
+    /// named there as far as the request tells (token claims, or the key's
+    /// name).
+    async fn identify(
+        &self,
+        headers: &HeaderMap,
+        operation: Option<route::Operation>,
+        ex: &mut Exchange,
+    ) -> Result<Caller, Refusal> {
+        match self.identity.identify(headers, operation).await {
+            Ok(caller) => {
+                ex.caller = caller.clone();
+                Ok(caller)
+            }
+            Err(e) => {
+                ex.caller = crate::identity::passthrough(headers);
+                if let IdentityError::KeyForbidden { key, .. } = &e {
+                    ex.caller.client_id = None;
+                    ex.caller.key = Some(key.clone());
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Reads the body (media type, encoding and size before any parsing)
+    /// and validates it against the schema before any rule runs, so rules
+    /// only ever see well-typed values.
+    async fn read_and_validate(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        route: &Governed,
+        ex: &mut Exchange,
+    ) -> Result<Judged, Refusal> {
+        let (body, literals) = match self.read_body(headers, body, route, ex).await? {
             Some((map, literals)) => (Some(map), literals),
             None => (None, Vec::new()),
         };
-        // Validate against the schema before any rule runs, so rules only
-        // ever see well-typed values.
-        let validated = schema::validate(&route, body, self.config.schema.unknown_fields)?;
+        let validated = schema::validate(route, body, self.config.schema.unknown_fields)?;
         // Each element may cost tenant lookups: bounded before any is made.
         schema::check_elements(&validated, self.config.limits.max_elements)?;
         // The text forwarded and recorded: the judged value, re-serialised,
@@ -244,111 +352,51 @@ impl Gateway {
             .body
             .as_ref()
             .map(|map| schema::to_json_text(map, &literals));
-        note_validated(facts, &validated, text.as_deref());
-        // Fetch the context the applicable rules read. One policy set judges
-        // the whole exchange, even if a reload lands meanwhile.
-        let policy = self.policies.current();
-        let request = RequestFacts {
-            caller: caller.to_value(),
-            request: request_value(&parts, &route),
-            now: facts.time,
+        ex.validated(&validated, text.as_deref());
+        Ok(Judged { validated, text })
+    }
+
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        route: &Governed,
+        ex: &mut Exchange,
+    ) -> Result<Option<(Map<String, Value>, Vec<String>)>, Refusal> {
+        body::check_encoding(headers)?;
+        let limit = self.config.limits.max_body;
+        // A client that trickles its body holds a connection and a task:
+        // it gets the body deadline, not the tenant's patience.
+        let deadline = self.config.limits.body_timeout.0;
+        let read = |body| async move {
+            tokio::time::timeout(deadline, body::read_limited(headers, body, limit))
+                .await
+                .map_err(|_| BodyError::Timeout(deadline))?
         };
-        // The credential the tenant sees: the caller's, or the broker's.
-        let auth = self.identity.tenant_authorization(&parts.headers).await?;
-        // One change per association at a time, then the context the rules
-        // read, `before` fresh, inside the locks.
-        let (held, inputs) = self
-            .lock_and_fetch(&policy, &route, &validated, auth.as_ref(), &request)
-            .await?;
-        // The record keeps the rules' view; everything below borrows it.
-        facts.changes = inputs;
-        // Indexed by the organization's id, however the request named it.
-        if let Some(id) = facts
-            .changes
-            .first()
-            .and_then(|c| c.org.get("id"))
-            .and_then(Value::as_str)
-        {
-            facts.org_id = Some(id.to_owned());
+        if route.operation.is_delete() {
+            let bytes = read(body).await?;
+            if !bytes.is_empty() {
+                ex.request_body = Some(raw_text(&bytes, self.config.audit.max_body));
+                return Err(BodyError::Unexpected.into());
+            }
+            return Ok(None);
         }
-        // Judge every change by every applicable rule.
-        let decision = tracing::info_span!("policy.evaluate", rules = policy.rules.len())
-            .in_scope(|| policy::evaluate(&policy, &facts.changes));
-        let verdict = decision.outcome;
-        if verdict == Outcome::Deny {
-            facts.decision = Some(decision.clone());
-            return Err(Refusal::PolicyDenied(decision));
-        }
-        facts.decision = Some(decision);
-        // Record the decision, durably, before anything leaves: a request the
-        // tenant received always has its record.
-        self.record_decision(facts, verdict.as_str()).await?;
-        // Forward exactly what was judged: canonical method and path, the
-        // body re-serialised, framing recomputed.
-        let forwarded = forward_request(
-            &self.upstream,
-            &parts.headers,
-            auth,
-            &route,
-            text,
-            &facts.exchange_id,
-        )?;
-        let started = Instant::now();
-        let call = async {
-            let mut forwarded = forwarded;
-            crate::telemetry::inject_trace_context(forwarded.headers_mut());
-            self.upstream.send_buffered(forwarded).await
-        };
-        let sent = call.instrument(tracing::info_span!("upstream.call")).await;
-        self.release(held, sent.is_ok());
-        metrics::histogram!("tollgate_upstream_duration_seconds", "operation" => route.operation.id())
-            .record(started.elapsed().as_secs_f64());
-        let resp = match sent {
-            Ok(resp) => resp,
+        body::check_json_media_type(headers)?;
+        let bytes = read(body).await?;
+        match schema::parse_strict(&bytes) {
+            Ok(map) => {
+                // parse_strict accepted it, so it is UTF-8: no copy needed.
+                let literals = std::str::from_utf8(&bytes)
+                    .map(schema::number_literals)
+                    .unwrap_or_default();
+                Ok(Some((map, literals)))
+            }
             Err(e) => {
-                self.record_failure(facts, &e, started).await;
-                return Err(e.into());
+                // Kept as text: the attempt is evidence, parseable or not.
+                ex.request_body = Some(raw_text(&bytes, self.config.audit.max_body));
+                Err(e.into())
             }
-        };
-        // Judge what the tenant says it did.
-        let post_check = match facts.changes.as_slice() {
-            [judged] if resp.status().is_success() && postcheck::applies(judged) => {
-                Some(post_check(&policy, facts, judged, resp.body()))
-            }
-            _ => None,
-        };
-        // Record the outcome; the exchange is over whatever the store says.
-        let max = usize::try_from(self.config.audit.max_body).unwrap_or(usize::MAX);
-        let kept = recorded_answer(route.operation, resp.body());
-        let outcome = facts.outcome_event(
-            resp.status().as_u16(),
-            resp.headers(),
-            Some(&kept),
-            started.elapsed(),
-            max,
-            post_check.as_ref(),
-        );
-        self.audit.record_later(outcome).await;
-        info!(
-            audit_id = %facts.exchange_id,
-            operation = %route.operation,
-            path = %route.path,
-            decision = verdict.as_str(),
-            status = resp.status().as_u16(),
-            "forwarded"
-        );
-        // A new organization may be one a cached lookup did not find.
-        if resp.status().is_success() && route.operation == route::Operation::OrganizationCreate {
-            self.context.invalidate();
         }
-        // Answer with the tenant's status, headers and body, unchanged but
-        // for hop-by-hop headers and the warnings of `warn` rules.
-        let (mut parts, bytes) = resp.into_parts();
-        upstream::strip_hop_by_hop(&mut parts.headers);
-        if let Some(decision) = &facts.decision {
-            add_warnings(&mut parts.headers, decision);
-        }
-        Ok(Response::from_parts(parts, full(bytes)))
     }
 
     /// Locks every association the request changes, then fetches the
@@ -362,32 +410,89 @@ impl Gateway {
         route: &Governed,
         validated: &Validated,
         auth: Option<&HeaderValue>,
-        request: &RequestFacts,
-    ) -> Result<(Held, Vec<Input>), Refusal> {
+        caller: Caller,
+        ex: &mut Exchange,
+    ) -> Result<Held, Refusal> {
         let fetch = || {
             self.context
-                .inputs(policy, route, validated, auth, request)
+                .inputs(policy, route, validated, auth)
                 .instrument(tracing::info_span!("context.fetch"))
         };
+        let lock = tracing::info_span!("association.lock");
         let pairs = context::pairs(validated);
-        let mut held = self
-            .locks
-            .acquire(&pairs)
-            .instrument(tracing::info_span!("association.lock"))
-            .await?;
-        let mut inputs = fetch().await?;
+        let mut held = self.locks.acquire(&pairs).instrument(lock.clone()).await?;
+        let mut changes = fetch().await?;
         // A path may name its organization by name: once resolved, the
         // association is locked under its id too (as a change naming the id
         // would lock it), and `before` read again inside that lock.
-        let extra = context::resolved_pairs(&inputs, &pairs);
+        let extra = context::resolved_pairs(&changes, &pairs);
         if !extra.is_empty() {
             self.locks
                 .extend(&mut held, &extra)
-                .instrument(tracing::info_span!("association.lock"))
+                .instrument(lock)
                 .await?;
-            inputs = fetch().await?;
+            changes = fetch().await?;
         }
-        Ok((held, inputs))
+        let request = ex.request_variable(route);
+        ex.fetched(RuleInput::new(
+            route.operation,
+            caller,
+            request,
+            ex.time,
+            changes,
+        ));
+        Ok(held)
+    }
+
+    /// Judges every change by every applicable rule; a denial ends the
+    /// exchange.
+    fn judge(&self, policy: &PolicySet, ex: &mut Exchange) -> Result<Judgement, Refusal> {
+        let input = ex.input.as_ref().ok_or_else(|| {
+            Refusal::Context(context::ContextError::Unavailable("no rule input".into()))
+        })?;
+        let judgement = tracing::info_span!("policy.evaluate", rules = policy.rules.len())
+            .in_scope(|| policy::evaluate(policy, input));
+        if ex.judged(judgement.clone()) == Decision::Deny {
+            return Err(Refusal::PolicyDenied(judgement));
+        }
+        Ok(judgement)
+    }
+
+    /// Sends a request to the tenant: timed, traced, measured. A transport
+    /// failure of an audited exchange is recorded as its outcome.
+    async fn call<B, T, F>(
+        &self,
+        ex: &Exchange,
+        audited: bool,
+        operation: &'static str,
+        mut request: Request<B>,
+        send: impl FnOnce(Request<B>) -> F,
+    ) -> Result<(Response<T>, Duration), Refusal>
+    where
+        F: Future<Output = Result<Response<T>, UpstreamError>>,
+    {
+        let started = Instant::now();
+        let span = tracing::info_span!("upstream.call");
+        span.in_scope(|| crate::telemetry::inject_trace_context(request.headers_mut()));
+        let sent = send(request).instrument(span).await;
+        let latency = started.elapsed();
+        metrics::histogram!("tollgate_upstream_duration_seconds", "operation" => operation)
+            .record(latency.as_secs_f64());
+        match sent {
+            Ok(resp) => Ok((resp, latency)),
+            Err(e) => {
+                if audited {
+                    let kind = match e {
+                        UpstreamError::Timeout(_) => "timeout",
+                        UpstreamError::Connect(_) => "connect",
+                        UpstreamError::Protocol(_) => "protocol",
+                    };
+                    let event = ex.failed_outcome_event(kind, &e.public_message(), latency);
+                    self.audit.record_later(event).await;
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Releases the associations once the tenant has answered. If it did not
@@ -405,236 +510,97 @@ impl Gateway {
         });
     }
 
-    async fn read_body(
+    /// The tenant's answer to a successful change judged again. A violation
+    /// is counted and logged; nothing is reverted, the outcome records it.
+    fn post_check(
         &self,
-        headers: &HeaderMap,
-        body: Incoming,
-        route: &Governed,
-        facts: &mut Facts,
-    ) -> Result<Option<(Map<String, Value>, Vec<String>)>, Refusal> {
-        body::check_encoding(headers)?;
-        let limit = self.config.limits.max_body;
-        // A client that trickles its body holds a connection and a task:
-        // it gets the body deadline, not the tenant's patience.
-        let deadline = self.config.limits.body_timeout.0;
-        let read = |body| async move {
-            tokio::time::timeout(deadline, body::read_limited(headers, body, limit))
-                .await
-                .map_err(|_| BodyError::Timeout(deadline))?
-        };
-        if route.operation.is_delete() {
-            let bytes = read(body).await?;
-            if !bytes.is_empty() {
-                facts.request_body = Some(raw_text(&bytes, self.config.audit.max_body));
-                return Err(BodyError::Unexpected.into());
-            }
-            return Ok(None);
+        policy: &PolicySet,
+        ex: &Exchange,
+        resp: &Response<Bytes>,
+    ) -> Option<PostCheck> {
+        let input = ex.input.as_ref()?;
+        if !resp.status().is_success() || !postcheck::applies(input) {
+            return None;
         }
-        body::check_json_media_type(headers)?;
-        let bytes = read(body).await?;
-        match schema::parse_strict(&bytes) {
-            Ok(map) => {
-                // parse_strict accepted it, so it is UTF-8: no copy needed.
-                let literals = std::str::from_utf8(&bytes)
-                    .map(schema::number_literals)
-                    .unwrap_or_default();
-                Ok(Some((map, literals)))
-            }
-            Err(e) => {
-                // Kept as text: the attempt is evidence, parseable or not.
-                facts.request_body = Some(raw_text(&bytes, self.config.audit.max_body));
-                Err(e.into())
-            }
-        }
-    }
-
-    async fn other(
-        &self,
-        req: Request<Incoming>,
-        facts: &mut Facts,
-    ) -> Result<Response<BoxBody>, Refusal> {
-        facts.operation = Some("other".into());
-        self.identify(req.headers(), None, facts).await?;
-        let mode = self.config.other_routes(req.method());
-        if mode == OtherRoutes::Deny {
-            return Err(Refusal::OtherRouteDenied);
-        }
-        if mode == OtherRoutes::Audit {
-            self.record_decision(facts, Outcome::Allow.as_str()).await?;
-        }
-        let (mut parts, body) = req.into_parts();
-        let parts_method = parts.method.clone();
-        // The target as sent: `facts.path` is the recorded, redacted one.
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        parts.uri = self.upstream.uri(&target)?;
-        parts.version = http::Version::HTTP_11;
-        upstream::strip_hop_by_hop(&mut parts.headers);
-        set_correlation_id(&mut parts.headers, &facts.exchange_id);
-        let auth = self.identity.tenant_authorization(&parts.headers).await?;
-        set_authorization(&mut parts.headers, auth);
-        let body = body.map_err(Into::into).boxed();
-        crate::telemetry::inject_trace_context(&mut parts.headers);
-        let started = Instant::now();
-        let sent = self
-            .upstream
-            .send(Request::from_parts(parts, body))
-            .instrument(tracing::info_span!("upstream.call"))
-            .await;
-        metrics::histogram!("tollgate_upstream_duration_seconds", "operation" => "other")
-            .record(started.elapsed().as_secs_f64());
-        let resp = match sent {
-            Ok(resp) => {
-                if resp.status().is_success() && changes_facts(&parts_method, &target) {
-                    self.context.invalidate();
-                }
-                resp
-            }
-            Err(e) => {
-                if mode == OtherRoutes::Audit {
-                    self.record_failure(facts, &e, started).await;
-                }
-                return Err(e.into());
-            }
-        };
-        if mode == OtherRoutes::Audit {
-            // The body streams through unrecorded: ungoverned answers can
-            // carry secrets (client secrets, keys) the log must not keep.
-            let max = usize::try_from(self.config.audit.max_body).unwrap_or(usize::MAX);
-            let outcome = facts.outcome_event(
-                resp.status().as_u16(),
-                resp.headers(),
-                None,
-                started.elapsed(),
-                max,
-                None,
+        let check = postcheck::check(policy, input, resp.body());
+        if check.verdict == postcheck::Verdict::Violated {
+            let rules: Vec<&str> = check.rules.iter().map(|r| r.id.as_str()).collect();
+            metrics::counter!("tollgate_post_check_violations_total", "operation" => input.operation.id())
+                .increment(1);
+            error!(
+                audit_id = %ex.id,
+                path = %ex.path,
+                rules = %rules.join(","),
+                "post-check violated: the tenant reports a state the policy forbids (changed at the tenant meanwhile, or more applied than asked)"
             );
-            self.audit.record_later(outcome).await;
         }
-        let (mut parts, body) = resp.into_parts();
-        upstream::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed(),
-        ))
-    }
-
-    /// Identifies the caller into `facts`; a refused caller is still named
-    /// there as far as the request tells (token claims, or the key's name).
-    async fn identify(
-        &self,
-        headers: &HeaderMap,
-        operation: Option<route::Operation>,
-        facts: &mut Facts,
-    ) -> Result<crate::identity::Caller, Refusal> {
-        match self.identity.identify(headers, operation).await {
-            Ok(caller) => {
-                facts.caller = caller.clone();
-                Ok(caller)
-            }
-            Err(e) => {
-                facts.caller = crate::identity::passthrough(headers);
-                if let IdentityError::KeyForbidden { key, .. } = &e {
-                    facts.caller.client_id = None;
-                    facts.caller.key = Some(key.clone());
-                }
-                Err(e.into())
-            }
-        }
+        Some(check)
     }
 
     /// Records the decision to forward, durably. Under `audit.on_failure =
     /// "reject"` a failure refuses the request (503) and nothing is sent.
-    async fn record_decision(&self, facts: &Facts, decision: &str) -> Result<(), Refusal> {
-        let write = self.audit.record(facts.decision_event(decision, None));
+    async fn record_decision(&self, ex: &Exchange) -> Result<(), Refusal> {
+        let write = self.audit.record(ex.decision_event(None));
         match write.instrument(tracing::info_span!("audit.write")).await {
             Ok(()) => Ok(()),
             Err(e) if self.config.audit.on_failure == AuditFailure::Forward => {
-                error!(audit_id = %facts.exchange_id, error = %e, "decision not recorded; forwarding anyway (audit.on_failure = forward)");
+                error!(audit_id = %ex.id, error = %e, "decision not recorded; forwarding anyway (audit.on_failure = forward)");
                 Ok(())
             }
             Err(e) => Err(Refusal::AuditUnavailable(e)),
         }
     }
 
-    async fn record_failure(&self, facts: &Facts, e: &UpstreamError, started: Instant) {
-        let kind = match e {
-            UpstreamError::Timeout(_) => "timeout",
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::Protocol(_) => "protocol",
-        };
-        let event = facts.failed_outcome_event(kind, &e.public_message(), started.elapsed());
+    /// Records the tenant's answer; the exchange is over whatever the store
+    /// says. `body` is `None` for a streamed answer.
+    async fn record_outcome<T>(
+        &self,
+        ex: &Exchange,
+        resp: &Response<T>,
+        body: Option<&[u8]>,
+        latency: Duration,
+        post_check: Option<&PostCheck>,
+    ) {
+        let max = usize::try_from(self.config.audit.max_body).unwrap_or(usize::MAX);
+        let event = ex.outcome_event(
+            resp.status().as_u16(),
+            resp.headers(),
+            body,
+            latency,
+            max,
+            post_check,
+        );
         self.audit.record_later(event).await;
     }
 
-    /// Records a request tollgate answered itself. Nothing was forwarded, so
-    /// the answer does not wait on the store: a failure is logged.
-    async fn record_refusal(&self, facts: &Facts, refusal: &Refusal, decision: Option<&str>) {
-        let Some(decision) = decision else { return };
-        let code = match refusal {
-            Refusal::Context(ContextError::Refused(_)) => "tenant_refused_credentials".to_owned(),
-            Refusal::Context(ContextError::RateLimited(_)) => "tenant_rate_limited".to_owned(),
-            other => other.error_code().to_owned(),
-        };
-        let refused = Refused {
-            status: refusal.status().as_u16(),
-            code,
-            message: refusal.to_string(),
-        };
-        if let Err(e) = self
-            .audit
-            .record(facts.decision_event(decision, Some(&refused)))
-            .await
-        {
-            error!(audit_id = %facts.exchange_id, error = %e, "refusal not recorded");
+    /// Logs and records a request tollgate answered itself. Nothing was
+    /// forwarded, so the answer does not wait on the store: a failure is
+    /// logged.
+    async fn refused(&self, ex: &mut Exchange, refusal: &Refusal) {
+        let status = refusal.status();
+        if status.is_server_error() {
+            warn!(audit_id = %ex.id, method = %ex.method, path = %ex.path, %status, error = %refusal, "refused");
+        } else {
+            info!(audit_id = %ex.id, method = %ex.method, path = %ex.path, %status, reason = %refusal, "refused");
+        }
+        ex.decision = refusal.decision();
+        if ex.decision.is_none() {
+            return;
+        }
+        let event = ex.decision_event(Some(&refusal.recorded()));
+        if let Err(e) = self.audit.record(event).await {
+            error!(audit_id = %ex.id, error = %e, "refusal not recorded");
         }
     }
 }
 
-/// The post-check of a successful change: the tenant's answer judged again.
-/// A violation is counted and logged; nothing is reverted, the outcome
-/// records it.
-fn post_check(policy: &PolicySet, facts: &Facts, judged: &Input, answer: &[u8]) -> PostCheck {
-    let check = postcheck::check(policy, judged, answer);
-    if check.verdict == postcheck::Verdict::Violated {
-        let rules: Vec<&str> = check.rules.iter().map(|r| r.id.as_str()).collect();
-        metrics::counter!("tollgate_post_check_violations_total", "operation" => judged.operation.id())
-            .increment(1);
-        error!(
-            audit_id = %facts.exchange_id,
-            path = %facts.path,
-            rules = %rules.join(","),
-            "post-check violated: the tenant reports a state the policy forbids (changed at the tenant meanwhile, or more applied than asked)"
-        );
-    }
-    check
-}
-
-/// The decision a refusal is recorded with; `None`: not recorded here
-/// (upstream failures are recorded as outcomes; an audit failure cannot be).
-fn refusal_decision(refusal: &Refusal) -> Option<&'static str> {
-    match refusal {
-        Refusal::Upstream(_) | Refusal::AuditUnavailable(_) => None,
-        Refusal::PolicyDenied(_)
-        | Refusal::OtherRouteDenied
-        | Refusal::Context(ContextError::Refused(_)) => Some("deny"),
-        // Not a verdict on the request: what it needed could not be had.
-        Refusal::Context(ContextError::Unavailable(_) | ContextError::RateLimited(_))
-        | Refusal::Locked(_)
-        | Refusal::Identity(
-            IdentityError::JwksUnavailable(_) | IdentityError::TokenUnavailable(_),
-        ) => Some("unavailable"),
-        Refusal::Identity(
-            IdentityError::MissingToken
-            | IdentityError::InvalidToken(_)
-            | IdentityError::UnknownKey,
-        ) => Some("invalid"),
-        Refusal::Identity(_) => Some("deny"),
-        _ => Some("invalid"),
-    }
+/// The tenant's answer to a judged request, unchanged but for hop-by-hop
+/// headers and the warnings of `warn` rules.
+fn answer(resp: Response<Bytes>, judgement: &Judgement) -> Response<BoxBody> {
+    let (mut parts, bytes) = resp.into_parts();
+    upstream::strip_hop_by_hop(&mut parts.headers);
+    add_warnings(&mut parts.headers, judgement);
+    Response::from_parts(parts, full(bytes))
 }
 
 /// The tenant's answer as the log keeps it. An SSO ticket's answer is a
@@ -674,47 +640,6 @@ fn changes_facts(method: &http::Method, target: &str) -> bool {
     is(0, "api") && is(1, "v2") && (is(2, "organizations") || is(2, "connections"))
 }
 
-/// What is known of a request before any stage runs.
-fn start_facts(req: &Request<Incoming>) -> Facts {
-    let header = |name: header::HeaderName| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    Facts {
-        exchange_id: Uuid::now_v7().to_string(),
-        time: chrono::Utc::now(),
-        method: req.method().to_string(),
-        // Recorded and logged without query-string values (secrets).
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|pq| route::redact_target(pq.as_str()))
-            .unwrap_or_else(|| "/".into()),
-        source_ip: req.extensions().get::<Peer>().map(|p| p.0.ip().to_string()),
-        user_agent: header(header::USER_AGENT),
-        ..Facts::default()
-    }
-}
-
-/// Notes what validation established: the judged body, and the
-/// organization and connection the record is indexed by.
-fn note_validated(facts: &mut Facts, validated: &Validated, text: Option<&str>) {
-    facts.request_body = text.and_then(|t| RawValue::from_string(t.to_owned()).ok());
-    facts.unknown_fields = validated.unknown_fields.clone();
-    if let Some(first) = validated.changes.first() {
-        if facts.org_id.is_none()
-            && let OrgRef::Existing(org) = &first.org
-        {
-            facts.org_id = Some(org.clone());
-        }
-        if facts.connection_id.is_none() {
-            facts.connection_id = first.connection_id.clone();
-        }
-    }
-}
-
 /// A body that could not be parsed, as text for the record (a JSON
 /// string), capped.
 fn raw_text(bytes: &[u8], max: u64) -> Box<RawValue> {
@@ -733,23 +658,8 @@ fn screen(headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The `request` variable of DESIGN §4.
-fn request_value(parts: &http::request::Parts, route: &Governed) -> Value {
-    let source_ip = parts.extensions.get::<Peer>().map(|p| p.0.ip().to_string());
-    let user_agent = parts
-        .headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    serde_json::json!({
-        "method": route.method.as_str(),
-        "path": route.path,
-        "source_ip": source_ip,
-        "user_agent": user_agent,
-    })
-}
-
 /// `Warning: 299 tollgate "rule-id: message"` for each violated `warn` rule.
-fn add_warnings(headers: &mut HeaderMap, decision: &Decision) {
+fn add_warnings(headers: &mut HeaderMap, decision: &Judgement) {
     let mut seen = Vec::new();
     for r in decision.violations().filter(|r| r.mode == Mode::Warn) {
         if seen.contains(&&r.id) {

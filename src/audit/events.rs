@@ -1,22 +1,23 @@
 //! What goes into the log: the `decision` event (before anything is
-//! forwarded) and the `outcome` event, built from the facts the pipeline
-//! gathered.
+//! forwarded) and the `outcome` event, built from the [`Exchange`] the
+//! pipeline carried.
 //!
 //! Secrets stay out: no `Authorization` header, no token, only the token's
 //! SHA-256 fingerprint and its non-secret claims.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use http::HeaderMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{Index, Kind, NewEvent};
+use crate::exchange::Exchange;
 use crate::identity::Caller;
 use crate::policy::postcheck::{PostCheck, Verdict as PostVerdict};
-use crate::policy::{Decision, Input, Mode, Needs, RuleResult, Verdict};
+use crate::policy::{ChangeInput, Mode, RuleResult, Verdict};
 
 /// Response headers worth keeping: rate limits and the content type.
 const KEPT_HEADERS: [&str; 4] = [
@@ -26,31 +27,6 @@ const KEPT_HEADERS: [&str; 4] = [
     "x-ratelimit-reset",
 ];
 
-/// What is known of an exchange when its decision is recorded.
-#[derive(Clone, Debug, Default)]
-pub struct Facts {
-    pub exchange_id: String,
-    pub time: DateTime<Utc>,
-    pub method: String,
-    /// The canonical path of a governed request; the target as sent otherwise.
-    pub path: String,
-    pub source_ip: Option<String>,
-    pub user_agent: Option<String>,
-    /// The operation id, `other` for ungoverned requests, unknown before
-    /// classification.
-    pub operation: Option<String>,
-    pub org_id: Option<String>,
-    pub connection_id: Option<String>,
-    pub caller: Caller,
-    /// The judged body as forwarded; for a body that could not be parsed,
-    /// its text (a JSON string).
-    pub request_body: Option<Box<RawValue>>,
-    pub unknown_fields: Vec<String>,
-    /// The rules' view of each change, with the context used.
-    pub changes: Vec<Input>,
-    pub decision: Option<Decision>,
-}
-
 /// Why tollgate answered itself: `{status, errorCode, message}`.
 #[derive(Clone, Debug)]
 pub struct Refused {
@@ -59,10 +35,10 @@ pub struct Refused {
     pub message: String,
 }
 
-impl Facts {
-    fn index(&self, decision: Option<&str>) -> Index {
+impl Exchange {
+    fn index(&self, decision: Option<crate::policy::Decision>) -> Index {
         Index {
-            operation: self.operation.clone(),
+            operation: self.class.label().map(str::to_owned),
             org_id: self.org_id.clone(),
             connection_id: self.connection_id.clone(),
             caller: self
@@ -70,9 +46,9 @@ impl Facts {
                 .key
                 .clone()
                 .or_else(|| self.caller.client_id.clone()),
-            decision: decision.map(str::to_owned),
+            decision,
             rules: self
-                .decision
+                .judgement
                 .as_ref()
                 .map(|d| {
                     let mut ids: Vec<String> = d.violations().map(|r| r.id.clone()).collect();
@@ -83,13 +59,13 @@ impl Facts {
         }
     }
 
-    /// The `decision` event: `decision` is `allow`, `deny`, `warn`,
-    /// `dry_run_deny` or `invalid`.
+    /// The `decision` event, with the exchange's decision; `refused`: why
+    /// tollgate answered itself.
     ///
     /// The event's `data` is serialised here, in the request's task, straight
-    /// from the facts: no intermediate `Value` tree, and the single writer
+    /// from the exchange: no intermediate `Value` tree, and the single writer
     /// task only frames and hashes it.
-    pub fn decision_event(&self, decision: &str, refused: Option<&Refused>) -> NewEvent {
+    pub fn decision_event(&self, refused: Option<&Refused>) -> NewEvent {
         let data = DecisionData {
             method: &self.method,
             path: &self.path,
@@ -98,13 +74,13 @@ impl Facts {
             caller: &self.caller,
             request_body: self.request_body.as_deref(),
             unknown_fields: &self.unknown_fields,
-            changes: self.changes.iter().map(ChangeData::of).collect(),
+            changes: self.input.as_ref().map_or(&[], |i| i.changes.as_slice()),
             rules: self
-                .decision
+                .judgement
                 .as_ref()
                 .map(|d| d.results.iter().map(RuleData::of).collect())
                 .unwrap_or_default(),
-            policy_version: self.decision.as_ref().map(|d| d.policy_version.as_str()),
+            policy_version: self.judgement.as_ref().map(|d| d.policy_version.as_str()),
             error: refused.map(|r| ErrorData {
                 status: r.status,
                 error_code: &r.code,
@@ -112,10 +88,10 @@ impl Facts {
             }),
         };
         NewEvent {
-            exchange_id: self.exchange_id.clone(),
+            exchange_id: self.id.clone(),
             kind: Kind::Decision,
             time: self.time,
-            index: self.index(Some(decision)),
+            index: self.index(self.decision),
             data: raw(&data),
         }
     }
@@ -184,7 +160,7 @@ impl Facts {
 
     fn outcome(&self, data: &OutcomeData<'_>) -> NewEvent {
         NewEvent {
-            exchange_id: self.exchange_id.clone(),
+            exchange_id: self.id.clone(),
             kind: Kind::Outcome,
             time: Utc::now(),
             index: self.index(None),
@@ -211,37 +187,10 @@ struct DecisionData<'a> {
     caller: &'a Caller,
     request_body: Option<&'a RawValue>,
     unknown_fields: &'a [String],
-    changes: Vec<ChangeData<'a>>,
+    changes: &'a [ChangeInput],
     rules: Vec<RuleData<'a>>,
     policy_version: Option<&'a str>,
     error: Option<ErrorData<'a>>,
-}
-
-#[derive(Serialize)]
-struct ChangeData<'a> {
-    operation: &'a str,
-    pointer: &'a str,
-    org: &'a Value,
-    connection: &'a Value,
-    body: &'a Value,
-    before: &'a Value,
-    after: &'a Value,
-    fetched: Needs,
-}
-
-impl<'a> ChangeData<'a> {
-    fn of(c: &'a Input) -> ChangeData<'a> {
-        ChangeData {
-            operation: c.change_operation.id(),
-            pointer: &c.pointer,
-            org: &c.org,
-            connection: &c.connection,
-            body: &c.body,
-            before: &c.before,
-            after: &c.after,
-            fetched: c.fetched,
-        }
-    }
 }
 
 /// A rule's verdict. The message only where the rule matched or failed:
@@ -322,48 +271,56 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::policy::Outcome;
+    use crate::exchange::Class;
+    use crate::policy::input::{Connection, Org, Request};
+    use crate::policy::{Decision, Judgement, Needs, RuleInput};
     use crate::route::Operation;
 
-    fn facts() -> Facts {
-        let input = Input {
+    fn facts() -> Exchange {
+        let change = ChangeInput {
             operation: Operation::OrganizationConnectionUpdate,
-            change_operation: Operation::OrganizationConnectionUpdate,
             pointer: String::new(),
-            org: json!({"id": "org_acme", "name": "acme"}),
-            connection: json!({"id": "con_saml", "strategy": "samlp"}),
+            org: Org {
+                id: Some("org_acme".into()),
+                name: Some("acme".into()),
+            },
+            connection: Connection::new(Some("con_saml".into()), None, Some("samlp".into())),
             body: json!({"organization_access_level": "full"}),
             before: json!({"organization_access_level": "readonly", "is_enabled": true}),
             after: json!({"organization_access_level": "full", "is_enabled": true}),
-            caller: Value::Null,
-            request: Value::Null,
-            now: Utc::now(),
             fetched: Needs {
                 org: false,
                 connection: true,
                 before: true,
             },
         };
-        Facts {
-            exchange_id: "x1".into(),
+        let caller = Caller {
+            client_id: Some("ci-bot".into()),
+            scopes: vec!["update:organization_connections".into()],
+            token_fingerprint: Some("ab12".into()),
+            ..Caller::default()
+        };
+        Exchange {
+            id: "x1".into(),
             method: "PATCH".into(),
             path: "/api/v2/organizations/org_acme/connections/con_saml".into(),
             source_ip: Some("127.0.0.1".into()),
             user_agent: None,
-            operation: Some("organization_connection.update".into()),
+            class: Class::Governed(Operation::OrganizationConnectionUpdate),
             org_id: Some("org_acme".into()),
             connection_id: Some("con_saml".into()),
-            caller: Caller {
-                client_id: Some("ci-bot".into()),
-                scopes: vec!["update:organization_connections".into()],
-                token_fingerprint: Some("ab12".into()),
-                ..Caller::default()
-            },
+            caller: caller.clone(),
             request_body: Some(raw(&json!({"organization_access_level": "full"}))),
             unknown_fields: vec!["x".into()],
-            changes: vec![input],
-            decision: Some(Decision {
-                outcome: Outcome::Deny,
+            input: Some(RuleInput::new(
+                Operation::OrganizationConnectionUpdate,
+                caller,
+                Request::default(),
+                Utc::now(),
+                vec![change],
+            )),
+            judgement: Some(Judgement {
+                decision: Decision::Deny,
                 results: vec![
                     RuleResult {
                         id: "no-full-access".into(),
@@ -389,31 +346,35 @@ mod tests {
                 ],
                 policy_version: "v1".into(),
             }),
-            ..Facts::default()
+            decision: Some(Decision::Deny),
+            ..Exchange::default()
         }
     }
 
     /// How the decision's `data` was built before it was serialised directly.
-    fn reference_decision(f: &Facts, refused: Option<&Refused>) -> Value {
-        let mut caller = f.caller.to_value();
-        if let Value::Object(m) = &mut caller {
-            m.insert(
-                "token_fingerprint".into(),
-                json!(f.caller.token_fingerprint),
-            );
-        }
+    fn reference_decision(f: &Exchange, refused: Option<&Refused>) -> Value {
+        let c = &f.caller;
+        let caller = json!({
+            "client_id": c.client_id, "subject": c.subject, "grant_type": c.grant_type,
+            "scopes": c.scopes, "verified": c.verified, "key": c.key,
+            "token_fingerprint": c.token_fingerprint,
+        });
         let changes: Vec<Value> = f
-            .changes
+            .input
             .iter()
+            .flat_map(|i| &i.changes)
             .map(|c| {
                 json!({
-                    "operation": c.change_operation.id(), "pointer": c.pointer, "org": c.org,
-                    "connection": c.connection, "body": c.body, "before": c.before,
-                    "after": c.after, "fetched": c.fetched,
+                    "operation": c.operation.id(), "pointer": c.pointer,
+                    "org": {"id": c.org.id, "name": c.org.name},
+                    "connection": {"id": c.connection.id, "name": c.connection.name,
+                                   "is_database": c.connection.is_database,
+                                   "strategy": c.connection.strategy},
+                    "body": c.body, "before": c.before, "after": c.after, "fetched": c.fetched,
                 })
             })
             .collect();
-        let (results, version) = match &f.decision {
+        let (results, version) = match &f.judgement {
             Some(d) => (json!(d.results), json!(d.policy_version)),
             None => (json!([]), Value::Null),
         };
@@ -442,15 +403,18 @@ mod tests {
             message: "denied".into(),
         };
         for r in [None, Some(&refused)] {
-            let e = f.decision_event("deny", r);
+            let e = f.decision_event(r);
             assert_eq!(e.data.get(), reference_decision(&f, r).to_string());
             assert!(
                 !e.data.get().contains("not recorded"),
                 "a passing rule's message"
             );
         }
-        let bare = Facts::default();
-        let e = bare.decision_event("invalid", None);
+        let bare = Exchange {
+            decision: Some(Decision::Invalid),
+            ..Exchange::default()
+        };
+        let e = bare.decision_event(None);
         assert_eq!(e.data.get(), reference_decision(&bare, None).to_string());
     }
 
@@ -501,7 +465,7 @@ mod tests {
     #[test]
     fn canonical_bytes_keep_their_recorded_shape() {
         let f = facts();
-        let e = f.decision_event("deny", None);
+        let e = f.decision_event(None);
         let body = super::super::canonical("c1", 7, "e1", &e);
         let reference = json!({
             "chain_id": "c1", "seq": 7, "event_id": "e1", "exchange_id": "x1",

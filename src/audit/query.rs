@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{Row, Store, StoreError};
 use crate::config::HumanDuration;
+use crate::policy::Decision;
 
 /// The filters of `audit query` and `GET /v1/exchanges`.
 #[derive(Clone, Debug, Default)]
@@ -17,7 +18,7 @@ pub struct Filter {
     pub connection: Option<String>,
     pub caller: Option<String>,
     pub operation: Option<String>,
-    pub decision: Option<String>,
+    pub decision: Option<Decision>,
     pub rule: Option<String>,
     pub limit: i64,
 }
@@ -46,7 +47,7 @@ pub struct Exchange {
     pub org_id: Option<String>,
     pub connection_id: Option<String>,
     pub caller: Option<String>,
-    pub decision: Option<String>,
+    pub decision: Option<Decision>,
     pub rules: Vec<String>,
     pub policy_version: Option<String>,
     /// `completed`, `failed` (transport error), `refused` (tollgate
@@ -116,7 +117,7 @@ pub fn exchange(decision: &Row, outcome: Option<&Row>) -> Exchange {
         org_id: decision.index.org_id.clone(),
         connection_id: decision.index.connection_id.clone(),
         caller: decision.index.caller.clone(),
-        decision: decision.index.decision.clone(),
+        decision: decision.index.decision,
         rules: decision.index.rules.clone(),
         policy_version: s(&d, "policy_version"),
         outcome: outcome_state.to_owned(),
@@ -204,7 +205,7 @@ fn fields(e: &Exchange) -> [String; 15] {
         o(&e.org_id),
         o(&e.connection_id),
         o(&e.caller),
-        o(&e.decision),
+        e.decision.map(|d| d.to_string()).unwrap_or_default(),
         e.rules.join(" "),
         o(&e.policy_version),
         e.outcome.clone(),
@@ -266,7 +267,7 @@ fn table(exchanges: &[Exchange]) -> String {
                 o(&e.org_id),
                 o(&e.connection_id),
                 o(&e.caller),
-                o(&e.decision),
+                e.decision.map_or_else(|| "-".into(), |d| d.to_string()),
                 if e.rules.is_empty() {
                     "-".into()
                 } else {

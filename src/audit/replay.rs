@@ -3,12 +3,13 @@
 //! whose decision would change.
 
 use chrono::{TimeZone, Utc};
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::query::Filter;
 use super::{Row, Store, StoreError};
-use crate::policy::{Input, Needs, PolicySet, evaluate};
+use crate::identity::Caller;
+use crate::policy::input::Request;
+use crate::policy::{ChangeInput, Decision, PolicySet, RuleInput, evaluate};
 use crate::route::Operation;
 
 /// One re-judged exchange whose decision differs (or cannot be told).
@@ -19,10 +20,10 @@ pub struct Change {
     pub operation: String,
     pub org_id: Option<String>,
     pub connection_id: Option<String>,
-    pub recorded: String,
+    pub recorded: Decision,
     /// The candidate's decision, or `None` when the candidate's rules read
     /// context that was not fetched (and so not recorded) at the time.
-    pub candidate: Option<String>,
+    pub candidate: Option<Decision>,
     /// Rules the candidate finds violated.
     pub rules: Vec<String>,
 }
@@ -59,60 +60,56 @@ pub async fn replay(
     Ok(out)
 }
 
+/// The parts of a recorded decision that make up the rules' input.
+#[derive(Deserialize)]
+struct Recorded {
+    method: Option<String>,
+    path: Option<String>,
+    source_ip: Option<String>,
+    user_agent: Option<String>,
+    caller: Caller,
+    changes: Vec<ChangeInput>,
+    policy_version: Option<String>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Event {
+    data: Recorded,
+}
+
 /// `None`: not a judged governed request. `Some(None)`: same decision.
 fn rejudge(row: &Row, candidate: &PolicySet) -> Option<Option<Change>> {
-    let recorded = row.index.decision.clone()?;
-    if recorded == "invalid" {
+    let recorded = row.index.decision?;
+    // Refused before judging (malformed, context unavailable): never judged.
+    if !matches!(
+        recorded,
+        Decision::Allow | Decision::Deny | Decision::Warn | Decision::DryRunDeny
+    ) {
         return None;
     }
     let operation = Operation::from_id(row.index.operation.as_deref()?)?;
-    let body: Value = serde_json::from_str(&row.body).ok()?;
-    let data = body.get("data")?;
-    // A refusal before judging (context unavailable) was never judged.
-    if data.get("error").is_some_and(|e| !e.is_null())
-        && data.get("policy_version").is_none_or(Value::is_null)
-    {
+    let data = serde_json::from_str::<Event>(&row.body).ok()?.data;
+    if data.error.is_some() && data.policy_version.is_none() {
         return None;
     }
     let now = Utc.timestamp_micros(row.time_us).single()?;
-    let request = json!({
-        "method": data.get("method"), "path": data.get("path"),
-        "source_ip": data.get("source_ip"), "user_agent": data.get("user_agent"),
-    });
-    let mut inputs = Vec::new();
-    let mut undecidable = false;
-    for c in data.get("changes")?.as_array()? {
-        let change_operation = Operation::from_id(c.get("operation")?.as_str()?)?;
-        let fetched: Needs = serde_json::from_value(c.get("fetched")?.clone()).ok()?;
-        if !fetched.covers(candidate.needs(operation, change_operation)) {
-            undecidable = true;
-        }
-        let field = |k: &str| c.get(k).cloned().unwrap_or(Value::Null);
-        inputs.push(Input {
-            operation,
-            change_operation,
-            pointer: c
-                .get("pointer")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            org: field("org"),
-            connection: field("connection"),
-            body: field("body"),
-            before: field("before"),
-            after: field("after"),
-            caller: data.get("caller").cloned().unwrap_or(Value::Null),
-            request: request.clone(),
-            now,
-            fetched,
-        });
-    }
-    let decision = evaluate(candidate, &inputs);
-    let candidate_outcome = decision.outcome.as_str().to_owned();
-    if !undecidable && candidate_outcome == recorded {
+    let undecidable = data
+        .changes
+        .iter()
+        .any(|c| !c.fetched.covers(candidate.needs(operation, c.operation)));
+    let request = Request {
+        method: data.method,
+        path: data.path,
+        source_ip: data.source_ip,
+        user_agent: data.user_agent,
+    };
+    let input = RuleInput::new(operation, data.caller, request, now, data.changes);
+    let judgement = evaluate(candidate, &input);
+    if !undecidable && judgement.decision == recorded {
         return Some(None);
     }
-    let mut rules: Vec<String> = decision.violations().map(|r| r.id.clone()).collect();
+    let mut rules: Vec<String> = judgement.violations().map(|r| r.id.clone()).collect();
     rules.dedup();
     Some(Some(Change {
         exchange_id: row.exchange_id.clone(),
@@ -121,7 +118,7 @@ fn rejudge(row: &Row, candidate: &PolicySet) -> Option<Option<Change>> {
         org_id: row.index.org_id.clone(),
         connection_id: row.index.connection_id.clone(),
         recorded,
-        candidate: (!undecidable).then_some(candidate_outcome),
+        candidate: (!undecidable).then_some(judgement.decision),
         rules,
     }))
 }

@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 };
 
 use super::{Index, Row, rules_column};
+use crate::policy::Decision;
 
 /// The store could not do what was asked. The text is for logs and the
 /// operator's terminal, never for a response body.
@@ -222,7 +223,7 @@ impl Store {
                         .push_bind(r.index.org_id.clone())
                         .push_bind(r.index.connection_id.clone())
                         .push_bind(r.index.caller.clone())
-                        .push_bind(r.index.decision.clone())
+                        .push_bind(r.index.decision.map(Decision::as_str))
                         .push_bind(rules_column(&r.index.rules))
                         .push_bind(r.prev_hash.clone())
                         .push_bind(r.hash.clone())
@@ -302,7 +303,7 @@ impl Store {
                 ("connection_id", &f.connection),
                 ("caller", &f.caller),
                 ("operation", &f.operation),
-                ("decision", &f.decision),
+                ("decision", &f.decision.map(|d| d.as_str().to_owned())),
             ] {
                 if let Some(v) = value {
                     qb.push(format!(" AND {col} = ")).push_bind(v.clone());
@@ -366,6 +367,13 @@ fn chunks(rows: &[Row], max_bytes: usize) -> Vec<&[Row]> {
     out
 }
 
+/// A stored decision: one the enum names, or the row does not decode.
+fn decision_column(text: Option<String>) -> Result<Option<Decision>, sqlx::Error> {
+    text.map(|t| t.parse::<Decision>())
+        .transpose()
+        .map_err(|e| sqlx::Error::Decode(format!("decision column: {e}").into()))
+}
+
 fn decode<R>(r: &R) -> Result<Row, sqlx::Error>
 where
     R: sqlx::Row,
@@ -387,7 +395,7 @@ where
             org_id: r.try_get("org_id")?,
             connection_id: r.try_get("connection_id")?,
             caller: r.try_get("caller")?,
-            decision: r.try_get("decision")?,
+            decision: decision_column(r.try_get("decision")?)?,
             rules: rules
                 .map(|s| {
                     s.split(',')

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::{GENESIS, Row, Store, StoreError, chain_hash, rules_column};
+use crate::policy::Decision;
 
 /// Rows read per round trip.
 const PAGE: i64 = 5000;
@@ -173,7 +174,7 @@ fn check(row: &Row, walk: &ChainWalk, registered: &[String]) -> Result<(), Strin
         && opt(&head.org_id, &row.index.org_id)
         && opt(&head.connection_id, &row.index.connection_id)
         && opt(&head.caller, &row.index.caller)
-        && opt(&head.decision, &row.index.decision)
+        && head.decision.as_deref() == row.index.decision.map(Decision::as_str)
         && rules_column(&rules) == rules_column(&row.index.rules)
         && chrono::DateTime::parse_from_rfc3339(&head.time)
             .map(|t| t.timestamp_micros())

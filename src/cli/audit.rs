@@ -101,10 +101,10 @@ pub(super) async fn replay(config: &Config, dir: &Path, since: &str) -> anyhow::
     let store = Store::open(&config.audit.url).await?;
     let result = crate::audit::replay::replay(&store, &candidate, since_us).await?;
     for c in &result.changed {
-        let to = c
-            .candidate
-            .clone()
-            .unwrap_or_else(|| "undecidable (context not recorded)".into());
+        let to = c.candidate.map_or_else(
+            || "undecidable (context not recorded)".to_owned(),
+            |d| d.to_string(),
+        );
         println!(
             "{}  {}  {}  org={} connection={}  {} -> {}  {}",
             c.exchange_id,

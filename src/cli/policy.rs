@@ -113,8 +113,7 @@ fn explain(set: &policy::PolicySet, args: &ExplainArgs) -> ExitCode {
     };
     println!(
         "decision: {} (policy version {})",
-        decision.outcome.as_str(),
-        decision.policy_version
+        decision.decision, decision.policy_version
     );
     let applicable: Vec<&str> = decision.results.iter().map(|r| r.id.as_str()).collect();
     for r in &decision.results {

@@ -12,7 +12,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Input, Mode, PolicySet, RuleResult, evaluate};
+use super::{Mode, PolicySet, RuleInput, RuleResult, evaluate};
 
 /// What the post-check found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -46,26 +46,34 @@ pub struct PostCheck {
     pub association: Value,
 }
 
-/// Whether a change is post-checked: an association created or updated
-/// through its own route (the answer carries the association; the answers
-/// to `organization.create` and `sso_ticket.create` do not).
-pub fn applies(change: &Input) -> bool {
-    change.operation == change.change_operation && !change.change_operation.is_delete()
+/// The one change of `input` that is post-checked, if it is: an
+/// association created or updated through its own route (the answer
+/// carries the association; the answers to `organization.create` and
+/// `sso_ticket.create` do not).
+pub fn applies(input: &RuleInput) -> bool {
+    match input.changes.as_slice() {
+        [change] => change.operation == input.operation && !input.operation.is_delete(),
+        _ => false,
+    }
 }
 
-/// Judges the tenant's answer to the change `judged` described. The result
-/// is the judged `after` overlaid with every association field the answer
-/// carries, so a field the answer leaves out (the legacy family's answers
-/// carry three) keeps its predicted value instead of reading as null.
-pub fn check(set: &PolicySet, judged: &Input, answer: &[u8]) -> PostCheck {
-    let Some(Value::Object(answered)) = serde_json::from_slice::<Value>(answer).ok() else {
+/// Judges the tenant's answer to the change `judged` describes (one that
+/// [`applies`]). The result is the judged `after` overlaid with every
+/// association field the answer carries, so a field the answer leaves out
+/// (the legacy family's answers carry three) keeps its predicted value
+/// instead of reading as null.
+pub fn check(set: &PolicySet, judged: &RuleInput, answer: &[u8]) -> PostCheck {
+    let (Some(Value::Object(answered)), [change]) = (
+        serde_json::from_slice::<Value>(answer).ok(),
+        judged.changes.as_slice(),
+    ) else {
         return PostCheck {
             verdict: Verdict::Unreadable,
             rules: Vec::new(),
             association: Value::Null,
         };
     };
-    let mut result = match &judged.after {
+    let mut result = match &change.after {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
     };
@@ -75,12 +83,10 @@ pub fn check(set: &PolicySet, judged: &Input, answer: &[u8]) -> PostCheck {
         }
     }
     let association = Value::Object(result);
-    let input = Input {
-        after: association.clone(),
-        ..judged.clone()
-    };
-    let decision = evaluate(set, std::slice::from_ref(&input));
-    let rules: Vec<RuleResult> = decision
+    let mut answered_change = change.clone();
+    answered_change.after = association.clone();
+    let judgement = evaluate(set, &judged.with_changes(vec![answered_change]));
+    let rules: Vec<RuleResult> = judgement
         .results
         .into_iter()
         .filter(|r| r.is_violation() && r.mode == Mode::Enforce)

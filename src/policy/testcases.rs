@@ -7,9 +7,11 @@ use std::path::Path;
 
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::{Decision, Input, PolicySet, evaluate, state};
+use super::input::{Connection, Org, Request};
+use super::{ChangeInput, Judgement, Needs, PolicySet, RuleInput, evaluate};
+use crate::identity::Caller;
 use crate::route::{Governed, Operation};
 use crate::schema::{self, OrgRef, UnknownFields};
 
@@ -37,87 +39,69 @@ pub struct Given {
 }
 
 /// Judges a hand-given request.
-pub fn judge(set: &PolicySet, given: &Given) -> Result<Decision, String> {
-    let inputs = inputs(given)?;
-    Ok(evaluate(set, &inputs))
+pub fn judge(set: &PolicySet, given: &Given) -> Result<Judgement, String> {
+    let input = input(given)?;
+    Ok(evaluate(set, &input))
 }
 
-/// The inputs for a hand-given request: the body goes through the schema
-/// exactly as at the gateway.
-pub fn inputs(given: &Given) -> Result<Vec<Input>, String> {
+/// The rules' input for a hand-given request: the body goes through the
+/// schema exactly as at the gateway.
+pub fn input(given: &Given) -> Result<RuleInput, String> {
     let operation = Operation::from_id(&given.operation)
         .ok_or_else(|| format!("unknown operation {:?}", given.operation))?;
-    let s = |m: &Map<String, Value>, k: &str, d: &str| {
-        m.get(k).and_then(Value::as_str).unwrap_or(d).to_owned()
-    };
-    let org_id = s(&given.org, "id", "org_example");
-    let connection_id = s(&given.connection, "id", "con_example");
+    let text =
+        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+    let org_id = text(&given.org, "id").unwrap_or_else(|| "org_example".into());
+    let connection_id = text(&given.connection, "id").unwrap_or_else(|| "con_example".into());
     let route = Governed {
         operation,
         method: http::Method::POST,
         path: String::new(),
-        id: Some(org_id.clone()),
+        id: Some(org_id),
         connection_id: (!operation.is_create()).then(|| connection_id.clone()),
     };
     let body = (!operation.is_delete()).then(|| given.body.clone());
     let validated =
         schema::validate(&route, body, UnknownFields::Forward).map_err(|e| e.to_string())?;
-    let strategy = given
-        .connection
-        .get("strategy")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let caller_defaults = json!({"client_id": null, "subject": null, "grant_type": null,
-                                 "scopes": [], "verified": false, "key": null});
-    let mut caller = caller_defaults.as_object().cloned().unwrap_or_default();
-    caller.extend(given.caller.clone());
-    let mut out = Vec::new();
-    for change in validated.changes {
-        let cid = change.connection_id.clone().or_else(|| {
-            given
-                .connection
-                .get("id")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-        let org = match &change.org {
-            OrgRef::New(name) => json!({"id": null, "name": name}),
-            OrgRef::Existing(id) => json!({"id": id, "name": given.org.get("name")}),
-        };
-        let before = if change.operation.is_create() {
-            None
-        } else {
-            given.before.as_ref()
-        };
-        out.push(Input {
-            operation,
-            change_operation: change.operation,
-            pointer: change.pointer.clone(),
-            org,
-            connection: json!({
-                "id": cid,
-                "name": given.connection.get("name"),
-                "is_database": strategy == "auth0",
-                "strategy": strategy,
-            }),
-            body: if change.operation.is_delete() {
-                Value::Null
-            } else {
-                Value::Object(change.body.clone())
-            },
-            before: state::before(before),
-            after: state::after(change.operation, cid.as_deref(), before, &change.fields),
-            caller: Value::Object(caller.clone()),
-            request: json!({"method": null, "path": null, "source_ip": null, "user_agent": null}),
-            now: Utc::now(),
-            fetched: super::Needs {
-                org: true,
-                connection: true,
-                before: true,
-            },
-        });
-    }
-    Ok(out)
+    let caller: Caller = serde_json::from_value(Value::Object(given.caller.clone()))
+        .map_err(|e| format!("caller: {e}"))?;
+    let everything = Needs {
+        org: true,
+        connection: true,
+        before: true,
+    };
+    let changes = validated
+        .changes
+        .iter()
+        .map(|change| {
+            let org = match &change.org {
+                OrgRef::New(name) => Org {
+                    id: None,
+                    name: name.clone(),
+                },
+                OrgRef::Existing(id) => Org {
+                    id: Some(id.clone()),
+                    name: text(&given.org, "name"),
+                },
+            };
+            let connection = Connection::new(
+                change
+                    .connection_id
+                    .clone()
+                    .or_else(|| text(&given.connection, "id")),
+                text(&given.connection, "name"),
+                text(&given.connection, "strategy"),
+            );
+            ChangeInput::of(change, org, connection, given.before.as_ref(), everything)
+        })
+        .collect();
+    Ok(RuleInput::new(
+        operation,
+        caller,
+        Request::default(),
+        Utc::now(),
+        changes,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -195,7 +179,7 @@ pub fn run(set: &PolicySet, dir: &Path) -> Report {
 
 fn check(set: &PolicySet, case: &Case) -> Result<(), String> {
     let decision = judge(set, &case.given)?;
-    let got = decision.outcome.as_str();
+    let got = decision.decision.as_str();
     let mut violated: Vec<String> = decision.violations().map(|r| r.id.clone()).collect();
     violated.sort();
     violated.dedup();

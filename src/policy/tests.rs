@@ -34,8 +34,8 @@ fn rule(deny: &str) -> String {
     format!("[[rule]]\nid = \"r\"\ndeny = '{deny}'\nmessage = \"m\"\n")
 }
 
-fn outcome(rules: &str, g: &Given) -> Outcome {
-    judge(&set(rules), g).expect("judged").outcome
+fn outcome(rules: &str, g: &Given) -> Decision {
+    judge(&set(rules), g).expect("judged").decision
 }
 
 const UPDATE: &str = "organization_connection.update";
@@ -59,7 +59,7 @@ fn every_variable_is_visible() {
         r#"request.method == null"#,
         r#"now > timestamp("2020-01-01T00:00:00Z")"#,
     ] {
-        assert_eq!(outcome(&rule(expr), &g), Outcome::Deny, "{expr}");
+        assert_eq!(outcome(&rule(expr), &g), Decision::Deny, "{expr}");
     }
 }
 
@@ -72,12 +72,12 @@ fn before_and_after_carry_every_field() {
         let expr = format!("has(after.{field}) && has(before.{field})");
         assert_eq!(
             outcome(&rule(&expr), &with_before),
-            Outcome::Deny,
+            Decision::Deny,
             "{field}"
         );
     }
     // No association yet: before is null.
-    assert_eq!(outcome(&rule("before == null"), &g), Outcome::Deny);
+    assert_eq!(outcome(&rule("before == null"), &g), Decision::Deny);
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn merge_semantics_per_operation() {
     let r = rule(
         r#"after.is_signup_enabled && after.assign_membership_on_login && after.organization_access_level == "full""#,
     );
-    assert_eq!(outcome(&r, &g), Outcome::Deny);
+    assert_eq!(outcome(&r, &g), Decision::Deny);
 
     // Create: the tenant's defaults merged with the body; before is null even
     // if a `before` is given.
@@ -102,13 +102,13 @@ fn merge_semantics_per_operation() {
     let r = rule(
         r#"before == null && after.organization_access_level == "limited" && after.show_as_button == true && after.connection_id == "c""#,
     );
-    assert_eq!(outcome(&r, &g), Outcome::Deny);
+    assert_eq!(outcome(&r, &g), Decision::Deny);
 
     // Delete: after is null; before is the association.
     let mut g = given("organization_connection.delete", json!({}));
     g.before = Some(obj(json!({"organization_access_level": "full"})));
     let r = "[[rule]]\nid = \"r\"\noperations = [\"organization_connection.delete\"]\ndeny = 'after == null && before.organization_access_level == \"full\" && body == null'\nmessage = \"m\"\n";
-    assert_eq!(outcome(r, &g), Outcome::Deny);
+    assert_eq!(outcome(r, &g), Decision::Deny);
 
     // Legacy family: the access level is unknown (null), never missing.
     let mut g = given(
@@ -121,7 +121,7 @@ fn merge_semantics_per_operation() {
             &rule("after.organization_access_level == null && after.show_as_button"),
             &g
         ),
-        Outcome::Deny
+        Decision::Deny
     );
 }
 
@@ -134,7 +134,7 @@ fn array_elements_are_judged_one_by_one() {
         &given("organization.create", body),
     )
     .expect("judged");
-    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.decision, Decision::Deny);
     let v: Vec<_> = d.violations().collect();
     assert_eq!(v.len(), 1);
     assert_eq!(
@@ -151,7 +151,7 @@ fn array_elements_are_judged_one_by_one() {
             &rule(r#"org.name == "acme" && org.id == null && body.connection_id == "a""#),
             &g
         ),
-        Outcome::Deny
+        Decision::Deny
     );
     // The SSO ticket's organizations.
     let g = given(
@@ -160,20 +160,20 @@ fn array_elements_are_judged_one_by_one() {
     );
     assert_eq!(
         outcome(&rule(r#"org.id == "org_9" && connection.id == "c""#), &g),
-        Outcome::Deny
+        Decision::Deny
     );
 }
 
 #[test]
 fn operations_select_rules() {
     let r = "[[rule]]\nid = \"r\"\noperations = [\"organization_enabled_connection.update\"]\ndeny = 'true'\nmessage = \"m\"\n";
-    assert_eq!(outcome(r, &given(UPDATE, json!({}))), Outcome::Allow);
+    assert_eq!(outcome(r, &given(UPDATE, json!({}))), Decision::Allow);
     assert_eq!(
         outcome(
             r,
             &given("organization_enabled_connection.update", json!({}))
         ),
-        Outcome::Deny
+        Decision::Deny
     );
     // Without operations: creates and updates, not deletes.
     assert_eq!(
@@ -181,7 +181,7 @@ fn operations_select_rules() {
             &rule("true"),
             &given("organization_connection.delete", json!({}))
         ),
-        Outcome::Allow
+        Decision::Allow
     );
     assert_eq!(
         outcome(
@@ -191,7 +191,7 @@ fn operations_select_rules() {
                 json!({"connection_id": "c"})
             )
         ),
-        Outcome::Deny
+        Decision::Deny
     );
     // Rules about association creates reach the elements of organization.create.
     let r = "[[rule]]\nid = \"r\"\noperations = [\"organization_connection.create\"]\ndeny = 'true'\nmessage = \"m\"\n";
@@ -199,17 +199,17 @@ fn operations_select_rules() {
         "organization.create",
         json!({"name": "x", "enabled_connections": [{"connection_id": "a"}]}),
     );
-    assert_eq!(outcome(r, &g), Outcome::Deny);
+    assert_eq!(outcome(r, &g), Decision::Deny);
 }
 
 #[test]
 fn when_is_a_precondition() {
     let r = "[[rule]]\nid = \"r\"\nwhen = 'caller.client_id != \"break-glass\"'\ndeny = 'true'\nmessage = \"m\"\n";
     let mut g = given(UPDATE, json!({}));
-    assert_eq!(outcome(r, &g), Outcome::Deny);
+    assert_eq!(outcome(r, &g), Decision::Deny);
     g.caller = obj(json!({"client_id": "break-glass"}));
     let d = judge(&set(r), &g).expect("judged");
-    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.decision, Decision::Allow);
     assert_eq!(d.results[0].verdict, Verdict::Skipped);
 }
 
@@ -221,12 +221,12 @@ fn modes_decide_the_outcome() {
         )
     };
     let g = given(UPDATE, json!({}));
-    assert_eq!(outcome(&rules("warn", "dry-run"), &g), Outcome::Warn);
+    assert_eq!(outcome(&rules("warn", "dry-run"), &g), Decision::Warn);
     assert_eq!(
         outcome(&rules("dry-run", "dry-run"), &g),
-        Outcome::DryRunDeny
+        Decision::DryRunDeny
     );
-    assert_eq!(outcome(&rules("warn", "enforce"), &g), Outcome::Deny);
+    assert_eq!(outcome(&rules("warn", "enforce"), &g), Decision::Deny);
     // Every rule is evaluated and recorded, even after a denial.
     let d = judge(&set(&rules("enforce", "warn")), &g).expect("judged");
     assert_eq!(d.violations().count(), 2);
@@ -242,7 +242,7 @@ fn runtime_errors_deny_and_name_the_rule() {
         "after.organization_access_level > 3",
     ] {
         let d = judge(&set(&rule(deny)), &g).expect("judged");
-        assert_eq!(d.outcome, Outcome::Deny, "{deny}");
+        assert_eq!(d.decision, Decision::Deny, "{deny}");
         let r = &d.results[0];
         assert!(matches!(r.verdict, Verdict::Error(_)), "{deny}: {r:?}");
         assert!(r.message.contains("rule r"), "{}", r.message);
@@ -324,15 +324,15 @@ fn macros_and_comprehension_variables_work() {
     g.caller = obj(json!({"scopes": ["read:x", "admin"]}));
     assert_eq!(
         outcome(&rule(r#"caller.scopes.exists(s, s == "admin")"#), &g),
-        Outcome::Deny
+        Decision::Deny
     );
     assert_eq!(
         outcome(&rule(r#"caller.scopes.all(s, s.startsWith("read:"))"#), &g),
-        Outcome::Allow
+        Decision::Allow
     );
     assert_eq!(
         outcome(&rule(r#"has(body.show_as_button)"#), &g),
-        Outcome::Allow
+        Decision::Allow
     );
 }
 

@@ -2,7 +2,7 @@
 
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use tollgate::audit::{self, Store, query, verify};
+use tollgate::audit::{Store, query, verify};
 use tollgate::sandbox::seed::*;
 
 use crate::harness::{Backend, Harness};
@@ -469,7 +469,7 @@ on_both_backends! {
             ),
             (
                 query::Filter {
-                    decision: Some("deny".into()),
+                    decision: Some(tollgate::policy::Decision::Deny),
                     ..f()
                 },
                 full.audit_id(),
@@ -544,16 +544,19 @@ on_both_backends! {
     async fn a_decision_without_outcome_shows_as_unknown(backend: Backend) {
         let h = Harness::setup().backend(backend).start().await;
         // What a crash between the two events leaves behind.
-        let facts = audit::events::Facts {
-            exchange_id: "01a00000-0000-7000-8000-000000000001".into(),
+        let exchange = tollgate::exchange::Exchange {
+            id: "01a00000-0000-7000-8000-000000000001".into(),
             time: chrono::Utc::now(),
             method: "PATCH".into(),
             path: item(),
-            operation: Some("organization_connection.update".into()),
+            class: tollgate::exchange::Class::Governed(
+                tollgate::route::Operation::OrganizationConnectionUpdate,
+            ),
+            decision: Some(tollgate::policy::Decision::Allow),
             ..Default::default()
         };
         h.audit
-            .record(facts.decision_event("allow", None))
+            .record(exchange.decision_event(None))
             .await
             .expect("record");
         let rows = query::exchanges(

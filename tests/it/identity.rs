@@ -183,7 +183,7 @@ async fn verified_tokens_pass_and_every_bad_one_is_refused() {
     .expect("query");
     assert_eq!(
         rows.iter()
-            .filter(|r| r.decision.as_deref() == Some("invalid"))
+            .filter(|r| r.decision == Some(tollgate::policy::Decision::Invalid))
             .count(),
         10
     );

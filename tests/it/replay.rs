@@ -2,7 +2,7 @@
 
 use http::{Method, StatusCode};
 use tollgate::audit::replay::replay;
-use tollgate::policy::load_dir;
+use tollgate::policy::{Decision, load_dir};
 use tollgate::sandbox::seed::*;
 
 use crate::harness::Harness;
@@ -69,8 +69,8 @@ on_both_backends! {
         assert_eq!(result.changed.len(), 1, "{backend:?}: {:?}", result.changed);
         let c = &result.changed[0];
         assert_eq!(c.exchange_id, full.audit_id());
-        assert_eq!(c.recorded, "allow");
-        assert_eq!(c.candidate.as_deref(), Some("deny"));
+        assert_eq!(c.recorded, Decision::Allow);
+        assert_eq!(c.candidate, Some(Decision::Deny));
         assert_eq!(c.rules, vec!["no-full-access".to_owned()]);
 
         // A candidate reading context that was never fetched cannot be judged

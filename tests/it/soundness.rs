@@ -608,19 +608,19 @@ async fn a_change_that_lands_after_its_timeout_is_judged_against() {
 /// organization by name — it ends up under the same lock.
 #[tokio::test]
 async fn every_spelling_of_an_association_takes_one_lock() {
-    let org = |id: &str, name: &str| json!({"id": id, "name": name});
-    let input = |org_value: Value| tollgate::policy::Input {
+    use tollgate::policy::input::{Connection, Org};
+    let org = |id: &str, name: &str| Org {
+        id: Some(id.into()),
+        name: Some(name.into()),
+    };
+    let input = |org: Org| tollgate::policy::ChangeInput {
         operation: tollgate::route::Operation::OrganizationConnectionUpdate,
-        change_operation: tollgate::route::Operation::OrganizationConnectionUpdate,
         pointer: String::new(),
-        org: org_value,
-        connection: json!({"id": "CON_DATABASE"}),
+        org,
+        connection: Connection::new(Some("CON_DATABASE".into()), None, None),
         body: json!({}),
         before: Value::Null,
         after: Value::Null,
-        caller: Value::Null,
-        request: Value::Null,
-        now: chrono::Utc::now(),
         fetched: Default::default(),
     };
     let mut keys = Vec::new();
