@@ -183,3 +183,19 @@ pub fn format_time(t: DateTime<Utc>) -> String {
 pub fn rules_column(rules: &[String]) -> Option<String> {
     (!rules.is_empty()).then(|| format!(",{},", rules.join(",")))
 }
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    // Query values too: `?password=…`, `?sslkey=…`.
+    let url = crate::route::redact_target(url);
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.clone(),
+            }
+        }
+        _ => url,
+    }
+}

@@ -6,19 +6,11 @@ mod policy;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
-use tracing::{info, warn};
 
-use crate::admin::Admin;
-use crate::audit::{AuditLog, Store};
+use crate::audit::Store;
 use crate::config::Config;
-use crate::policy::reload::Policies;
-use crate::proxy::Gateway;
-use crate::sandbox::Sandbox;
-use crate::server;
 use crate::telemetry::LogFormat;
 
 /// A policy-enforcing audit gateway for the Auth0 Management API.
@@ -200,178 +192,24 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!(
                 "audit store migrated ({}): {}",
                 store.backend(),
-                audit::redact_url(&config.audit.url)
+                crate::audit::redact_url(&config.audit.url)
             );
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn load_errors(errors: &[crate::policy::LoadError]) -> anyhow::Error {
+pub(crate) fn load_errors(errors: &[crate::policy::LoadError]) -> anyhow::Error {
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     anyhow::anyhow!("the policy set does not load:\n  {}", lines.join("\n  "))
 }
 
-/// Runs `tollgate serve`.
-pub async fn serve(mut config: Config, sandbox: bool) -> anyhow::Result<()> {
-    if sandbox {
-        let tenant = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = tenant.local_addr()?;
-        tokio::spawn(server::serve(
-            tenant,
-            Arc::new(Sandbox::new()),
-            1024,
-            std::future::pending(),
-        ));
-        info!(%addr, "sandbox tenant listening");
-        config.upstream.url = Some(format!("http://{addr}"));
-    }
-    let policies = Arc::new(load_policies(&config, sandbox)?);
-    let _watch = match policies.dir() {
-        None => None,
-        Some(dir) => match policies.watch() {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(error = %e, dir = %dir.display(), "policy directory not watched; SIGHUP still reloads");
-                None
-            }
-        },
-    };
-    let store = Store::open(&config.audit.url).await?;
-    let _claim = crate::audit::store::claim(&config.audit.url)?;
-    let audit = Arc::new(AuditLog::start(store.clone()).await?);
-    info!(
-        store = store.backend(),
-        url = %audit::redact_url(&config.audit.url),
-        chain = audit.chain_id(),
-        "audit log open"
-    );
-    let listen_tls = tls_for(
-        "listen",
-        &config.listen.tls_cert,
-        &config.listen.tls_key,
-        &config.listen.client_ca,
-    )?;
-    let admin_tls = tls_for(
-        "admin",
-        &config.admin.tls_cert,
-        &config.admin.tls_key,
-        &None,
-    )?;
-    reload_tls_on_sighup([listen_tls.clone(), admin_tls.clone()]);
-    let admin_listener = TcpListener::bind(config.admin.addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("admin.addr {}: {e}", config.admin.addr))?;
-    info!(addr = %admin_listener.local_addr()?, tls = admin_tls.is_some(), "admin listening");
-    if config.admin.token.is_none() {
-        warn!("admin.token is not set: the /v1 admin API answers 401");
-    }
-    let gateway = Gateway::new(config.clone(), policies.clone(), audit.clone())?;
-    let admin = Admin::new(store.clone(), policies, config.admin.token.clone())
-        .with_upstream(gateway.upstream().clone())
-        .with_metrics(crate::telemetry::metrics());
-    let admin_task = tokio::spawn(server::serve_tls(
-        admin_listener,
-        Arc::new(admin),
-        64,
-        server::shutdown_signal(),
-        admin_tls,
-    ));
-    let listener = TcpListener::bind(config.listen.addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("listen.addr {}: {e}", config.listen.addr))?;
-    info!(
-        addr = %listener.local_addr()?,
-        tls = listen_tls.is_some(),
-        client_certificates = config.listen.client_ca.is_some(),
-        upstream = %audit::redact_url(config.upstream.url.as_deref().unwrap_or_default()),
-        "tollgate listening"
-    );
-    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    let limits = server::ConnLimits {
-        max_connections: count(config.limits.max_connections),
-        max_per_ip: count(config.limits.max_connections_per_ip),
-        header_timeout: config.limits.header_timeout.0,
-    };
-    server::serve_with(
-        listener,
-        Arc::new(gateway),
-        limits,
-        server::shutdown_signal(),
-        listen_tls,
-    )
-    .await;
-    // Outcomes of the last exchanges are still queued: write them.
-    audit.flush().await;
-    let _ = admin_task.await;
-    info!("stopped");
+/// Runs `tollgate serve` until SIGTERM or SIGINT.
+pub async fn serve(config: Config, sandbox: bool) -> anyhow::Result<()> {
+    let app = crate::app::App::start(config, sandbox).await?;
+    let signals = app.on_signals();
+    app.shutdown.cancelled().await;
+    signals.abort();
+    app.stopped().await;
     Ok(())
-}
-
-/// The policy set `serve` enforces: `policy.dir`, which must hold rules
-/// (unless `policy.allow_empty`). The sandbox, run where there is no policy
-/// directory, enforces the starter set built into the binary instead.
-fn load_policies(config: &Config, sandbox: bool) -> anyhow::Result<Policies> {
-    let dir = &config.policy.dir;
-    if sandbox && !dir.exists() {
-        let policies = Policies::starter();
-        let set = policies.current();
-        warn!(
-            dir = %crate::policy::absolute(dir),
-            rules = set.rules.len(),
-            version = %set.version,
-            "no policy directory: the sandbox enforces the built-in starter set (policies/ of the repository)"
-        );
-        return Ok(policies);
-    }
-    let policies = Policies::load(dir, config.policy.allow_empty).map_err(|e| load_errors(&e))?;
-    let set = policies.current();
-    info!(
-        dir = %crate::policy::absolute(dir),
-        rules = set.rules.len(),
-        version = %set.version,
-        "policy set loaded"
-    );
-    if set.rules.is_empty() {
-        warn!("no policy rule in force (policy.allow_empty = true): every change is forwarded");
-    }
-    Ok(policies)
-}
-
-fn tls_for(
-    section: &'static str,
-    cert: &Option<PathBuf>,
-    key: &Option<PathBuf>,
-    client_ca: &Option<PathBuf>,
-) -> anyhow::Result<Option<Arc<crate::tls::ServerTls>>> {
-    let files = crate::config::tls_files(section, cert, key, client_ca)?;
-    let Some(files) = files else { return Ok(None) };
-    let tls = crate::tls::ServerTls::load(files).map_err(|e| anyhow::anyhow!("{section}.{e}"))?;
-    Ok(Some(Arc::new(tls)))
-}
-
-/// Reloads listener certificates on SIGHUP; a certificate that does not
-/// load leaves the one in force.
-fn reload_tls_on_sighup<const N: usize>(tls: [Option<Arc<crate::tls::ServerTls>>; N]) {
-    let tls: Vec<_> = tls.into_iter().flatten().collect();
-    if tls.is_empty() {
-        return;
-    }
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            for t in &tls {
-                match t.reload() {
-                    Ok(()) => info!("TLS certificate reloaded"),
-                    Err(e) => {
-                        warn!(error = %e, "TLS certificate not reloaded; the previous one stays")
-                    }
-                }
-            }
-        }
-    });
 }

@@ -21,6 +21,7 @@
 //! → judge → record → forward → post-check → record → answer) → tenant.
 
 pub mod admin;
+pub mod app;
 pub mod association;
 pub mod audit;
 pub mod body;

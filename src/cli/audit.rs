@@ -8,22 +8,6 @@ use crate::audit::{Store, query, verify};
 use crate::config::Config;
 use crate::policy;
 
-/// A database URL without its password, for messages.
-pub(super) fn redact_url(url: &str) -> String {
-    // Query values too: `?password=…`, `?sslkey=…`.
-    let url = crate::route::redact_target(url);
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.clone(),
-            }
-        }
-        _ => url,
-    }
-}
-
 pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.audit.url).await?;
     match cmd {
@@ -132,7 +116,7 @@ pub(super) async fn replay(config: &Config, dir: &Path, since: &str) -> anyhow::
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use crate::audit::redact_url;
 
     #[test]
     fn store_and_tenant_urls_are_logged_without_secrets() {

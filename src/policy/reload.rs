@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::RecursiveMode;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::load::absolute;
 use super::{LoadError, PolicySet, load_dir, load_sources};
@@ -38,7 +38,8 @@ pub struct Policies {
 
 /// Keeps the directory watch alive; dropping it stops watching.
 pub struct Watch {
-    _debouncer: Box<dyn std::any::Any + Send>,
+    // Behind a mutex only so an `App` holding it can be shared.
+    _debouncer: std::sync::Mutex<Box<dyn std::any::Any + Send>>,
 }
 
 impl Policies {
@@ -123,9 +124,8 @@ impl Policies {
         }
     }
 
-    /// Reloads on every change in the directory and on SIGHUP, until the
-    /// returned [`Watch`] is dropped (the SIGHUP task lives as long as the
-    /// runtime).
+    /// Reloads on every change in the directory, until the returned
+    /// [`Watch`] is dropped. (SIGHUP reloads through `App::reload`.)
     pub fn watch(self: &Arc<Self>) -> notify::Result<Watch> {
         let Some(dir) = self.dir.clone() else {
             return Err(notify::Error::generic(
@@ -133,7 +133,6 @@ impl Policies {
             ));
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let sighup_tx = tx.clone();
         let mut debouncer = notify_debouncer_full::new_debouncer(DEBOUNCE, None, move |res| {
             if let Ok(events) = res {
                 let events: Vec<notify_debouncer_full::DebouncedEvent> = events;
@@ -143,21 +142,6 @@ impl Policies {
             }
         })?;
         debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
-        #[cfg(unix)]
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::hangup()) {
-                Ok(mut hup) => {
-                    while hup.recv().await.is_some() {
-                        info!("SIGHUP: reloading policies");
-                        if sighup_tx.send(()).is_err() {
-                            break;
-                        }
-                    }
-                }
-                Err(e) => warn!(error = %e, "cannot listen for SIGHUP"),
-            }
-        });
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
@@ -168,7 +152,7 @@ impl Policies {
             }
         });
         Ok(Watch {
-            _debouncer: Box::new(debouncer),
+            _debouncer: std::sync::Mutex::new(Box::new(debouncer)),
         })
     }
 }

@@ -14,14 +14,13 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tollgate::app::App;
 use tollgate::audit::{AuditLog, Store};
 use tollgate::config::Config;
 use tollgate::policy::reload::Policies;
-use tollgate::proxy::Gateway;
 use tollgate::sandbox::{Received, Sandbox};
 use tollgate::server;
+use tollgate::tls::TlsFiles;
 
 pub const TOKEN: &str = "Bearer test-token";
 
@@ -154,8 +153,8 @@ pub struct Harness {
     pub addr: SocketAddr,
     pub tenant: Sandbox,
     client: Client<HttpConnector, Full<Bytes>>,
-    stop: Option<oneshot::Sender<()>>,
-    pub task: Option<JoinHandle<()>>,
+    /// The running gateway, started as `tollgate serve` starts it.
+    pub app: Option<App>,
     /// The policy directory (empty unless the test writes rules).
     pub policy_dir: tempfile::TempDir,
     pub policies: Arc<Policies>,
@@ -171,7 +170,7 @@ pub struct Setup {
     backend: Backend,
     store_url: Option<String>,
     upstream: Option<(String, Sandbox)>,
-    tls: Option<Arc<tollgate::tls::ServerTls>>,
+    tls: Option<TlsFiles>,
 }
 
 impl Setup {
@@ -199,9 +198,9 @@ impl Setup {
         self
     }
 
-    /// Serves HTTPS with this certificate.
-    pub fn tls(mut self, tls: Arc<tollgate::tls::ServerTls>) -> Setup {
-        self.tls = Some(tls);
+    /// Serves HTTPS with the certificate in these files (`listen.tls_*`).
+    pub fn tls(mut self, files: TlsFiles) -> Setup {
+        self.tls = Some(files);
         self
     }
 
@@ -226,44 +225,36 @@ impl Setup {
             Some(u) => u,
             None => fresh_store_url(self.backend, policy_dir.path()).await,
         };
-        let env = vec![
+        let path = |p: &Path| p.display().to_string();
+        let mut env = vec![
             ("TOLLGATE_UPSTREAM_URL".to_owned(), url),
             ("TOLLGATE_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("TOLLGATE_ADMIN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
             ("TOLLGATE_AUDIT_URL".to_owned(), store_url.clone()),
+            ("TOLLGATE_POLICY_DIR".to_owned(), path(policy_dir.path())),
+            // Tests judge by the rules they write; many write none.
+            ("TOLLGATE_POLICY_ALLOW_EMPTY".to_owned(), "true".to_owned()),
         ];
+        if let Some(tls) = &self.tls {
+            env.push(("TOLLGATE_LISTEN_TLS_CERT".to_owned(), path(&tls.cert)));
+            env.push(("TOLLGATE_LISTEN_TLS_KEY".to_owned(), path(&tls.key)));
+            if let Some(ca) = &tls.client_ca {
+                env.push(("TOLLGATE_LISTEN_CLIENT_CA".to_owned(), path(ca)));
+            }
+        }
         let config = Config::load(&self.toml, "test.toml", env).expect("test config");
-        // Tests judge by the rules they write; many write none.
-        let policies = Arc::new(Policies::load(policy_dir.path(), true).expect("policies load"));
-        let store = Store::open(&store_url).await.expect("audit store");
-        let audit = Arc::new(AuditLog::start(store.clone()).await.expect("audit log"));
-        let gateway = Gateway::new(config, policies.clone(), audit.clone()).expect("gateway");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind gateway");
-        let addr = listener.local_addr().expect("gateway addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        let task = tokio::spawn(server::serve_tls(
-            listener,
-            Arc::new(gateway),
-            256,
-            shutdown,
-            self.tls,
-        ));
+        let app = App::start(config, false).await.expect("gateway starts");
         let client = Client::builder(TokioExecutor::new()).build_http();
         Harness {
-            addr,
+            addr: app.addr,
             tenant,
             client,
-            stop: Some(stop),
-            task: Some(task),
             policy_dir,
-            policies,
-            audit,
-            store,
+            policies: app.policies.clone(),
+            audit: app.audit.clone(),
+            store: app.store.clone(),
             store_url,
+            app: Some(app),
         }
     }
 }
@@ -528,8 +519,22 @@ impl Harness {
 
     /// Asks the server to shut down gracefully.
     pub fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let Some(app) = &self.app {
+            app.shutdown.cancel();
+        }
+    }
+
+    /// What SIGHUP does: reloads policies and certificates.
+    pub fn reload(&self) {
+        if let Some(app) = &self.app {
+            app.reload();
+        }
+    }
+
+    /// Waits until the server has stopped (after [`Harness::shutdown`]).
+    pub async fn stopped(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stopped().await;
         }
     }
 

@@ -248,11 +248,9 @@ async fn shutdown_drains_in_flight_exchanges(backend: Backend) {
         h
     };
     let mut h = h;
-    let task = h.task.take().expect("task");
-    tokio::time::timeout(Duration::from_secs(5), task)
+    tokio::time::timeout(Duration::from_secs(5), h.stopped())
         .await
-        .expect("server stopped")
-        .expect("join");
+        .expect("server stopped");
     assert!(
         tokio::net::TcpStream::connect(gateway).await.is_err(),
         "no longer accepting"

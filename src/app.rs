@@ -1,0 +1,335 @@
+//! One way to run tollgate: `tollgate serve` and the test harness both
+//! start it with [`App::start`] from a [`Config`], and stop it through its
+//! one shutdown token.
+//!
+//! Started: the sandbox tenant (if asked), the policy set and its watcher,
+//! the audit store (claimed) and its writer, the listener certificates, the
+//! admin listener and the gateway's listener. Stopped: both listeners drain,
+//! then the audit log writes what is still queued.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::audit::{self, AuditLog, Store};
+use crate::config::Config;
+use crate::policy::reload::{Policies, Watch};
+use crate::proxy::Gateway;
+use crate::sandbox::Sandbox;
+use crate::server;
+use crate::tls::{ServerTls, TlsFiles};
+
+/// A running tollgate.
+pub struct App {
+    /// The gateway's address.
+    pub addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin_addr: SocketAddr,
+    pub policies: Arc<Policies>,
+    pub audit: Arc<AuditLog>,
+    pub store: Store,
+    /// Cancelled: both listeners stop accepting and drain.
+    pub shutdown: CancellationToken,
+    reloader: Reloader,
+    gateway: JoinHandle<()>,
+    admin: JoinHandle<()>,
+    _watch: Option<Watch>,
+    _claim: Option<std::fs::File>,
+}
+
+impl App {
+    /// Starts everything `config` describes. `sandbox`: in front of a
+    /// simulated tenant started here, enforcing the built-in starter set
+    /// where there is no policy directory.
+    pub async fn start(mut config: Config, sandbox: bool) -> anyhow::Result<App> {
+        if sandbox {
+            config.upstream.url = Some(start_sandbox().await?);
+        }
+        let policies = Arc::new(load_policies(&config, sandbox)?);
+        let watch = watch(&policies);
+        let store = Store::open(&config.audit.url).await?;
+        let claim = audit::store::claim(&config.audit.url)?;
+        let audit = Arc::new(AuditLog::start(store.clone()).await?);
+        info!(
+            store = store.backend(),
+            url = %audit::redact_url(&config.audit.url),
+            chain = audit.chain_id(),
+            "audit log open"
+        );
+        let l = &config.listen;
+        let listen_tls = tls_for("listen", &l.tls_cert, &l.tls_key, &l.client_ca)?;
+        let a = &config.admin;
+        let admin_tls = tls_for("admin", &a.tls_cert, &a.tls_key, &None)?;
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::new(config.clone(), policies.clone(), audit.clone())?;
+        let (admin_addr, admin) = start_admin(
+            &config,
+            &store,
+            &policies,
+            &gateway,
+            admin_tls.clone(),
+            &shutdown,
+        )
+        .await?;
+        let (addr, gateway) =
+            start_gateway(&config, gateway, listen_tls.clone(), &shutdown).await?;
+        Ok(App {
+            addr,
+            admin_addr,
+            policies: policies.clone(),
+            audit,
+            store,
+            shutdown,
+            reloader: Reloader {
+                policies: Arc::clone(&policies),
+                tls: [listen_tls, admin_tls].into_iter().flatten().collect(),
+            },
+            gateway,
+            admin,
+            _watch: watch,
+            _claim: claim,
+        })
+    }
+
+    /// What SIGHUP does: reloads the policy set and the listeners'
+    /// certificates. What does not load leaves what is in force.
+    pub fn reload(&self) {
+        self.reloader.reload();
+    }
+
+    /// The one signal task: SIGTERM or SIGINT cancel the shutdown token,
+    /// SIGHUP reloads.
+    pub fn on_signals(&self) -> JoinHandle<()> {
+        let reloader = self.reloader.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut signals = Signals::new();
+            while signals.next().await == Signal::Reload {
+                info!("SIGHUP: reloading policies and certificates");
+                reloader.reload();
+            }
+            info!("shutdown requested");
+            shutdown.cancel();
+        })
+    }
+
+    /// Waits until both listeners have stopped (after the shutdown token is
+    /// cancelled), then writes the outcomes still queued.
+    pub async fn stopped(mut self) {
+        let _ = (&mut self.gateway).await;
+        // Outcomes of the last exchanges are still queued: write them.
+        self.audit.flush().await;
+        let _ = (&mut self.admin).await;
+        info!("stopped");
+    }
+}
+
+/// What a reload touches: the policy set (if read from a directory) and
+/// the listeners' certificates.
+#[derive(Clone)]
+struct Reloader {
+    policies: Arc<Policies>,
+    tls: Vec<Arc<ServerTls>>,
+}
+
+impl Reloader {
+    fn reload(&self) {
+        if self.policies.dir().is_some() {
+            let _ = self.policies.reload();
+        }
+        for t in &self.tls {
+            match t.reload() {
+                Ok(()) => info!("TLS certificate reloaded"),
+                Err(e) => warn!(error = %e, "TLS certificate not reloaded; the previous one stays"),
+            }
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start_sandbox() -> anyhow::Result<String> {
+    let tenant = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = tenant.local_addr()?;
+    tokio::spawn(server::serve(
+        tenant,
+        Arc::new(Sandbox::new()),
+        1024,
+        std::future::pending(),
+    ));
+    info!(%addr, "sandbox tenant listening");
+    Ok(format!("http://{addr}"))
+}
+
+async fn start_admin(
+    config: &Config,
+    store: &Store,
+    policies: &Arc<Policies>,
+    gateway: &Gateway,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(config.admin.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.addr {}: {e}", config.admin.addr))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, tls = tls.is_some(), "admin listening");
+    if config.admin.token.is_none() {
+        warn!("admin.token is not set: the /v1 admin API answers 401");
+    }
+    let admin = Admin::new(store.clone(), policies.clone(), config.admin.token.clone())
+        .with_upstream(gateway.upstream().clone())
+        .with_metrics(crate::telemetry::metrics());
+    let task = tokio::spawn(server::serve_tls(
+        listener,
+        Arc::new(admin),
+        64,
+        shutdown.clone().cancelled_owned(),
+        tls,
+    ));
+    Ok((addr, task))
+}
+
+async fn start_gateway(
+    config: &Config,
+    gateway: Gateway,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(config.listen.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen.addr {}: {e}", config.listen.addr))?;
+    let addr = listener.local_addr()?;
+    info!(
+        %addr,
+        tls = tls.is_some(),
+        client_certificates = config.listen.client_ca.is_some(),
+        upstream = %audit::redact_url(config.upstream.url.as_deref().unwrap_or_default()),
+        "tollgate listening"
+    );
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let limits = server::ConnLimits {
+        max_connections: count(config.limits.max_connections),
+        max_per_ip: count(config.limits.max_connections_per_ip),
+        header_timeout: config.limits.header_timeout.0,
+    };
+    let task = tokio::spawn(server::serve_with(
+        listener,
+        Arc::new(gateway),
+        limits,
+        shutdown.clone().cancelled_owned(),
+        tls,
+    ));
+    Ok((addr, task))
+}
+
+/// The policy set `serve` enforces: `policy.dir`, which must hold rules
+/// (unless `policy.allow_empty`). The sandbox, run where there is no policy
+/// directory, enforces the starter set built into the binary instead.
+fn load_policies(config: &Config, sandbox: bool) -> anyhow::Result<Policies> {
+    let dir = &config.policy.dir;
+    if sandbox && !dir.exists() {
+        let policies = Policies::starter();
+        let set = policies.current();
+        warn!(
+            dir = %crate::policy::absolute(dir),
+            rules = set.rules.len(),
+            version = %set.version,
+            "no policy directory: the sandbox enforces the built-in starter set (policies/ of the repository)"
+        );
+        return Ok(policies);
+    }
+    let policies =
+        Policies::load(dir, config.policy.allow_empty).map_err(|e| crate::cli::load_errors(&e))?;
+    let set = policies.current();
+    info!(
+        dir = %crate::policy::absolute(dir),
+        rules = set.rules.len(),
+        version = %set.version,
+        "policy set loaded"
+    );
+    if set.rules.is_empty() {
+        warn!("no policy rule in force (policy.allow_empty = true): every change is forwarded");
+    }
+    Ok(policies)
+}
+
+/// Watches the policy directory; without a watcher, SIGHUP still reloads.
+fn watch(policies: &Arc<Policies>) -> Option<Watch> {
+    let dir = policies.dir()?;
+    match policies.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, dir = %dir.display(), "policy directory not watched; SIGHUP still reloads");
+            None
+        }
+    }
+}
+
+fn tls_for(
+    section: &'static str,
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    client_ca: &Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    let files: Option<TlsFiles> = crate::config::tls_files(section, cert, key, client_ca)?;
+    let Some(files) = files else { return Ok(None) };
+    let tls = ServerTls::load(files).map_err(|e| anyhow::anyhow!("{section}.{e}"))?;
+    Ok(Some(Arc::new(tls)))
+}
+
+#[derive(PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// The signals that mean something to tollgate, listened for once.
+struct Signals {
+    #[cfg(unix)]
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(term), Ok(hup)) => Some((term, hup)),
+                _ => {
+                    warn!("cannot listen for SIGTERM and SIGHUP; Ctrl-C still stops");
+                    None
+                }
+            };
+            Signals { unix }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        if let Some((term, hup)) = &mut self.unix {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = term.recv() => Signal::Stop,
+                _ = hup.recv() => Signal::Reload,
+            };
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
+    }
+}
