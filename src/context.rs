@@ -333,48 +333,9 @@ impl ContextClient {
         let needs: Vec<Needs> = validated
             .changes
             .iter()
-            .map(|change| {
-                // A delete's record keeps what it removed, whatever the rules
-                // read: compliance asks "what was removed", and replay can
-                // judge delete rules written later.
-                if change.operation.is_delete() {
-                    Needs {
-                        org: true,
-                        connection: true,
-                        before: true,
-                    }
-                } else {
-                    policy.needs(route.operation, change.operation)
-                }
-            })
+            .map(|change| needs_of(policy, route, change))
             .collect();
-        let mut org_ids: Vec<(&str, bool)> = Vec::new();
-        let mut connection_ids: Vec<&str> = Vec::new();
-        for (change, needs) in validated.changes.iter().zip(&needs) {
-            if let OrgRef::Existing(id) = &change.org
-                && (needs.org || (needs.before && !change.operation.is_create()))
-                && !org_ids.iter().any(|(o, _)| o == id)
-            {
-                org_ids.push((id, by_name(change)));
-            }
-            if let Some(cid) = change.connection_id.as_deref()
-                && needs.connection
-                && !connection_ids.contains(&cid)
-            {
-                connection_ids.push(cid);
-            }
-        }
-        let (orgs, connections) = tokio::try_join!(
-            try_join_all(
-                org_ids
-                    .iter()
-                    .map(|(id, by_name)| self.org(id, *by_name, &cred))
-            ),
-            try_join_all(connection_ids.iter().map(|id| self.connection(id, &cred))),
-        )?;
-        let orgs: HashMap<&str, Org> = org_ids.into_iter().map(|(id, _)| id).zip(orgs).collect();
-        let connections: HashMap<&str, Connection> =
-            connection_ids.into_iter().zip(connections).collect();
+        let (orgs, connections) = self.facts(&validated.changes, &needs, &cred).await?;
         try_join_all(validated.changes.iter().zip(needs).map(|(change, needs)| {
             let org = match &change.org {
                 OrgRef::New(name) => Org {
@@ -393,6 +354,44 @@ impl ContextClient {
             self.input(change, needs, org, connection, &cred)
         }))
         .await
+    }
+
+    /// The organizations and connections the changes need, each looked up
+    /// once, all at once.
+    async fn facts<'c>(
+        &self,
+        changes: &'c [Change],
+        needs: &[Needs],
+        cred: &Credential<'_>,
+    ) -> Result<(HashMap<&'c str, Org>, HashMap<&'c str, Connection>), ContextError> {
+        let mut org_ids: Vec<(&str, bool)> = Vec::new();
+        let mut connection_ids: Vec<&str> = Vec::new();
+        for (change, needs) in changes.iter().zip(needs) {
+            if let OrgRef::Existing(id) = &change.org
+                && (needs.org || (needs.before && !change.operation.is_create()))
+                && !org_ids.iter().any(|(o, _)| o == id)
+            {
+                org_ids.push((id, by_name(change)));
+            }
+            if let Some(cid) = change.connection_id.as_deref()
+                && needs.connection
+                && !connection_ids.contains(&cid)
+            {
+                connection_ids.push(cid);
+            }
+        }
+        let (orgs, connections) = tokio::try_join!(
+            try_join_all(
+                org_ids
+                    .iter()
+                    .map(|(id, by_name)| self.org(id, *by_name, cred))
+            ),
+            try_join_all(connection_ids.iter().map(|id| self.connection(id, cred))),
+        )?;
+        Ok((
+            org_ids.into_iter().map(|(id, _)| id).zip(orgs).collect(),
+            connection_ids.into_iter().zip(connections).collect(),
+        ))
     }
 
     /// One change's input: `before` read fresh when a rule needs it.
@@ -435,6 +434,21 @@ impl ContextClient {
 /// A string field of a tenant answer.
 fn text(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// What the applicable rules read of a change's context. A delete's record
+/// keeps what it removed, whatever the rules read: compliance asks "what
+/// was removed", and replay can judge delete rules written later.
+fn needs_of(policy: &PolicySet, route: &Governed, change: &Change) -> Needs {
+    if change.operation.is_delete() {
+        Needs {
+            org: true,
+            connection: true,
+            before: true,
+        }
+    } else {
+        policy.needs(route.operation, change.operation)
+    }
 }
 
 /// Whether a change names its organization where a name is accepted too:

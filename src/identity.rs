@@ -133,13 +133,6 @@ pub fn fingerprint(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// Parses `sha256:<hex>` (or bare hex) into the digest.
-pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
-    let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
-    let bytes = hex::decode(hex_part).ok()?;
-    bytes.try_into().ok()
-}
-
 /// The caller, as far as the request tells. Serialised (with its token
 /// fingerprint) into the `decision` event's `data.caller`.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -69,7 +69,29 @@ impl Operation {
     pub fn from_id(id: &str) -> Option<Operation> {
         Operation::ALL.into_iter().find(|op| op.id() == id)
     }
+}
 
+/// An operation reads and writes as its id.
+impl serde::Serialize for Operation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Operation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
+        let id = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Operation::from_id(&id).ok_or_else(|| {
+            let all: Vec<&str> = Operation::ALL.iter().map(|o| o.id()).collect();
+            serde::de::Error::custom(format!(
+                "unknown operation {id:?}; one of {}",
+                all.join(", ")
+            ))
+        })
+    }
+}
+
+impl Operation {
     /// Whether the operation removes an association (it carries no body).
     pub fn is_delete(self) -> bool {
         matches!(

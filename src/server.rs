@@ -99,8 +99,15 @@ pub async fn serve_with<H: Handler>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let open = Arc::new(Open::default());
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    let accepting = Accepting {
+        builder,
+        handler,
+        tls,
+        open: Arc::new(Open::default()),
+        stopping,
+        idle: limits.header_timeout,
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -117,6 +124,7 @@ pub async fn serve_with<H: Handler>(
         };
         // An address past its share is turned away before it can cost
         // anyone else their connection.
+        let open = &accepting.open;
         if !open.has_room_for(peer.ip(), limits.max_per_ip) {
             debug!(%peer, "connection refused: too many from this address");
             continue;
@@ -142,13 +150,46 @@ pub async fn serve_with<H: Handler>(
             debug!(%peer, "connection refused: too many from this address");
             continue;
         };
+        accepting.spawn(stream, peer, conn, permit);
+    }
+    drop(listener);
+    info!("draining open connections");
+    let _ = stop.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, accepting.open.drained())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+}
+
+/// What every accepted connection is served with.
+struct Accepting<H> {
+    builder: auto::Builder<TokioExecutor>,
+    handler: Arc<H>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    open: Arc<Open>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    idle: Duration,
+}
+
+impl<H: Handler> Accepting<H> {
+    /// Serves one admitted connection on its own task; its slot is given
+    /// back when it ends.
+    fn spawn(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        conn: Arc<Conn>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let _ = stream.set_nodelay(true);
-        let service = service(handler.clone(), peer, conn.clone());
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let open = open.clone();
-        let stopping = stopping.clone();
-        let idle = limits.header_timeout;
+        let service = service(self.handler.clone(), peer, conn.clone());
+        let builder = self.builder.clone();
+        let tls = self.tls.clone();
+        let open = self.open.clone();
+        let stopping = self.stopping.clone();
+        let idle = self.idle;
         tokio::spawn(async move {
             let result = match tls {
                 None => {
@@ -187,19 +228,8 @@ pub async fn serve_with<H: Handler>(
             drop(permit);
         });
     }
-    drop(listener);
-    info!("draining open connections");
-    let _ = stop.send(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, open.drained())
-        .await
-        .is_err()
-    {
-        warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping anyway");
-    }
 }
 
-/// One exchange per request, with the client's address in its extensions;
-/// the connection counts as busy while an exchange runs.
 fn service<H: Handler>(
     handler: Arc<H>,
     peer: std::net::SocketAddr,

@@ -98,6 +98,35 @@ fn errors_name_the_key() {
     assert!(e.contains("port"), "{e}");
 }
 
+/// API keys are parsed once, into their types: a bad hash or an unknown
+/// operation is an error naming it, never a key silently dropped.
+#[test]
+fn api_keys_are_typed_values() {
+    let hash = format!("sha256:{}", "ab".repeat(32));
+    let key = |h: &str, ops: &str| {
+        format!("[[identity.keys]]\nname = \"ci\"\nhash = \"{h}\"\noperations = [{ops}]\n")
+    };
+    let e = error(&key("sha256:abc", ""), &[]);
+    assert!(e.contains("hash") && e.contains("64 hex digits"), "{e}");
+    let e = error(&key(&hash, "\"organization_connection.updat\""), &[]);
+    assert!(
+        e.contains("operations") && e.contains("unknown operation"),
+        "{e}"
+    );
+    let c = Config::load(
+        &key(&hash, "\"organization_connection.update\""),
+        "t",
+        env(&[]),
+    )
+    .expect("loads");
+    let k = &c.identity.keys[0];
+    assert_eq!(k.hash.0, [0xab; 32]);
+    assert_eq!(
+        k.operations.as_deref(),
+        Some(&[crate::route::Operation::OrganizationConnectionUpdate][..])
+    );
+}
+
 #[test]
 fn durations() {
     for (s, d) in [

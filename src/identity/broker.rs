@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, RwLock};
 
-use super::{Caller, IdentityError, bearer, fingerprint, parse_key_hash};
+use super::{Caller, IdentityError, bearer, fingerprint};
 use crate::config::{self, Secret};
 use crate::route::Operation;
 use crate::upstream::Upstream;
@@ -39,15 +39,10 @@ impl Broker {
         let keys = cfg
             .keys
             .iter()
-            .filter_map(|k| {
-                Some(Key {
-                    name: k.name.clone(),
-                    hash: parse_key_hash(&k.hash)?,
-                    operations: k
-                        .operations
-                        .as_ref()
-                        .map(|ops| ops.iter().filter_map(|o| Operation::from_id(o)).collect()),
-                })
+            .map(|k| Key {
+                name: k.name.clone(),
+                hash: k.hash.0,
+                operations: k.operations.clone(),
             })
             .collect();
         Broker {

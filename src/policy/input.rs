@@ -79,7 +79,6 @@ pub struct Request {
 pub struct ChangeInput {
     /// The association operation the change is judged as (the request's,
     /// but for the elements of `organization.create` and `sso_ticket.create`).
-    #[serde(with = "operation_id")]
     pub operation: Operation,
     /// JSON pointer of the change in the body ("" for the whole body).
     pub pointer: String,
@@ -131,7 +130,6 @@ impl ChangeInput {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RuleInput {
     /// The request's operation: the `operation` variable.
-    #[serde(with = "operation_id")]
     pub operation: Operation,
     pub caller: Caller,
     pub request: Request,
@@ -243,23 +241,6 @@ pub(super) fn to_cel(value: &Value) -> cel::Value {
                 map.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
             cel::Value::from(entries)
         }
-    }
-}
-
-/// An [`Operation`] as its id.
-mod operation_id {
-    use serde::{Deserialize, Deserializer, Serializer, de};
-
-    use crate::route::Operation;
-
-    pub fn serialize<S: Serializer>(op: &Operation, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(op.id())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
-        let id = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Operation::from_id(&id)
-            .ok_or_else(|| de::Error::custom(format!("unknown operation {id:?}")))
     }
 }
 
