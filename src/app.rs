@@ -189,10 +189,10 @@ async fn start_admin(
     let admin = Admin::new(store.clone(), policies.clone(), config.admin.token.clone())
         .with_upstream(gateway.upstream().clone())
         .with_metrics(crate::telemetry::metrics());
-    let task = tokio::spawn(server::serve_tls(
+    let task = tokio::spawn(server::serve_with(
         listener,
         Arc::new(admin),
-        64,
+        server::ConnLimits::new(64),
         shutdown.clone().cancelled_owned(),
         tls,
     ));

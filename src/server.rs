@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::either::Either;
 use tracing::{debug, error, info, warn};
 
 use crate::BoxBody;
@@ -67,23 +68,13 @@ pub async fn serve<H: Handler>(
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_tls(listener, handler, max_connections, shutdown, None).await;
-}
-
-/// As [`serve`], over TLS when `tls` is given (its certificate can be
-/// reloaded while serving: each new connection uses the current one).
-pub async fn serve_tls<H: Handler>(
-    listener: TcpListener,
-    handler: Arc<H>,
-    max_connections: usize,
-    shutdown: impl Future<Output = ()>,
-    tls: Option<Arc<crate::tls::ServerTls>>,
-) {
     let limits = ConnLimits::new(max_connections);
-    serve_with(listener, handler, limits, shutdown, tls).await;
+    serve_with(listener, handler, limits, shutdown, None).await;
 }
 
-/// As [`serve_tls`], within `limits`.
+/// As [`serve`], within `limits`, over TLS when `tls` is given (its
+/// certificate can be reloaded while serving: each new connection uses the
+/// current one).
 pub async fn serve_with<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -191,36 +182,18 @@ impl<H: Handler> Accepting<H> {
         let stopping = self.stopping.clone();
         let idle = self.idle;
         tokio::spawn(async move {
-            let result = match tls {
-                None => {
-                    run(
-                        &builder,
-                        TokioIo::new(stream),
-                        service,
-                        &conn,
-                        stopping,
-                        idle,
-                    )
-                    .await
-                }
+            let io = match tls {
+                None => Either::Left(stream),
                 Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => {
-                        run(
-                            &builder,
-                            TokioIo::new(stream),
-                            service,
-                            &conn,
-                            stopping,
-                            idle,
-                        )
-                        .await
-                    }
+                    Ok(stream) => Either::Right(stream),
                     Err(e) => {
                         debug!(%peer, error = %e, "TLS handshake failed");
-                        Ok(())
+                        open.remove(&conn);
+                        return;
                     }
                 },
             };
+            let result = run(&builder, TokioIo::new(io), service, &conn, stopping, idle).await;
             if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }

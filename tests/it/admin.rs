@@ -81,19 +81,9 @@ on_both_backends! {
     async fn exchanges_can_be_listed_filtered_and_shown(backend: Backend) {
         let h = Harness::setup().backend(backend).start().await;
         let addr = admin(&h).await;
-        let a = h
-            .send(
-                Method::PATCH,
-                &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-                Some(r#"{"show_as_button":false}"#),
-            )
-            .await;
+        let a = h.patch(r#"{"show_as_button":false}"#).await;
         let b = h
-            .send(
-                Method::PATCH,
-                &format!("/api/v2/organizations/{ORG_GLOBEX}/connections/{CON_SAML}"),
-                Some(r#"{"show_as_button":false}"#),
-            )
+            .patch_at(&format!("/api/v2/organizations/{ORG_GLOBEX}/connections/{CON_SAML}"), r#"{"show_as_button":false}"#)
             .await;
         assert_eq!(b.status, StatusCode::NOT_FOUND);
         h.audit.flush().await;

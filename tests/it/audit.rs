@@ -5,13 +5,27 @@ use serde_json::{Value, json};
 use tollgate::audit::{Store, query, verify};
 use tollgate::sandbox::seed::*;
 
-use crate::harness::{Backend, Harness};
-
-fn item() -> String {
-    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
-}
+use crate::harness::{Backend, Harness, item};
 
 /// A bearer JWT whose claims name a CI client.
+/// The last ten exchanges, newest first.
+async fn latest(h: &Harness) -> Vec<query::Exchange> {
+    let filter = query::Filter {
+        limit: 10,
+        ..Default::default()
+    };
+    query::exchanges(&h.store, &filter).await.expect("query")
+}
+
+/// A gateway denying `full` access, recording in `backend`.
+async fn judging_no_full(backend: Backend) -> Harness {
+    Harness::setup()
+        .backend(backend)
+        .rule(NO_FULL)
+        .start()
+        .await
+}
+
 fn jwt() -> String {
     use base64::Engine;
     let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
@@ -64,11 +78,7 @@ fn drop_triggers(backend: Backend) -> &'static str {
 
 on_both_backends! {
     async fn a_forwarded_exchange_has_both_events_and_a_denied_one_its_decision(backend: Backend) {
-        let h = Harness::setup()
-            .backend(backend)
-            .policies(&[("r.toml", NO_FULL)])
-            .start()
-            .await;
+        let h = judging_no_full(backend).await;
         let auth = format!("Bearer {}", jwt());
         let headers = [
             ("authorization", auth.as_str()),
@@ -76,12 +86,7 @@ on_both_backends! {
             ("user-agent", "terraform/1.9"),
         ];
         let ok = h
-            .send_with(
-                Method::PATCH,
-                &item(),
-                &headers,
-                br#"{"organization_access_level":"limited"}"#,
-            )
+            .send_with(Method::PATCH, &item(), &headers, br#"{"organization_access_level":"limited"}"#)
             .await;
         assert_eq!(ok.status, StatusCode::OK);
         let evs = events(&h, &ok.audit_id()).await;
@@ -165,9 +170,7 @@ on_both_backends! {
             "ALTER TABLE audit_events RENAME TO audit_events_away",
         )
         .await;
-        let a = h
-            .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
-            .await;
+        let a = h.patch(r#"{"show_as_button":false}"#).await;
         assert_eq!(
             a.status,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -190,9 +193,7 @@ on_both_backends! {
             "ALTER TABLE audit_events_away RENAME TO audit_events",
         )
         .await;
-        let a = h
-            .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
-            .await;
+        let a = h.patch(r#"{"show_as_button":false}"#).await;
         assert_eq!(a.status, StatusCode::OK, "{backend:?}");
         h.audit.flush().await;
         let report = verify::verify(&h.store).await.expect("verify");
@@ -212,9 +213,7 @@ async fn on_failure_forward_forwards_without_a_record(backend: Backend) {
         "ALTER TABLE audit_events RENAME TO audit_events_away",
     )
     .await;
-    let a = h
-        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
-        .await;
+    let a = h.patch(r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::OK);
     let got = h.received();
     assert_eq!(got.len(), 1);
@@ -241,7 +240,7 @@ on_both_backends! {
             let h = h.clone();
             tasks.push(tokio::spawn(async move {
                 let body = format!(r#"{{"show_as_button":{}}}"#, i % 2 == 0);
-                h.send(Method::PATCH, &item(), Some(&body)).await
+                h.patch(&body).await
             }));
         }
         let mut ids = Vec::new();
@@ -278,11 +277,10 @@ on_both_backends! {
 async fn two_gateways_on_one_postgres_write_two_valid_chains() {
     let a = Harness::setup().backend(Backend::Postgres).start().await;
     let b = Harness::setup().store_url(&a.store_url).start().await;
-    let path = item();
     for _ in 0..10 {
         let (x, y) = tokio::join!(
-            a.send(Method::PATCH, &path, Some(r#"{"show_as_button":true}"#)),
-            b.send(Method::PATCH, &path, Some(r#"{"show_as_button":false}"#)),
+            a.patch(r#"{"show_as_button":true}"#),
+            b.patch(r#"{"show_as_button":false}"#),
         );
         assert_eq!((x.status, y.status), (StatusCode::OK, StatusCode::OK));
     }
@@ -302,9 +300,7 @@ async fn two_gateways_on_one_postgres_write_two_valid_chains() {
 async fn tampered(backend: Backend, tamper: &str) -> verify::Report {
     let h = Harness::setup().backend(backend).start().await;
     for _ in 0..3 {
-        let a = h
-            .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
-            .await;
+        let a = h.patch(r#"{"show_as_button":false}"#).await;
         assert_eq!(a.status, StatusCode::OK);
     }
     h.audit.flush().await;
@@ -380,7 +376,7 @@ on_both_backends! {
 on_both_backends! {
     async fn the_store_refuses_updates_and_deletes(backend: Backend) {
         let h = Harness::setup().backend(backend).start().await;
-        h.send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
+        h.patch(r#"{"show_as_button":false}"#)
             .await;
         h.audit.flush().await;
         for sql in [
@@ -400,23 +396,11 @@ on_both_backends! {
 
 on_both_backends! {
     async fn queries_filter_and_export(backend: Backend) {
-        let h = Harness::setup()
-            .backend(backend)
-            .policies(&[("r.toml", NO_FULL)])
-            .start()
-            .await;
+        let h = judging_no_full(backend).await;
         let auth = format!("Bearer {}", jwt());
-        let headers = [
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ];
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
         let full = h
-            .send_with(
-                Method::PATCH,
-                &item(),
-                &headers,
-                br#"{"organization_access_level":"full"}"#,
-            )
+            .send_with(Method::PATCH, &item(), &headers, br#"{"organization_access_level":"full"}"#)
             .await;
         let ok = h
             .send(
@@ -559,15 +543,7 @@ on_both_backends! {
             .record(exchange.decision_event(None))
             .await
             .expect("record");
-        let rows = query::exchanges(
-            &h.store,
-            &query::Filter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("query");
+        let rows = latest(&h).await;
         assert_eq!(rows[0].outcome, "unknown", "{backend:?}");
         assert_eq!(rows[0].status, None);
     }
@@ -588,25 +564,15 @@ async fn a_tenant_that_times_out_leaves_a_failed_outcome(backend: Backend) {
     let h = Harness::setup()
         .backend(backend)
         .config("[upstream]\ntimeout = \"200ms\"\n")
-        .upstream(&format!("http://{addr}"), tollgate::sandbox::Sandbox::new())
+        .tenant_at(addr, tollgate::sandbox::Sandbox::new())
         .start()
         .await;
-    let a = h
-        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
-        .await;
+    let a = h.patch(r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     let evs = events(&h, &a.audit_id()).await;
     assert_eq!(evs.len(), 2);
     assert_eq!(evs[1]["event"]["data"]["error"]["kind"], "timeout");
-    let rows = query::exchanges(
-        &h.store,
-        &query::Filter {
-            limit: 10,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("query");
+    let rows = latest(&h).await;
     assert_eq!(rows[0].outcome, "failed");
 }
 }

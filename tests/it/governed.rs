@@ -5,7 +5,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 use tollgate::sandbox::seed::*;
 
-use crate::harness::Harness;
+use crate::harness::{Harness, item};
 
 /// One governed call: what is sent, what the tenant must receive.
 struct Case {
@@ -33,16 +33,11 @@ fn cases() -> Vec<Case> {
         ),
         c(
             Method::PATCH,
-            format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
+            item(),
             Some(json!({"organization_access_level": "limited", "show_as_button": false})),
             StatusCode::OK,
         ),
-        c(
-            Method::DELETE,
-            format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            None,
-            StatusCode::NO_CONTENT,
-        ),
+        c(Method::DELETE, item(), None, StatusCode::NO_CONTENT),
         c(
             Method::POST,
             format!("/api/v2/organizations/{ORG_GLOBEX}/enabled_connections"),
@@ -149,9 +144,7 @@ async fn the_tenants_answer_is_returned_unchanged() {
         r#"{"show_as_button":true}"#,
     )
     .await;
-    let through = h
-        .send(Method::PATCH, &path, Some(r#"{"show_as_button":true}"#))
-        .await;
+    let through = h.patch_at(&path, r#"{"show_as_button":true}"#).await;
     assert_eq!(through.status, direct.status);
     assert_eq!(through.body, direct.body);
     let kept = |a: &crate::harness::Answer| {
@@ -172,10 +165,9 @@ async fn the_tenants_answer_is_returned_unchanged() {
     assert_eq!(kept(&through), kept(&direct));
     // A 404 from the tenant: its own error body, not tollgate's.
     let a = h
-        .send(
-            Method::PATCH,
+        .patch_at(
             &format!("/api/v2/organizations/{ORG_GLOBEX}/connections/{CON_SAML}"),
-            Some(r#"{"show_as_button":true}"#),
+            r#"{"show_as_button":true}"#,
         )
         .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
@@ -197,14 +189,7 @@ async fn the_tenants_answer_is_returned_unchanged() {
     assert_eq!(a.status, StatusCode::CONFLICT);
 
     // Missing credentials: the tenant's 401 comes back.
-    let a = h
-        .send_with(
-            Method::DELETE,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            &[],
-            b"",
-        )
-        .await;
+    let a = h.send_with(Method::DELETE, &item(), &[], b"").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(a.json()["message"], "Missing authentication");
 }
@@ -213,25 +198,20 @@ async fn the_tenants_answer_is_returned_unchanged() {
 async fn case_and_trailing_slash_variants_are_governed_and_canonicalised() {
     let h = Harness::start().await;
     let a = h
-        .send(
-            Method::PATCH,
+        .patch_at(
             &format!("/API/V2/Organizations/{ORG_ACME}/CONNECTIONS/{CON_SAML}/"),
-            Some(r#"{"organization_access_level":"limited"}"#),
+            r#"{"organization_access_level":"limited"}"#,
         )
         .await;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
     let got = h.received();
-    assert_eq!(
-        got[0].target,
-        format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
-    );
+    assert_eq!(got[0].target, item());
 
     // Governed means validated: the same variant with a bad body never leaves.
     let a = h
-        .send(
-            Method::PATCH,
+        .patch_at(
             &format!("/Api/v2/organizations/{ORG_ACME}/Connections/{CON_SAML}/"),
-            Some(r#"{"organization_access_level":"owner"}"#),
+            r#"{"organization_access_level":"owner"}"#,
         )
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
@@ -240,10 +220,9 @@ async fn case_and_trailing_slash_variants_are_governed_and_canonicalised() {
 
     // Percent-encoded literal segments too.
     let a = h
-        .send(
-            Method::PATCH,
+        .patch_at(
             &format!("/api/v2/%6Frganizations/{ORG_ACME}/connection%73/{CON_SAML}"),
-            Some(r#"{"organization_access_level":"owner"}"#),
+            r#"{"organization_access_level":"owner"}"#,
         )
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
@@ -255,13 +234,7 @@ async fn the_forwarded_body_is_the_reserialised_judged_value() {
     let h = Harness::start().await;
     // Keys out of alphabetical order: the order sent is the order forwarded.
     let sent = "{ \"show_as_button\":false,\n\t\"organization_access_level\" : \"limit\\u0065d\" }";
-    let a = h
-        .send(
-            Method::PATCH,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            Some(sent),
-        )
-        .await;
+    let a = h.send(Method::PATCH, &item(), Some(sent)).await;
     assert_eq!(a.status, StatusCode::OK);
     let got = &h.received()[0];
     assert_eq!(
@@ -303,7 +276,7 @@ async fn numbers_arrive_byte_for_byte() {
 #[tokio::test]
 async fn schema_errors_name_the_field_and_forward_nothing() {
     let h = Harness::start().await;
-    let update = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
+    let update = item();
     let create = format!("/api/v2/organizations/{ORG_ACME}/connections");
     let legacy = format!("/api/v2/organizations/{ORG_ACME}/enabled_connections/{CON_SAML}");
     let long = "x".repeat(51);
@@ -390,11 +363,7 @@ async fn schema_errors_name_the_field_and_forward_nothing() {
     }
     // Path parameters have their limits too.
     let a = h
-        .send(
-            Method::PATCH,
-            &format!("/api/v2/organizations/{long}/connections/c"),
-            Some("{}"),
-        )
+        .patch_at(&format!("/api/v2/organizations/{long}/connections/c"), "{}")
         .await;
     assert_eq!(a.error_code(), "invalid_uri");
     assert!(h.received().is_empty(), "nothing reached the tenant");
@@ -403,13 +372,7 @@ async fn schema_errors_name_the_field_and_forward_nothing() {
 #[tokio::test]
 async fn unknown_fields_can_be_let_through() {
     let h = Harness::with_config("[schema]\nunknown_fields = \"forward\"\n").await;
-    let a = h
-        .send(
-            Method::PATCH,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            Some(r#"{"is_admin":true}"#),
-        )
-        .await;
+    let a = h.patch(r#"{"is_admin":true}"#).await;
     // Forwarded; the tenant has its own opinion of it.
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(h.received()[0].json(), json!({"is_admin": true}));

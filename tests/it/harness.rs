@@ -24,6 +24,12 @@ use tollgate::tls::TlsFiles;
 
 pub const TOKEN: &str = "Bearer test-token";
 
+/// The seed association's item route: the request most tests send.
+pub fn item() -> String {
+    use tollgate::sandbox::seed::{CON_SAML, ORG_ACME};
+    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
+}
+
 /// Where the audit log is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -185,6 +191,16 @@ impl Setup {
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
         self
+    }
+
+    /// Judges by one policy file holding `rules`.
+    pub fn rule(self, rules: &str) -> Setup {
+        self.policies(&[("r.toml", rules)])
+    }
+
+    /// In front of `tenant`, served at `addr`.
+    pub fn tenant_at(self, addr: SocketAddr, tenant: Sandbox) -> Setup {
+        self.upstream(&format!("http://{addr}"), tenant)
     }
 
     pub fn backend(mut self, backend: Backend) -> Setup {
@@ -409,6 +425,11 @@ impl Served {
     }
 
     /// What it logged so far.
+    /// PATCHes `path` on the running binary with `body`.
+    pub async fn patch(&self, path: &str, body: &str) -> Answer {
+        Harness::client_send(&self.addr, Method::PATCH, path, body).await
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().expect("log").join("\n")
     }
@@ -451,14 +472,19 @@ pub async fn serve_exits(
     )
 }
 
-/// Sends SIGTERM and waits for a successful exit.
-pub async fn terminate(mut child: tokio::process::Child) {
+/// Sends `signal` (`HUP`, `TERM`) to a running `tollgate serve`.
+pub fn send_signal(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().expect("pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
         .status()
         .expect("kill");
-    assert!(killed.success());
+    assert!(sent.success());
+}
+
+/// Sends SIGTERM and waits for a successful exit.
+pub async fn terminate(mut child: tokio::process::Child) {
+    send_signal(&child, "TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("stopped in time")
@@ -507,6 +533,12 @@ impl Harness {
         Harness::setup().config(toml).policies(files).start().await
     }
 
+    /// A gateway configured by `toml`, judging by `rule`, in front of the
+    /// sandbox.
+    pub async fn with_rule(toml: &str, rule: &str) -> Harness {
+        Harness::setup().config(toml).rule(rule).start().await
+    }
+
     /// A gateway configured by `toml` in front of the tenant at `url`
     /// (`tenant` is the sandbox behind it, if any).
     pub async fn in_front_of(toml: &str, url: &str, tenant: Sandbox) -> Harness {
@@ -536,6 +568,25 @@ impl Harness {
         if let Some(app) = self.app.take() {
             app.stopped().await;
         }
+    }
+
+    /// PATCHes the seed association ([`item`]) with `body`.
+    pub async fn patch(&self, body: &str) -> Answer {
+        self.patch_at(&item(), body).await
+    }
+
+    /// PATCHes the seed association with `body`, presenting `authorization`.
+    pub async fn patch_as(&self, authorization: &str, body: &[u8]) -> Answer {
+        let headers = [
+            ("authorization", authorization),
+            ("content-type", "application/json"),
+        ];
+        self.send_with(Method::PATCH, &item(), &headers, body).await
+    }
+
+    /// PATCHes `path` with `body`.
+    pub async fn patch_at(&self, path: &str, body: &str) -> Answer {
+        self.send(Method::PATCH, path, Some(body)).await
     }
 
     /// Sends a request with a bearer token and, when `body` is given, a JSON

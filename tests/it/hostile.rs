@@ -15,12 +15,8 @@ use tollgate::audit::query;
 use tollgate::sandbox::seed::*;
 use tollgate::server::Handler;
 
-use crate::harness::{Harness, Served, serve_on_port_0};
+use crate::harness::{Harness, Served, item, serve_on_port_0};
 use crate::observability::Collector;
-
-fn item() -> String {
-    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
-}
 
 /// A connection to `addr` from the loopback address `from` (127.0.0.x).
 async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
@@ -112,13 +108,7 @@ async fn slow_and_idle_clients_do_not_lock_out_a_normal_one() {
     let mut worst = Duration::ZERO;
     for _ in 0..20 {
         let started = Instant::now();
-        let a = Harness::client_send(
-            &served.addr,
-            Method::PATCH,
-            &item(),
-            r#"{"show_as_button":false}"#,
-        )
-        .await;
+        let a = served.patch(&item(), r#"{"show_as_button":false}"#).await;
         worst = worst.max(started.elapsed());
         assert_eq!(
             a.status,
@@ -170,13 +160,12 @@ async fn query_string_values_are_never_recorded() {
         "SECRETread",
         "SECRETbare",
     ];
-    let governed = Harness::client_send(
-        &served.addr,
-        Method::PATCH,
-        &format!("{}?access_token={}", item(), secrets[0]),
-        r#"{"show_as_button":false}"#,
-    )
-    .await;
+    let governed = served
+        .patch(
+            &format!("{}?access_token={}", item(), secrets[0]),
+            r#"{"show_as_button":false}"#,
+        )
+        .await;
     assert_eq!(governed.status, StatusCode::BAD_REQUEST);
     let token = Harness::client_send(
         &served.addr,
@@ -253,11 +242,11 @@ async fn method_case_variants_are_never_forwarded_unjudged() {
 async fn array_elements_are_bounded_and_lookups_deduplicated() {
     // A rule that reads the organization: every element needs it.
     let rule = "[[rule]]\nid = \"known-orgs\"\ndeny = 'org.name == null'\nmessage = \"unknown organization\"\n";
-    let h = Harness::setup()
-        .config("[limits]\nmax_elements = 50\n[context]\ncache_ttl = \"0s\"\n")
-        .policies(&[("r.toml", rule)])
-        .start()
-        .await;
+    let h = Harness::with_rule(
+        "[limits]\nmax_elements = 50\n[context]\ncache_ttl = \"0s\"\n",
+        rule,
+    )
+    .await;
     let ticket = format!("/api/v2/self-service-profiles/{SELF_SERVICE_PROFILE}/sso-ticket");
     let body = |n: usize| {
         let orgs: Vec<Value> = (0..n)
@@ -316,16 +305,14 @@ async fn a_tenant_429_during_a_lookup_reaches_the_caller_as_429() {
     let tenant = serve_on_port_0(Exhausted).await;
     let rule = "[[rule]]\nid = \"no-full-access\"\ndeny = 'after.organization_access_level == \"full\"'\nmessage = \"m\"\n";
     let h = Harness::setup()
-        .policies(&[("r.toml", rule)])
+        .rule(rule)
         .upstream(
             &format!("http://{tenant}"),
             tollgate::sandbox::Sandbox::new(),
         )
         .start()
         .await;
-    let a = h
-        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
-        .await;
+    let a = h.patch(r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.headers["retry-after"], "3");
     assert_eq!(a.headers["x-ratelimit-remaining"], "0");
@@ -395,13 +382,7 @@ async fn clients_that_stop_reading_do_not_hold_the_slots() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..3 {
         let started = Instant::now();
-        let a = Harness::client_send(
-            &served.addr,
-            Method::PATCH,
-            &item(),
-            r#"{"show_as_button":false}"#,
-        )
-        .await;
+        let a = served.patch(&item(), r#"{"show_as_button":false}"#).await;
         assert_eq!(a.status, StatusCode::OK);
         assert!(
             started.elapsed() < Duration::from_secs(3),

@@ -10,11 +10,7 @@ use serde_json::{Value, json};
 use tollgate::audit::query;
 use tollgate::sandbox::seed::*;
 
-use crate::harness::{Harness, start_sandbox};
-
-fn item() -> String {
-    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
-}
+use crate::harness::{Harness, item, start_sandbox};
 
 const BODY: &[u8] = br#"{"show_as_button":false}"#;
 
@@ -61,17 +57,7 @@ impl Tenant {
 
     async fn patch(&self, token: &str) -> crate::harness::Answer {
         let auth = format!("Bearer {token}");
-        self.h
-            .send_with(
-                Method::PATCH,
-                &item(),
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                BODY,
-            )
-            .await
+        self.h.patch_as(&auth, BODY).await
     }
 
     fn patches(&self) -> usize {
@@ -356,28 +342,28 @@ async fn broker_mode_injects_its_own_token(backend: Backend) {
 }
 }
 
-on_both_backends! {
-async fn broker_tokens_are_refreshed_after_expiry(backend: Backend) {
+/// A broker-mode gateway with one key (`ci`, returned) in front of a tenant
+/// whose tokens last `ttl` seconds.
+async fn broker_with_token_ttl(backend: crate::harness::Backend, ttl: u64) -> (Harness, String) {
     let (ci, _) = tollgate::identity::new_key();
     let (tenant, addr) = start_sandbox().await;
-    tenant.set_token_ttl(0);
-    let h = Harness::setup().backend(backend)
+    tenant.set_token_ttl(ttl);
+    let h = Harness::setup()
+        .backend(backend)
         .config(&broker_config(&[("ci", &ci, None)]))
-        .upstream(&format!("http://{addr}"), tenant)
+        .tenant_at(addr, tenant)
         .start()
         .await;
+    (h, ci)
+}
+
+on_both_backends! {
+async fn broker_tokens_are_refreshed_after_expiry(backend: Backend) {
+    let (h, ci) = broker_with_token_ttl(backend, 0).await;
     let auth = format!("Bearer {ci}");
     for _ in 0..3 {
         let a = h
-            .send_with(
-                Method::PATCH,
-                &item(),
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                BODY,
-            )
+            .patch_as(&auth, BODY)
             .await;
         assert_eq!(a.status, StatusCode::OK);
     }
@@ -432,22 +418,14 @@ async fn rules_read_the_callers_key_name(backend: Backend) {
     let h = Harness::setup()
         .backend(backend)
         .config(&config)
-        .policies(&[("r.toml", rule)])
+        .rule(rule)
         .start()
         .await;
     let send = |key: String| {
         let h = &h;
         async move {
             let auth = format!("Bearer {key}");
-            h.send_with(
-                Method::PATCH,
-                &item(),
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                BODY,
-            )
+            h.patch_as(&auth, BODY)
             .await
         }
     };
@@ -462,14 +440,7 @@ async fn rules_read_the_callers_key_name(backend: Backend) {
 // its lifetime early), never used up to its last instant.
 on_both_backends! {
 async fn broker_tokens_are_refreshed_before_they_expire(backend: Backend) {
-    let (ci, _) = tollgate::identity::new_key();
-    let (tenant, addr) = start_sandbox().await;
-    tenant.set_token_ttl(2);
-    let h = Harness::setup().backend(backend)
-        .config(&broker_config(&[("ci", &ci, None)]))
-        .upstream(&format!("http://{addr}"), tenant)
-        .start()
-        .await;
+    let (h, ci) = broker_with_token_ttl(backend, 2).await;
     let auth = format!("Bearer {ci}");
     let path = item();
     let headers = [

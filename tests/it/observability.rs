@@ -14,7 +14,7 @@ use tollgate::sandbox::seed::*;
 use tollgate::server::Handler;
 use tollgate::upstream::Upstream;
 
-use crate::harness::{Answer, Harness, start_sandbox};
+use crate::harness::{Answer, Harness, item, start_sandbox};
 
 async fn get(addr: SocketAddr, path: &str) -> Answer {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -62,18 +62,12 @@ async fn the_binary_serves_its_metrics_and_reloads_policies_on_sighup() {
         ],
     )
     .await;
-    let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
+    let path = item();
     for _ in 0..2 {
-        let a = Harness::client_send(
-            &served.addr,
-            Method::PATCH,
-            &path,
-            r#"{"show_as_button":false}"#,
-        )
-        .await;
+        let a = served.patch(&path, r#"{"show_as_button":false}"#).await;
         assert_eq!(a.status, StatusCode::OK);
     }
-    let a = Harness::client_send(&served.addr, Method::PATCH, &path, r#"{"x":1}"#).await;
+    let a = served.patch(&path, r#"{"x":1}"#).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     let metrics = || async {
         String::from_utf8_lossy(&Harness::client_get(&served.admin, "/metrics").await.body)
@@ -112,12 +106,7 @@ async fn the_binary_serves_its_metrics_and_reloads_policies_on_sighup() {
         !text.contains("tollgate_policy_reloads_total"),
         "no reload yet"
     );
-    let pid = served.child.id().expect("pid").to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill");
-    assert!(hup.success());
+    crate::harness::send_signal(&served.child, "HUP");
     let reloaded = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if metrics()

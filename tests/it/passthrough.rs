@@ -4,7 +4,7 @@
 use http::{Method, StatusCode};
 use tollgate::sandbox::seed::*;
 
-use crate::harness::{Harness, TOKEN};
+use crate::harness::{Harness, TOKEN, item};
 
 #[tokio::test]
 async fn reads_pass_through_with_their_query() {
@@ -27,12 +27,7 @@ async fn reads_pass_through_with_their_query() {
 
     // A governed path read with GET is not governed.
     let a = h
-        .send_with(
-            Method::GET,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            &[("authorization", TOKEN)],
-            b"",
-        )
+        .send_with(Method::GET, &item(), &[("authorization", TOKEN)], b"")
         .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["organization_access_level"], "readonly");
@@ -99,13 +94,7 @@ async fn deny_refuses_everything_but_governed_calls() {
     assert_eq!(a.error_code(), "tollgate_route_denied");
     assert!(h.received().is_empty());
 
-    let a = h
-        .send(
-            Method::PATCH,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            Some(r#"{"show_as_button":false}"#),
-        )
-        .await;
+    let a = h.patch(r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(h.received().len(), 1);
 }

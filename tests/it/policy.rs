@@ -12,7 +12,7 @@ use tollgate::sandbox::Sandbox;
 use tollgate::sandbox::seed::*;
 use tollgate::server::{self, Handler};
 
-use crate::harness::{Answer, Harness};
+use crate::harness::{Answer, Harness, item};
 
 /// The repository's starter policy set.
 fn starter() -> Vec<(&'static str, String)> {
@@ -66,13 +66,7 @@ async fn the_starter_rules_guard_every_route() {
     let h = with_starter().await;
     let full = r#"{"organization_access_level":"full"}"#;
     // Denied on each route that can grant full access.
-    let a = h
-        .send(
-            Method::PATCH,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            Some(full),
-        )
-        .await;
+    let a = h.send(Method::PATCH, &item(), Some(full)).await;
     assert_denied(&a, &["no-full-access"]);
     assert_eq!(a.json()["rules"][0]["field"], "/organization_access_level");
     assert_eq!(
@@ -106,13 +100,7 @@ async fn the_starter_rules_guard_every_route() {
 
     // Signup outside database connections, on both families and in tickets.
     let signup = r#"{"is_signup_enabled":true,"assign_membership_on_login":true}"#;
-    let a = h
-        .send(
-            Method::PATCH,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            Some(signup),
-        )
-        .await;
+    let a = h.send(Method::PATCH, &item(), Some(signup)).await;
     assert_denied(&a, &["signup-on-database-only"]);
     let a = h
         .send(
@@ -155,13 +143,7 @@ async fn the_starter_rules_guard_every_route() {
     );
 
     // Allowed: the same routes within the rules.
-    let a = h
-        .send(
-            Method::PATCH,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            Some(r#"{"organization_access_level":"limited"}"#),
-        )
-        .await;
+    let a = h.patch(r#"{"organization_access_level":"limited"}"#).await;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
     let a = h
         .send(
@@ -171,13 +153,7 @@ async fn the_starter_rules_guard_every_route() {
         )
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    let a = h
-        .send(
-            Method::DELETE,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            None,
-        )
-        .await;
+    let a = h.send(Method::DELETE, &item(), None).await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     assert_eq!(changes(&h).len(), 3);
 }
@@ -196,10 +172,9 @@ async fn two_harmless_steps_to_a_forbidden_state_are_denied_at_the_second() {
     assert_eq!(a.status, StatusCode::CREATED);
     // The second step only turns membership off; the result breaks a rule.
     let a = h
-        .send(
-            Method::PATCH,
+        .patch_at(
             &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_DATABASE}"),
-            Some(r#"{"assign_membership_on_login":false}"#),
+            r#"{"assign_membership_on_login":false}"#,
         )
         .await;
     assert_denied(&a, &["signup-needs-membership"]);
@@ -209,10 +184,8 @@ async fn two_harmless_steps_to_a_forbidden_state_are_denied_at_the_second() {
 #[tokio::test]
 async fn context_is_fetched_with_the_callers_credentials_and_cached() {
     let h = with_starter().await;
-    let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
-    let a = h
-        .send(Method::PATCH, &path, Some(r#"{"show_as_button":false}"#))
-        .await;
+    let path = item();
+    let a = h.patch_at(&path, r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::OK);
     let gets: Vec<_> = h
         .received()
@@ -231,9 +204,7 @@ async fn context_is_fetched_with_the_callers_credentials_and_cached() {
     // The connection is cached; the association was changed, so it is
     // fetched again.
     let before = h.received().len();
-    let a = h
-        .send(Method::PATCH, &path, Some(r#"{"show_as_button":true}"#))
-        .await;
+    let a = h.patch_at(&path, r#"{"show_as_button":true}"#).await;
     assert_eq!(a.status, StatusCode::OK);
     let new: Vec<String> = h.received()[before..]
         .iter()
@@ -258,10 +229,8 @@ message = "readonly is being phased out"
 mode = "dry-run"
 "#;
     let h = Harness::with_policies("", &[("r.toml", rules)]).await;
-    let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
-    let a = h
-        .send(Method::PATCH, &path, Some(r#"{"show_as_button":false}"#))
-        .await;
+    let path = item();
+    let a = h.patch_at(&path, r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(
         a.headers["warning"],
@@ -269,9 +238,7 @@ mode = "dry-run"
     );
     // The sandbox's association is readonly: the dry-run rule matches, and
     // the request is forwarded without a word.
-    let a = h
-        .send(Method::PATCH, &path, Some(r#"{"show_as_button":true}"#))
-        .await;
+    let a = h.patch_at(&path, r#"{"show_as_button":true}"#).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(!a.headers.contains_key("warning"));
     assert_eq!(changes(&h).len(), 2);
@@ -317,13 +284,7 @@ async fn context_that_cannot_be_fetched_fails_closed() {
         std::fs::write(h.policy_dir.path().join(name), text).expect("write");
     }
     h.policies.reload().expect("reload");
-    let a = h
-        .send(
-            Method::PATCH,
-            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
-            Some(r#"{"show_as_button":false}"#),
-        )
-        .await;
+    let a = h.patch(r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{a:?}");
     assert_eq!(a.error_code(), "tollgate_context_unavailable");
     assert!(changes(&h).is_empty(), "nothing forwarded");
@@ -333,7 +294,7 @@ async fn context_that_cannot_be_fetched_fails_closed() {
 async fn reloads_keep_the_last_good_set_and_pick_up_new_files() {
     let h = Harness::with_policies("", &[]).await;
     let _watch = h.policies.watch().expect("watch");
-    let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
+    let path = item();
     let hide = Some(r#"{"show_as_button":false}"#);
     assert_eq!(
         h.send(Method::PATCH, &path, hide).await.status,

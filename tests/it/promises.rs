@@ -8,11 +8,7 @@ use serde_json::Value;
 use tollgate::audit::query;
 use tollgate::sandbox::seed::*;
 
-use crate::harness::Harness;
-
-fn item() -> String {
-    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
-}
+use crate::harness::{Harness, item};
 
 async fn events(h: &Harness, id: &str) -> Vec<Value> {
     h.audit.flush().await;
@@ -29,9 +25,7 @@ async fn events(h: &Harness, id: &str) -> Vec<Value> {
 #[tokio::test]
 async fn outcome_bodies_are_capped_at_audit_max_body() {
     let h = Harness::with_config("[audit]\nmax_body = 16\n").await;
-    let a = h
-        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
-        .await;
+    let a = h.patch(r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.body.len() > 16, "the client gets the whole answer");
     let evs = events(&h, &a.audit_id()).await;
@@ -131,11 +125,7 @@ async fn refusals_are_recorded_with_their_decision_alone() {
 #[tokio::test]
 async fn cached_facts_expire_after_cache_ttl() {
     let rule = "[[rule]]\nid = \"no-oidc\"\noperations = [\"organization_connection.update\"]\ndeny = 'connection.strategy == \"oidc\"'\nmessage = \"m\"\n";
-    let h = Harness::setup()
-        .config("[context]\ncache_ttl = \"300ms\"\n")
-        .policies(&[("r.toml", rule)])
-        .start()
-        .await;
+    let h = Harness::with_rule("[context]\ncache_ttl = \"300ms\"\n", rule).await;
     let lookups = || {
         h.received()
             .iter()
@@ -145,16 +135,12 @@ async fn cached_facts_expire_after_cache_ttl() {
             .count()
     };
     for _ in 0..2 {
-        let a = h
-            .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
-            .await;
+        let a = h.patch(r#"{"show_as_button":false}"#).await;
         assert_eq!(a.status, StatusCode::OK);
     }
     assert_eq!(lookups(), 1, "the second change used the cached connection");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let a = h
-        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":true}"#))
-        .await;
+    let a = h.patch(r#"{"show_as_button":true}"#).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(lookups(), 2, "looked up again after the ttl");
 }
@@ -193,17 +179,14 @@ message = "acme's buttons stay"
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json()["rules"][0]["id"], "no-scripts");
     // By id: resolved to its name.
-    let a = h
-        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":false}"#))
-        .await;
+    let a = h.patch(r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json()["rules"][0]["id"], "acme-frozen");
     // By name: resolved the same way.
     let a = h
-        .send(
-            Method::PATCH,
+        .patch_at(
             &format!("/api/v2/organizations/acme/connections/{CON_SAML}"),
-            Some(r#"{"show_as_button":false}"#),
+            r#"{"show_as_button":false}"#,
         )
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
@@ -218,9 +201,7 @@ async fn a_failing_warn_rule_forwards_with_its_error() {
     let rule =
         "[[rule]]\nid = \"shaky\"\ndeny = 'body.nope == 1'\nmessage = \"m\"\nmode = \"warn\"\n";
     let h = Harness::with_policies("", &[("r.toml", rule)]).await;
-    let a = h
-        .send(Method::PATCH, &item(), Some(r#"{"show_as_button":true}"#))
-        .await;
+    let a = h.patch(r#"{"show_as_button":true}"#).await;
     assert_eq!(a.status, StatusCode::OK);
     let warning = a.headers["warning"].to_str().expect("ascii");
     assert!(
@@ -334,13 +315,7 @@ async fn credentials_are_never_logged_or_recorded() {
         ],
     )
     .await;
-    let a = Harness::client_send(
-        &served.addr,
-        Method::PATCH,
-        &item(),
-        r#"{"show_as_button":true}"#,
-    )
-    .await;
+    let a = served.patch(&item(), r#"{"show_as_button":true}"#).await;
     assert_eq!(
         a.status,
         StatusCode::UNAUTHORIZED,
@@ -385,13 +360,7 @@ async fn audit_write_failures_are_refused_and_counted() {
     .execute(pool)
     .await
     .expect("rename");
-    let a = Harness::client_send(
-        &served.addr,
-        Method::PATCH,
-        &item(),
-        r#"{"show_as_button":false}"#,
-    )
-    .await;
+    let a = served.patch(&item(), r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.error_code(), "tollgate_audit_unavailable");
     assert_eq!(a.headers["retry-after"], "1");

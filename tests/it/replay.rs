@@ -13,24 +13,11 @@ on_both_backends! {
         let recorded_rules = "[[rule]]\nid = \"no-hidden\"\ndeny = 'after.show_as_button == false'\nmessage = \"m\"\nmode = \"warn\"\n";
         let h = Harness::setup()
             .backend(backend)
-            .policies(&[("r.toml", recorded_rules)])
+            .rule(recorded_rules)
             .start()
             .await;
-        let path = format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}");
-        let limited = h
-            .send(
-                Method::PATCH,
-                &path,
-                Some(r#"{"organization_access_level":"limited"}"#),
-            )
-            .await;
-        let full = h
-            .send(
-                Method::PATCH,
-                &path,
-                Some(r#"{"organization_access_level":"full"}"#),
-            )
-            .await;
+        let limited = h.patch(r#"{"organization_access_level":"limited"}"#).await;
+        let full = h.patch(r#"{"organization_access_level":"full"}"#).await;
         assert_eq!(
             (limited.status, full.status),
             (StatusCode::OK, StatusCode::OK)
@@ -43,13 +30,7 @@ on_both_backends! {
             )
             .await;
         assert_eq!(create.status, StatusCode::CREATED);
-        let invalid = h
-            .send(
-                Method::PATCH,
-                &path,
-                Some(r#"{"organization_access_level":"owner"}"#),
-            )
-            .await;
+        let invalid = h.patch(r#"{"organization_access_level":"owner"}"#).await;
         assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
         h.audit.flush().await;
 

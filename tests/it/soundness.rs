@@ -156,7 +156,7 @@ on_both_backends! {
     async fn concurrent_changes_to_one_association_never_add_up(backend: Backend) {
         let h = Harness::setup()
             .backend(backend)
-            .policies(&[("r.toml", RULES)])
+            .rule(RULES)
             .start()
             .await;
         lenient_tenant(&h.tenant);
@@ -171,13 +171,13 @@ async fn two_gateways_on_one_postgres_never_add_up() {
     let url = format!("http://{addr}");
     let a = Harness::setup()
         .backend(Backend::Postgres)
-        .policies(&[("r.toml", RULES)])
+        .rule(RULES)
         .upstream(&url, tenant.clone())
         .start()
         .await;
     let b = Harness::setup()
         .store_url(&a.store_url)
-        .policies(&[("r.toml", RULES)])
+        .rule(RULES)
         .upstream(&url, tenant)
         .start()
         .await;
@@ -188,11 +188,7 @@ async fn two_gateways_on_one_postgres_never_add_up() {
 /// old state behind for a later change to be judged against.
 #[tokio::test]
 async fn a_lookup_racing_a_change_does_not_resurrect_the_old_state() {
-    let h = Harness::setup()
-        .config("[context]\ncache_ttl = \"30s\"\n")
-        .policies(&[("r.toml", RULES)])
-        .start()
-        .await;
+    let h = Harness::with_rule("[context]\ncache_ttl = \"30s\"\n", RULES).await;
     lenient_tenant(&h.tenant);
     // Slow answers to reads, quick ones to writes: a read answered just
     // before the change lands arrives after the change's own answer.
@@ -206,12 +202,8 @@ async fn a_lookup_racing_a_change_does_not_resurrect_the_old_state() {
         let h = &h;
         let change = async {
             barrier.wait().await;
-            h.send(
-                Method::PATCH,
-                p,
-                Some(r#"{"assign_membership_on_login":false}"#),
-            )
-            .await
+            h.patch_at(p, r#"{"assign_membership_on_login":false}"#)
+                .await
         };
         // Denied (signup without membership... once the change lands; or
         // signup with access before it): each reads the association.
@@ -220,10 +212,9 @@ async fn a_lookup_racing_a_change_does_not_resurrect_the_old_state() {
         let lookups = (0..8u64).map(|n| async move {
             barrier.wait().await;
             tokio::time::sleep(Duration::from_millis(5 * n + 5)).await;
-            h.send(
-                Method::PATCH,
+            h.patch_at(
                 p,
-                Some(r#"{"is_signup_enabled":true,"organization_access_level":"full"}"#),
+                r#"{"is_signup_enabled":true,"organization_access_level":"full"}"#,
             )
             .await
         });
@@ -233,9 +224,7 @@ async fn a_lookup_racing_a_change_does_not_resurrect_the_old_state() {
             denied.iter().all(|d| d.status == StatusCode::FORBIDDEN),
             "#{i}"
         );
-        let later = h
-            .send(Method::PATCH, p, Some(r#"{"is_signup_enabled":true}"#))
-            .await;
+        let later = h.patch_at(p, r#"{"is_signup_enabled":true}"#).await;
         assert_eq!(
             later.status,
             StatusCode::FORBIDDEN,
@@ -253,18 +242,17 @@ async fn a_change_made_at_the_tenant_is_judged_against() {
     lenient_tenant(&tenant);
     let h = Harness::setup()
         .config("[context]\ncache_ttl = \"30s\"\n")
-        .policies(&[("r.toml", RULES)])
-        .upstream(&format!("http://{addr}"), tenant)
+        .rule(RULES)
+        .tenant_at(addr, tenant)
         .start()
         .await;
     let p = path(CON_DATABASE);
     // Through tollgate first, so any cache holds the association (a denied
     // change invalidates nothing).
     let warm = h
-        .send(
-            Method::PATCH,
+        .patch_at(
             &p,
-            Some(r#"{"is_signup_enabled":true,"organization_access_level":"full"}"#),
+            r#"{"is_signup_enabled":true,"organization_access_level":"full"}"#,
         )
         .await;
     assert_eq!(warm.status, StatusCode::FORBIDDEN);
@@ -277,11 +265,7 @@ async fn a_change_made_at_the_tenant_is_judged_against() {
     assert_eq!(direct, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let a = h
-        .send(
-            Method::PATCH,
-            &p,
-            Some(r#"{"assign_membership_on_login":false}"#),
-        )
+        .patch_at(&p, r#"{"assign_membership_on_login":false}"#)
         .await;
     assert_eq!(
         a.status,
@@ -321,17 +305,11 @@ async fn an_invalid_token_gets_no_verdict_from_another_callers_context() {
     // Reads only the connection, a fact the gateway caches.
     let rule = "[[rule]]\nid = \"no-saml-changes\"\noperations = [\"organization_connection.update\"]\n\
                 deny = 'connection.strategy == \"samlp\"'\nmessage = \"SAML associations are frozen\"\n";
-    let h = Harness::setup()
-        .config("[context]\ncache_ttl = \"30s\"\n")
-        .policies(&[("r.toml", rule)])
-        .start()
-        .await;
+    let h = Harness::with_rule("[context]\ncache_ttl = \"30s\"\n", rule).await;
     h.tenant.set_tokens(Some(vec!["test-token".into()]));
     let p = path(CON_SAML);
     let body = br#"{"show_as_button":false}"#;
-    let valid = h
-        .send(Method::PATCH, &p, Some(r#"{"show_as_button":false}"#))
-        .await;
+    let valid = h.patch_at(&p, r#"{"show_as_button":false}"#).await;
     assert_eq!(
         valid.status,
         StatusCode::FORBIDDEN,
@@ -485,11 +463,7 @@ async fn a_second_serve_on_one_sqlite_file_is_refused() {
 
 #[tokio::test]
 async fn a_busy_association_is_a_503_with_retry_after_recorded_as_unavailable() {
-    let h = Harness::setup()
-        .config("[upstream]\ntimeout = \"1s\"\n")
-        .policies(&[("r.toml", RULES)])
-        .start()
-        .await;
+    let h = Harness::with_rule("[upstream]\ntimeout = \"1s\"\n", RULES).await;
     // A stalling tenant: the first change times out after 1 s and keeps the
     // association another second (its change may still land); the second
     // gives up waiting after one deadline.
@@ -499,15 +473,10 @@ async fn a_busy_association_is_a_503_with_retry_after_recorded_as_unavailable() 
     let first = {
         let h = h.clone();
         let p = p.clone();
-        tokio::spawn(async move {
-            h.send(Method::PATCH, &p, Some(r#"{"show_as_button":false}"#))
-                .await
-        })
+        tokio::spawn(async move { h.patch_at(&p, r#"{"show_as_button":false}"#).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let second = h
-        .send(Method::PATCH, &p, Some(r#"{"show_as_button":true}"#))
-        .await;
+    let second = h.patch_at(&p, r#"{"show_as_button":true}"#).await;
     let first = first.await.expect("join");
     assert_eq!(first.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(
@@ -566,29 +535,18 @@ async fn the_answer_to_a_governed_change_is_asked_for_unencoded() {
 /// the association waits until it could have, then reads `before`.
 #[tokio::test]
 async fn a_change_that_lands_after_its_timeout_is_judged_against() {
-    let h = Harness::setup()
-        .config("[upstream]\ntimeout = \"1s\"\n")
-        .policies(&[("r.toml", RULES)])
-        .start()
-        .await;
+    let h = Harness::with_rule("[upstream]\ntimeout = \"1s\"\n", RULES).await;
     lenient_tenant(&h.tenant);
     h.tenant.set_stall(Duration::from_millis(1500));
     let h = Arc::new(h);
     let p = path(CON_DATABASE);
     let first = {
         let (h, p) = (h.clone(), p.clone());
-        tokio::spawn(async move {
-            h.send(Method::PATCH, &p, Some(r#"{"is_signup_enabled":true}"#))
-                .await
-        })
+        tokio::spawn(async move { h.patch_at(&p, r#"{"is_signup_enabled":true}"#).await })
     };
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let second = h
-        .send(
-            Method::PATCH,
-            &p,
-            Some(r#"{"assign_membership_on_login":false}"#),
-        )
+        .patch_at(&p, r#"{"assign_membership_on_login":false}"#)
         .await;
     assert_eq!(
         first.await.expect("join").status,
@@ -677,15 +635,14 @@ async fn an_odd_association_from_the_tenant_fails_closed() {
     let tenant = Sandbox::new();
     let addr = crate::harness::serve_on_port_0(Odd(tenant.clone())).await;
     let h = Harness::setup()
-        .policies(&[("r.toml", RULES)])
-        .upstream(&format!("http://{addr}"), tenant)
+        .rule(RULES)
+        .tenant_at(addr, tenant)
         .start()
         .await;
     let a = h
-        .send(
-            Method::PATCH,
+        .patch_at(
             &path(CON_DATABASE),
-            Some(r#"{"assign_membership_on_login":false}"#),
+            r#"{"assign_membership_on_login":false}"#,
         )
         .await;
     assert_eq!(

@@ -202,10 +202,10 @@ async fn http2_over_alpn_and_an_https_admin_listener() {
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let admin = tollgate::admin::Admin::new(h.store.clone(), h.policies.clone(), None);
-    tokio::spawn(tollgate::server::serve_tls(
+    tokio::spawn(tollgate::server::serve_with(
         listener,
         Arc::new(admin),
-        8,
+        tollgate::server::ConnLimits::new(8),
         std::future::pending(),
         Some(tls),
     ));
@@ -243,12 +243,7 @@ async fn sighup_reloads_the_running_binarys_certificate() {
     assert_eq!(get(&client(&ca, None), port).await, Ok(StatusCode::OK));
     let ca2 = Ca::new();
     write_server_files(dir.path(), &ca2, None);
-    let pid = served.child.id().expect("pid").to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill");
-    assert!(hup.success());
+    crate::harness::send_signal(&served.child, "HUP");
     let reloaded = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
             if get(&client(&ca2, None), port).await == Ok(StatusCode::OK) {

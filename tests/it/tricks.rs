@@ -5,11 +5,7 @@
 use http::{Method, StatusCode};
 use tollgate::sandbox::seed::*;
 
-use crate::harness::{Answer, Harness, TOKEN};
-
-fn item() -> String {
-    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
-}
+use crate::harness::{Answer, Harness, TOKEN, item};
 
 fn assert_refused(a: &Answer, status: StatusCode, code: &str) {
     assert_eq!(a.status, status, "{a:?}");
@@ -131,7 +127,7 @@ async fn oversized_bodies_are_refused() {
         r#"{{"organization_connection_name":"{}"}}"#,
         "x".repeat(200)
     );
-    let a = h.send(Method::PATCH, &item(), Some(&big)).await;
+    let a = h.patch_at(&item(), &big).await;
     assert_refused(&a, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 
     // Without a Content-Length (chunked), the limit holds while reading.

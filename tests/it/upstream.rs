@@ -18,27 +18,27 @@ use tollgate::sandbox::Sandbox;
 use tollgate::sandbox::seed::*;
 use tollgate::server::Handler;
 
-use crate::harness::Harness;
-
-fn item() -> String {
-    format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}")
-}
+use crate::harness::{Harness, item};
 
 const BODY: Option<&str> = Some(r#"{"show_as_button":false}"#);
+
+/// The answers to a governed PATCH and an ungoverned GET.
+async fn governed_and_other(h: &Harness) -> [crate::harness::Answer; 2] {
+    [
+        h.send(Method::PATCH, &item(), BODY).await,
+        h.send(Method::GET, "/api/v2/organizations", None).await,
+    ]
+}
 
 on_both_backends! {
 async fn a_tenant_that_is_down_is_502(backend: Backend) {
     let (_reserved, addr) = crate::harness::refused_address();
     let h = Harness::setup()
         .backend(backend)
-        .upstream(&format!("http://{addr}"), Sandbox::new())
+        .tenant_at(addr, Sandbox::new())
         .start()
         .await;
-    for (method, path, body) in [
-        (Method::PATCH, item(), BODY),
-        (Method::GET, "/api/v2/organizations".into(), None),
-    ] {
-        let a = h.send(method, &path, body).await;
+    for a in governed_and_other(&h).await {
         assert_eq!(a.status, StatusCode::BAD_GATEWAY);
         assert_eq!(a.error_code(), "tollgate_upstream_error");
         assert_eq!(a.json()["statusCode"], 502);
@@ -71,14 +71,10 @@ async fn a_tenant_that_stalls_is_504(backend: Backend) {
     let h = Harness::setup()
         .backend(backend)
         .config("[upstream]\ntimeout = \"300ms\"\n")
-        .upstream(&format!("http://{addr}"), Sandbox::new())
+        .tenant_at(addr, Sandbox::new())
         .start()
         .await;
-    for (method, path, body) in [
-        (Method::PATCH, item(), BODY),
-        (Method::GET, "/api/v2/organizations".into(), None),
-    ] {
-        let a = h.send(method, &path, body).await;
+    for a in governed_and_other(&h).await {
         assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(a.error_code(), "tollgate_upstream_error");
         assert_eq!(a.json()["error"], "Gateway Timeout");
@@ -269,7 +265,7 @@ async fn a_caller_that_hangs_up_does_not_cancel_the_exchange(backend: Backend) {
         delay: Duration::from_millis(300),
     };
     let addr = crate::harness::serve_on_port_0(slow).await;
-    let h = Harness::setup().backend(backend).config("").upstream(&format!("http://{addr}"), tenant).start().await;
+    let h = Harness::setup().backend(backend).config("").tenant_at(addr, tenant).start().await;
 
     // The caller sends a change and hangs up before the tenant answers.
     let body = r#"{"show_as_button":false}"#;
