@@ -3,22 +3,29 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line; [`config`]: `tollgate.toml` and its
-//!   environment overrides.
-//! - [`server`]: accepting connections (HTTP/1.1, HTTP/2), graceful shutdown.
-//! - [`proxy`]: the request pipeline, stage by stage. A governed request is
-//!   classified by [`route`], its body read by [`body`] and validated by
-//!   [`schema`], its caller named by [`identity`], the tenant state its rules
-//!   read fetched by [`context`] (its associations locked by [`lock`]
-//!   first), judged by [`policy`], then forwarded as judged by
-//!   [`upstream`] and the tenant's answer judged again; everything else
-//!   passes through under `routes.other`.
-//! - [`error`]: every answer tollgate writes itself, in the tenant's shape.
+//!   environment overrides, parsed once into typed values; [`app`]: starts
+//!   and stops everything `serve` runs (the tests start it the same way).
+//! - [`server`]: accepting connections (HTTP/1.1, HTTP/2), connection
+//!   limits, graceful shutdown; [`tls`]: the listeners' certificates.
+//! - [`proxy`]: the request pipeline, one method per phase, carrying an
+//!   [`exchange::Exchange`]. A governed request is classified by [`route`],
+//!   its caller named by [`identity`], its body read by [`body`] and
+//!   validated by [`schema`] (the association's fields are declared in
+//!   [`association`]), its associations locked by [`lock`], the tenant state
+//!   its rules read fetched by [`context`], judged by [`policy`], recorded by
+//!   [`audit`], then forwarded as judged by [`upstream`] and the tenant's
+//!   answer judged again; everything else passes through under
+//!   `routes.other`.
+//! - [`error`]: every answer tollgate writes itself, in the tenant's shape,
+//!   and the decision each refusal is recorded with.
+//! - [`admin`]: the admin listener (health, metrics, the audit and policy API).
 //! - [`sandbox`]: the simulated tenant behind `serve --sandbox`.
-//! - [`telemetry`] sets up logging.
+//! - [`telemetry`]: logs, traces, metrics.
 //!
 //! A request's path: client → `server` → `proxy` (screen → classify →
 //! identify → read body → validate → lock the associations → fetch context
 //! → judge → record → forward → post-check → record → answer) → tenant.
+//! docs/ARCHITECTURE.md has the chart and where to add what.
 
 pub mod admin;
 pub mod app;

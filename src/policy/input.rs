@@ -8,7 +8,7 @@
 //! here, so replay reads back what was judged.
 //!
 //! A new rule variable is a field here, its conversion in
-//! [`RuleInput::variables`], and its name in [`VARIABLES`].
+//! the `variables` method beside it, and its name in [`VARIABLES`].
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
