@@ -35,6 +35,9 @@ pub struct App {
     pub store: Store,
     /// Cancelled: both listeners stop accepting and drain.
     pub shutdown: CancellationToken,
+    /// `serve --sandbox` without `listen.tls_*`: the CA clients trust to
+    /// reach the gateway over HTTPS (plain HTTP is served on the same port).
+    pub sandbox_ca: Option<std::path::PathBuf>,
     reloader: Reloader,
     gateway: JoinHandle<()>,
     admin: JoinHandle<()>,
@@ -62,7 +65,16 @@ impl App {
             "audit log open"
         );
         let l = &config.listen;
-        let listen_tls = tls_for("listen", &l.tls_cert, &l.tls_key, &l.client_ca)?;
+        let mut listen_tls = tls_for("listen", &l.tls_cert, &l.tls_key, &l.client_ca)?;
+        let mut sandbox_ca = None;
+        if sandbox && listen_tls.is_none() {
+            let dir = crate::policy::absolute(std::path::Path::new(crate::sandbox::cert::DIR));
+            let certs = crate::sandbox::cert::ensure(std::path::Path::new(&dir))?;
+            let tls =
+                ServerTls::load(certs.files).map_err(|e| anyhow::anyhow!("sandbox TLS: {e}"))?;
+            listen_tls = Some(Arc::new(tls.with_plaintext_too()));
+            sandbox_ca = Some(certs.ca);
+        }
         let a = &config.admin;
         let admin_tls = tls_for("admin", &a.tls_cert, &a.tls_key, &None)?;
         let shutdown = CancellationToken::new();
@@ -85,6 +97,7 @@ impl App {
             audit,
             store,
             shutdown,
+            sandbox_ca,
             reloader: Reloader {
                 policies: Arc::clone(&policies),
                 tls: [listen_tls, admin_tls].into_iter().flatten().collect(),

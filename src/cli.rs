@@ -207,9 +207,29 @@ pub(crate) fn load_errors(errors: &[crate::policy::LoadError]) -> anyhow::Error 
 /// Runs `tollgate serve` until SIGTERM or SIGINT.
 pub async fn serve(config: Config, sandbox: bool) -> anyhow::Result<()> {
     let app = crate::app::App::start(config, sandbox).await?;
+    if let Some(ca) = &app.sandbox_ca {
+        println!("{}", sandbox_recipes(app.addr, ca));
+    }
     let signals = app.on_signals();
     app.shutdown.cancelled().await;
     signals.abort();
     app.stopped().await;
     Ok(())
+}
+
+/// How to point each client at the sandbox, over HTTPS.
+fn sandbox_recipes(addr: std::net::SocketAddr, ca: &Path) -> String {
+    let port = addr.port();
+    let ca = ca.display();
+    format!(
+        "\
+tollgate sandbox: HTTPS and HTTP on {addr}; the certificate authority to trust is
+  {ca}
+Point a client at it (any bearer token is accepted; client id `sandbox-client` with any
+secret gets one):
+  node-auth0:   NODE_EXTRA_CA_CERTS={ca}   domain: \"localhost:{port}\"
+  auth0-python: REQUESTS_CA_BUNDLE={ca} SSL_CERT_FILE={ca}   domain=\"localhost:{port}\"
+  Deploy CLI:   NODE_EXTRA_CA_CERTS={ca}   AUTH0_DOMAIN=localhost:{port}
+  curl:         curl --cacert {ca} https://localhost:{port}/api/v2/organizations -H 'Authorization: Bearer sandbox'"
+    )
 }

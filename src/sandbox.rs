@@ -17,6 +17,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
+pub mod cert;
+mod pages;
 mod state;
 
 use state::{
@@ -63,6 +65,9 @@ pub mod seed {
     pub const CON_GOOGLE: &str = "con_google";
     pub const CON_OIDC: &str = "con_oidc";
     pub const SELF_SERVICE_PROFILE: &str = "ssp_sandbox";
+    /// The Machine-to-Machine application `/clients` lists (any client id
+    /// with a non-empty secret gets a token).
+    pub const SANDBOX_CLIENT: &str = "sandbox-client";
 }
 
 pub use crate::association::tenant_defaults as association_defaults;
@@ -99,6 +104,19 @@ impl Sandbox {
                 con(CON_OIDC, "globex-oidc", "oidc"),
             ],
             profiles: vec![SELF_SERVICE_PROFILE.into()],
+            clients: vec![json!({
+                "client_id": SANDBOX_CLIENT, "name": "tollgate sandbox automation",
+                "app_type": "non_interactive", "is_first_party": true,
+                "grant_types": ["client_credentials"],
+            })],
+            client_grants: vec![json!({
+                "id": "cgr_sandbox", "client_id": SANDBOX_CLIENT,
+                "audience": "https://sandbox.tollgate.invalid/api/v2/",
+                "scope": ["read:organizations", "update:organizations", "create:organizations",
+                          "read:organization_connections", "update:organization_connections",
+                          "create:organization_connections", "delete:organization_connections",
+                          "read:connections", "read:clients", "read:client_grants"],
+            })],
             next_id: 1,
             jwks: json!({"keys": []}),
             token_ttl: 86400,
@@ -196,15 +214,28 @@ impl Sandbox {
     fn answer(
         &self,
         method: &Method,
-        path: &str,
+        uri: &http::Uri,
         headers: &HeaderMap,
         body: &[u8],
     ) -> (StatusCode, Value) {
+        let (path, query) = (uri.path(), uri.query());
         // The authentication endpoints take no bearer token.
         if method == Method::GET && path == "/.well-known/jwks.json" {
             return (StatusCode::OK, self.lock().jwks.clone());
         }
         if method == Method::POST && path == "/oauth/token" {
+            // The SDKs send the grant form-encoded; curl users send JSON.
+            let form = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+            if form {
+                let fields: Map<String, Value> = pages::params(std::str::from_utf8(body).ok())
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect();
+                return self.lock().issue_token(&fields);
+            }
             return with_body(body, |b| self.lock().issue_token(&b));
         }
         let token = headers
@@ -234,7 +265,7 @@ impl Sandbox {
         match (method.clone(), l.as_slice()) {
             (Method::GET, ["api", "v2", "organizations"]) => {
                 let list: Vec<Value> = st.organizations.iter().map(org_json).collect();
-                (StatusCode::OK, Value::Array(list))
+                pages::list(list, query, "organizations", true)
             }
             (Method::POST, ["api", "v2", "organizations"]) => with_body(body, |b| st.create_org(b)),
             (Method::GET, ["api", "v2", "organizations", "name", _]) => {
@@ -264,7 +295,14 @@ impl Sandbox {
                     return no_org();
                 }
                 match (m, rest) {
-                    (Method::GET, []) => st.list_associations(&org, legacy),
+                    (Method::GET, []) => {
+                        let key = if legacy {
+                            "enabled_connections"
+                        } else {
+                            "connections"
+                        };
+                        pages::list(st.list_associations(&org, legacy), query, key, false)
+                    }
                     (Method::POST, []) => {
                         with_body(body, |b| st.create_association(&org, b, legacy))
                     }
@@ -278,7 +316,27 @@ impl Sandbox {
             }
             (Method::GET, ["api", "v2", "connections"]) => {
                 let list: Vec<Value> = st.connections.iter().map(connection_json).collect();
-                (StatusCode::OK, Value::Array(list))
+                pages::list(list, query, "connections", true)
+            }
+            (Method::GET, ["api", "v2", "clients"]) => {
+                pages::list(st.clients.clone(), query, "clients", false)
+            }
+            (Method::GET, ["api", "v2", "clients", _]) => {
+                match st
+                    .clients
+                    .iter()
+                    .find(|c| c["client_id"] == segs[3].as_str())
+                {
+                    Some(c) => (StatusCode::OK, c.clone()),
+                    None => error(
+                        StatusCode::NOT_FOUND,
+                        "The client does not exist",
+                        Some("inexistent_client"),
+                    ),
+                }
+            }
+            (Method::GET, ["api", "v2", "client-grants"]) => {
+                pages::list(st.client_grants.clone(), query, "client_grants", true)
             }
             (Method::GET, ["api", "v2", "connections", _]) => match st.connection(&segs[3]) {
                 Some(c) => (StatusCode::OK, connection_json(c)),
@@ -334,7 +392,7 @@ impl Handler for Sandbox {
         if !varies && !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let (status, value) = self.answer(&parts.method, parts.uri.path(), &parts.headers, &body);
+        let (status, value) = self.answer(&parts.method, &parts.uri, &parts.headers, &body);
         // Otherwise the answer travels back over a network: it reflects the
         // state when it was computed, and arrives some time later (jittered,
         // so answers overtake each other as they do across a real network).

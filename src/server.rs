@@ -184,6 +184,25 @@ impl<H: Handler> Accepting<H> {
         tokio::spawn(async move {
             let io = match tls {
                 None => Either::Left(stream),
+                Some(tls) if tls.sniffs() => {
+                    // Closed to make room before it said anything: done.
+                    let Some(first) = first_byte(&stream, &conn, idle).await else {
+                        open.remove(&conn);
+                        return;
+                    };
+                    if tls.serves_plaintext(first) {
+                        Either::Left(stream)
+                    } else {
+                        match tls.accept(stream).await {
+                            Ok(stream) => Either::Right(stream),
+                            Err(e) => {
+                                debug!(%peer, error = %e, "TLS handshake failed");
+                                open.remove(&conn);
+                                return;
+                            }
+                        }
+                    }
+                }
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => Either::Right(stream),
                     Err(e) => {
@@ -200,6 +219,24 @@ impl<H: Handler> Accepting<H> {
             open.remove(&conn);
             drop(permit);
         });
+    }
+}
+
+/// The first byte a client sends, without consuming it: `Some(None)` when
+/// it sends nothing within `wait`, `None` when the connection is closed
+/// meanwhile to make room for another.
+async fn first_byte(
+    stream: &tokio::net::TcpStream,
+    conn: &Conn,
+    wait: Duration,
+) -> Option<Option<u8>> {
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = tokio::time::timeout(wait, stream.peek(&mut first)) => match peeked {
+            Ok(Ok(1)) => Some(Some(first[0])),
+            _ => Some(None),
+        },
+        () = conn.close.notified() => None,
     }
 }
 

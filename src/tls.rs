@@ -42,6 +42,8 @@ pub struct TlsFiles {
 pub struct ServerTls {
     files: TlsFiles,
     current: ArcSwap<ServerConfig>,
+    /// Plain HTTP is served on the same port too (the sandbox only).
+    plaintext_too: bool,
 }
 
 impl ServerTls {
@@ -51,7 +53,29 @@ impl ServerTls {
         Ok(ServerTls {
             files,
             current: ArcSwap::from_pointee(config),
+            plaintext_too: false,
         })
+    }
+
+    /// Serves plain HTTP on the same port as well: a connection whose first
+    /// byte is not a TLS handshake is served without TLS. For `serve
+    /// --sandbox` only, where curl users keep `http://` and the SDKs get
+    /// `https://` on one address; a configured listener is TLS only.
+    pub fn with_plaintext_too(mut self) -> ServerTls {
+        self.plaintext_too = true;
+        self
+    }
+
+    /// Whether connections are told apart by their first byte.
+    pub fn sniffs(&self) -> bool {
+        self.plaintext_too
+    }
+
+    /// Whether a connection starting with `first` should be served without
+    /// TLS.
+    pub fn serves_plaintext(&self, first: Option<u8>) -> bool {
+        // 0x16: a TLS record of type handshake (the ClientHello).
+        self.plaintext_too && first != Some(0x16)
     }
 
     /// Loads the files again; on failure the certificate in force stays.

@@ -31,6 +31,9 @@ pub(super) struct State {
     /// (organization id, connection id) → the association's fields.
     pub(super) associations: BTreeMap<(String, String), Map<String, Value>>,
     pub(super) profiles: Vec<String>,
+    /// What `/clients` and `/client-grants` list.
+    pub(super) clients: Vec<Value>,
+    pub(super) client_grants: Vec<Value>,
     pub(super) received: Vec<Received>,
     pub(super) next_id: u64,
     /// What `/.well-known/jwks.json` serves.
@@ -93,6 +96,10 @@ impl State {
         let mut out = Map::new();
         out.insert("connection_id".into(), json!(cid));
         for (k, v) in fields {
+            // The tenant leaves unset fields out (a name never given).
+            if v.is_null() {
+                continue;
+            }
             if !legacy || association::field_named(k).is_some_and(|f| f.legacy) {
                 out.insert(k.clone(), v.clone());
             }
@@ -107,14 +114,12 @@ impl State {
         Value::Object(out)
     }
 
-    pub(super) fn list_associations(&self, org: &str, legacy: bool) -> (StatusCode, Value) {
-        let list: Vec<Value> = self
-            .associations
+    pub(super) fn list_associations(&self, org: &str, legacy: bool) -> Vec<Value> {
+        self.associations
             .iter()
             .filter(|((o, _), _)| o == org)
             .map(|((o, c), f)| self.association_json(o, c, f, legacy))
-            .collect();
-        (StatusCode::OK, Value::Array(list))
+            .collect()
     }
 
     pub(super) fn get_association(
