@@ -16,6 +16,7 @@ mod passthrough;
 mod policy;
 mod promises;
 mod replay;
+mod sandbox;
 mod soundness;
 mod tls;
 mod tricks;

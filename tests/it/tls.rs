@@ -61,7 +61,7 @@ fn write_server_files(dir: &Path, ca: &Ca, client_ca: Option<&Ca>) -> TlsFiles {
 
 /// A client trusting `ca`, presenting `identity` if given.
 fn client(
-    ca: &Ca,
+    ca_pem: &str,
     identity: Option<(String, String)>,
 ) -> Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
@@ -69,7 +69,7 @@ fn client(
 > {
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("ca"))
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca"))
         .expect("root");
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -119,7 +119,10 @@ async fn the_gateway_serves_https_and_reloads_its_certificate() {
     let files = write_server_files(dir.path(), &ca, None);
     let h = Harness::setup().tls(files).start().await;
     let port = h.addr.port();
-    assert_eq!(get(&client(&ca, None), port).await, Ok(StatusCode::OK));
+    assert_eq!(
+        get(&client(&ca.pem(), None), port).await,
+        Ok(StatusCode::OK)
+    );
     // Plain HTTP to the TLS port gets no answer.
     let out = h
         .raw(b"GET /api/v2/organizations HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -134,16 +137,22 @@ async fn the_gateway_serves_https_and_reloads_its_certificate() {
     let ca2 = Ca::new();
     write_server_files(dir.path(), &ca2, None);
     h.reload();
-    assert_eq!(get(&client(&ca2, None), port).await, Ok(StatusCode::OK));
+    assert_eq!(
+        get(&client(&ca2.pem(), None), port).await,
+        Ok(StatusCode::OK)
+    );
     assert!(
-        get(&client(&ca, None), port).await.is_err(),
+        get(&client(&ca.pem(), None), port).await.is_err(),
         "the old certificate is gone"
     );
 
     // A broken file leaves the certificate in force.
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").expect("write");
     h.reload();
-    assert_eq!(get(&client(&ca2, None), port).await, Ok(StatusCode::OK));
+    assert_eq!(
+        get(&client(&ca2.pem(), None), port).await,
+        Ok(StatusCode::OK)
+    );
 }
 
 #[tokio::test]
@@ -155,18 +164,18 @@ async fn client_certificates_are_required_when_configured() {
     let h = Harness::setup().tls(files).start().await;
     let port = h.addr.port();
     assert!(
-        get(&client(&ca, None), port).await.is_err(),
+        get(&client(&ca.pem(), None), port).await.is_err(),
         "no client certificate"
     );
     let stranger = Ca::new();
     assert!(
-        get(&client(&ca, Some(stranger.leaf("ci-bot"))), port)
+        get(&client(&ca.pem(), Some(stranger.leaf("ci-bot"))), port)
             .await
             .is_err(),
         "a certificate from another CA"
     );
     assert_eq!(
-        get(&client(&ca, Some(clients.leaf("ci-bot"))), port).await,
+        get(&client(&ca.pem(), Some(clients.leaf("ci-bot"))), port).await,
         Ok(StatusCode::OK)
     );
     assert_eq!(
@@ -185,7 +194,7 @@ async fn http2_over_alpn_and_an_https_admin_listener() {
     let files = write_server_files(dir.path(), &ca, None);
     let tls = Arc::new(ServerTls::load(files.clone()).expect("tls"));
     let h = Harness::setup().tls(files).start().await;
-    let c = client(&ca, None);
+    let c = client(&ca.pem(), None);
     let req = Request::get(format!(
         "https://localhost:{}/api/v2/organizations",
         h.addr.port()
@@ -240,13 +249,16 @@ async fn sighup_reloads_the_running_binarys_certificate() {
         .next()
         .and_then(|p| p.parse().ok())
         .expect("port");
-    assert_eq!(get(&client(&ca, None), port).await, Ok(StatusCode::OK));
+    assert_eq!(
+        get(&client(&ca.pem(), None), port).await,
+        Ok(StatusCode::OK)
+    );
     let ca2 = Ca::new();
     write_server_files(dir.path(), &ca2, None);
     crate::harness::send_signal(&served.child, "HUP");
     let reloaded = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            if get(&client(&ca2, None), port).await == Ok(StatusCode::OK) {
+            if get(&client(&ca2.pem(), None), port).await == Ok(StatusCode::OK) {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -258,8 +270,44 @@ async fn sighup_reloads_the_running_binarys_certificate() {
         "the new certificate is served after SIGHUP"
     );
     assert!(
-        get(&client(&ca, None), port).await.is_err(),
+        get(&client(&ca.pem(), None), port).await.is_err(),
         "the old one is gone"
     );
+    crate::harness::terminate(served.child).await;
+}
+
+/// `serve --sandbox` makes its own CA and serves HTTPS with it, and plain
+/// HTTP on the same port: the SDKs and curl both reach it unchanged.
+#[tokio::test]
+async fn serve_sandbox_serves_https_with_its_own_ca_and_http_on_one_port() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let served =
+        crate::harness::Served::start(dir.path(), &["--sandbox"], &[("TOLLGATE_AUDIT_URL", db)])
+            .await;
+    let port: u16 = served
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let ca =
+        std::fs::read_to_string(dir.path().join(".tollgate/sandbox-tls/ca.pem")).expect("the CA");
+    // HTTPS, trusting only the sandbox's CA.
+    assert_eq!(get(&client(&ca, None), port).await, Ok(StatusCode::OK));
+    // Another CA is not trusted.
+    assert!(get(&client(&Ca::new().pem(), None), port).await.is_err());
+    // Plain HTTP, same port.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plain = tokio::net::TcpStream::connect(&served.addr)
+        .await
+        .expect("connect");
+    plain
+        .write_all(b"GET /api/v2/organizations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    plain.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     crate::harness::terminate(served.child).await;
 }
