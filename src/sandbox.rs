@@ -274,6 +274,13 @@ impl Sandbox {
                     None => no_org(),
                 }
             }
+            // No organization grants access to an API here: an empty list.
+            (Method::GET, ["api", "v2", "organizations", _, "client-grants"]) => {
+                match st.org(&segs[3]) {
+                    Some(_) => pages::list(Vec::new(), query, "client_grants", false),
+                    None => no_org(),
+                }
+            }
             (Method::GET, ["api", "v2", "organizations", _]) => match st.org(&segs[3]) {
                 Some(o) => (StatusCode::OK, org_json(o)),
                 None => no_org(),

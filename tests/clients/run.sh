@@ -3,7 +3,8 @@
 # HTTPS: node-auth0 and auth0-python (pinned here) log in with client
 # credentials, page through lists, create, update and delete associations
 # through both route families, create an organization with connections, get
-# a denial with its rule and a warn rule's header. Run by .ci/run.
+# a denial with its rule and a warn rule's header; the Deploy CLI exports,
+# imports an allowed change and fails on a denied one. Run by .ci/run.
 #
 #   bash tests/clients/run.sh
 set -euo pipefail
@@ -40,4 +41,7 @@ SSL_CERT_FILE=$CA REQUESTS_CA_BUNDLE=$CA "$VENV/bin/python" "$HERE/check.py" "lo
 # Each SDK was denied once and retried nothing: two denials in the log.
 denials=$(cd "$WORK" && "$BIN" audit query --decision deny --format jsonl | wc -l)
 [ "$denials" = 2 ] || { echo "expected 2 recorded denials (one per SDK, no retries), found $denials" >&2; exit 1; }
-echo "clients: every check passed; 2 denials recorded, none retried"
+echo "clients: 2 denials recorded, none retried"
+
+bash "$HERE/deploy-cli.sh" "$PORT" "$CA" "$BIN" "$WORK"
+echo "clients: every check passed"
