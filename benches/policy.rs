@@ -43,6 +43,7 @@ fn policy(c: &mut Criterion) {
             json!({"organization_access_level": "readonly", "assign_membership_on_login": true}),
         )),
         caller: obj(json!({"client_id": "ci-bot", "scopes": ["update:organization_connections"]})),
+        request: Default::default(),
     };
     let input = input(&given).unwrap_or_else(|e| panic!("{e}"));
     let mut group = c.benchmark_group("policy_evaluate");

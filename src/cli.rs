@@ -151,6 +151,15 @@ pub struct ExplainArgs {
     /// The caller, as JSON (client_id, subject, grant_type, scopes).
     #[arg(long)]
     pub caller: Option<String>,
+    /// The organization, as JSON (id, name).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// The connection's id (with --strategy, its strategy).
+    #[arg(long)]
+    pub connection: Option<String>,
+    /// The request, as JSON (method, path, source_ip, user_agent).
+    #[arg(long)]
+    pub request: Option<String>,
     /// The policy directory (default: policy.dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,

@@ -210,20 +210,18 @@ impl Refusal {
         self.answer().status
     }
 
-    /// The decision the refusal is recorded with; `None`: not recorded
+    /// The decision the refusal is recorded with, and what the record
+    /// keeps of it (`{status, errorCode, message}`); `None`: not recorded
     /// as a decision.
-    pub fn decision(&self) -> Option<Decision> {
-        self.answer().decision
-    }
-
-    /// What the record keeps of the refusal: `{status, errorCode, message}`.
-    pub fn recorded(&self) -> Refused {
+    pub fn recorded(&self) -> Option<(Decision, Refused)> {
         let a = self.answer();
-        Refused {
+        let refused = Refused {
             status: a.status.as_u16(),
             code: a.code.to_owned(),
+            // The full text: the record may keep what the answer does not.
             message: self.to_string(),
-        }
+        };
+        Some((a.decision?, refused))
     }
 
     /// The answer, with the exchange's audit id in the body.

@@ -157,7 +157,11 @@ impl Gateway {
             resp.headers_mut().insert(AUDIT_ID.clone(), v);
         }
         let operation = ex.class.label().unwrap_or("unknown");
-        let decision = ex.decision.map_or(unrecorded, Decision::as_str);
+        // Forwarded without a judgement (ungoverned routes): `pass`.
+        let decision = match (ex.judgement.is_some(), unrecorded) {
+            (false, "pass") => "pass",
+            _ => ex.decision.map_or(unrecorded, Decision::as_str),
+        };
         span.record("operation", operation);
         span.record("decision", decision);
         span.record("status", resp.status().as_u16());
@@ -265,6 +269,9 @@ impl Gateway {
         if mode == OtherRoutes::Deny {
             return Err(Refusal::OtherRouteDenied);
         }
+        // The tenant's credential first: a request that cannot have one is
+        // refused (and recorded so) before any decision to forward it.
+        let auth = self.identity.tenant_authorization(req.headers()).await?;
         let audited = mode == OtherRoutes::Audit;
         if audited {
             ex.decision = Some(Decision::Allow);
@@ -282,7 +289,6 @@ impl Gateway {
         parts.version = http::Version::HTTP_11;
         upstream::strip_hop_by_hop(&mut parts.headers);
         set_correlation_id(&mut parts.headers, &ex.id);
-        let auth = self.identity.tenant_authorization(&parts.headers).await?;
         set_authorization(&mut parts.headers, auth);
         let request = Request::from_parts(parts, body.map_err(Into::into).boxed());
         let (resp, latency) = self
@@ -577,17 +583,21 @@ impl Gateway {
     /// forwarded, so the answer does not wait on the store: a failure is
     /// logged.
     async fn refused(&self, ex: &mut Exchange, refusal: &Refusal) {
-        let status = refusal.status();
+        let recorded = refusal.recorded();
+        let status = recorded
+            .as_ref()
+            .and_then(|(_, r)| http::StatusCode::from_u16(r.status).ok())
+            .unwrap_or_else(|| refusal.status());
         if status.is_server_error() {
             warn!(audit_id = %ex.id, method = %ex.method, path = %ex.path, %status, error = %refusal, "refused");
         } else {
             info!(audit_id = %ex.id, method = %ex.method, path = %ex.path, %status, reason = %refusal, "refused");
         }
-        ex.decision = refusal.decision();
-        if ex.decision.is_none() {
+        let Some((decision, recorded)) = recorded else {
             return;
-        }
-        let event = ex.decision_event(Some(&refusal.recorded()));
+        };
+        ex.decision = Some(decision);
+        let event = ex.decision_event(Some(&recorded));
         if let Err(e) = self.audit.record(event).await {
             error!(audit_id = %ex.id, error = %e, "refusal not recorded");
         }

@@ -228,7 +228,10 @@ impl Sandbox {
             let form = headers
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+                .is_some_and(|t| {
+                    t.to_ascii_lowercase()
+                        .starts_with("application/x-www-form-urlencoded")
+                });
             if form {
                 let fields: Map<String, Value> = pages::params(std::str::from_utf8(body).ok())
                     .into_iter()

@@ -182,35 +182,18 @@ impl<H: Handler> Accepting<H> {
         let stopping = self.stopping.clone();
         let idle = self.idle;
         tokio::spawn(async move {
-            let io = match tls {
-                None => Either::Left(stream),
-                Some(tls) if tls.sniffs() => {
-                    // Closed to make room before it said anything: done.
-                    let Some(first) = first_byte(&stream, &conn, idle).await else {
-                        open.remove(&conn);
-                        return;
-                    };
-                    if tls.serves_plaintext(first) {
-                        Either::Left(stream)
-                    } else {
-                        match tls.accept(stream).await {
-                            Ok(stream) => Either::Right(stream),
-                            Err(e) => {
-                                debug!(%peer, error = %e, "TLS handshake failed");
-                                open.remove(&conn);
-                                return;
-                            }
-                        }
-                    }
-                }
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => Either::Right(stream),
-                    Err(e) => {
-                        debug!(%peer, error = %e, "TLS handshake failed");
-                        open.remove(&conn);
-                        return;
-                    }
-                },
+            // Before its first request a connection may be closed to make
+            // room, or by shutdown, whatever stage its handshake is at.
+            let mut stop = stopping.clone();
+            let opened = tokio::select! {
+                io = open_stream(stream, tls, idle) => io,
+                () = conn.close.notified() => None,
+                _ = stop.wait_for(|stop| *stop) => None,
+            };
+            let Some(io) = opened else {
+                debug!(%peer, "connection closed before its first request");
+                open.remove(&conn);
+                return;
             };
             let result = run(&builder, TokioIo::new(io), service, &conn, stopping, idle).await;
             if let Err(e) = result {
@@ -222,21 +205,38 @@ impl<H: Handler> Accepting<H> {
     }
 }
 
-/// The first byte a client sends, without consuming it: `Some(None)` when
-/// it sends nothing within `wait`, `None` when the connection is closed
-/// meanwhile to make room for another.
-async fn first_byte(
-    stream: &tokio::net::TcpStream,
-    conn: &Conn,
+type Stream = Either<tokio::net::TcpStream, tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// The connection as it is served: plain, or once its TLS handshake is done
+/// (`None`: the handshake failed). On a sniffing listener (the sandbox),
+/// the first byte tells TLS from plain HTTP.
+async fn open_stream(
+    stream: tokio::net::TcpStream,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     wait: Duration,
-) -> Option<Option<u8>> {
+) -> Option<Stream> {
+    let Some(tls) = tls else {
+        return Some(Either::Left(stream));
+    };
+    if tls.sniffs() && tls.serves_plaintext(first_byte(&stream, wait).await) {
+        return Some(Either::Left(stream));
+    }
+    match tls.accept(stream).await {
+        Ok(stream) => Some(Either::Right(stream)),
+        Err(e) => {
+            debug!(error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// The first byte a client sends, without consuming it (`None`: nothing
+/// within `wait`).
+async fn first_byte(stream: &tokio::net::TcpStream, wait: Duration) -> Option<u8> {
     let mut first = [0u8; 1];
-    tokio::select! {
-        peeked = tokio::time::timeout(wait, stream.peek(&mut first)) => match peeked {
-            Ok(Ok(1)) => Some(Some(first[0])),
-            _ => Some(None),
-        },
-        () = conn.close.notified() => None,
+    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0]),
+        _ => None,
     }
 }
 

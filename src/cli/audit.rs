@@ -35,11 +35,18 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
                 eprintln!("no exchange {exchange_id}");
                 return Ok(ExitCode::FAILURE);
             }
-            let decided = events.iter().any(|e| e["event"]["kind"] == "decision");
+            let decision = events.iter().find(|e| e["event"]["kind"] == "decision");
             let outcome = events.iter().any(|e| e["event"]["kind"] == "outcome");
+            // stdout is the events, as JSON; what is missing is said on stderr.
             println!("{}", serde_json::to_string_pretty(&events)?);
-            if decided && !outcome {
-                println!("outcome: unknown (no outcome was recorded)");
+            if let Some(d) = decision
+                && !outcome
+            {
+                if d["event"]["data"]["error"].is_null() {
+                    eprintln!("outcome: unknown (forwarded, but no outcome was recorded)");
+                } else {
+                    eprintln!("outcome: none (refused: nothing was forwarded)");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

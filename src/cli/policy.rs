@@ -86,22 +86,29 @@ fn explain(set: &policy::PolicySet, args: &ExplainArgs) -> ExitCode {
         if let Some(s) = &args.strategy {
             connection.insert("strategy".into(), Value::from(s.as_str()));
         }
+        if let Some(id) = &args.connection {
+            connection.insert("id".into(), Value::from(id.as_str()));
+        }
+        let object = |flag: &str, arg: &Option<String>| {
+            arg.as_deref()
+                .map(|t| json_object(flag, t))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let request = serde_json::from_value(Value::Object(object("--request", &args.request)?))
+            .map_err(|e| format!("--request: {e}"))?;
         Ok::<_, String>(Given {
             operation: args.operation.clone(),
             body: json_object("--body", &args.body)?,
             connection,
-            org: Map::new(),
+            org: object("--org", &args.org)?,
+            request,
             before: args
                 .before
                 .as_deref()
                 .map(|b| json_object("--before", b))
                 .transpose()?,
-            caller: args
-                .caller
-                .as_deref()
-                .map(|c| json_object("--caller", c))
-                .transpose()?
-                .unwrap_or_default(),
+            caller: object("--caller", &args.caller)?,
         })
     })();
     let decision = match given.and_then(|g| testcases::judge(set, &g)) {

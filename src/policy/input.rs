@@ -66,6 +66,7 @@ impl Connection {
 
 /// `request`: the HTTP request, canonical method and path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Request {
     pub method: Option<String>,
     pub path: Option<String>,

@@ -36,6 +36,10 @@ pub struct Given {
     /// Fields of `caller`.
     #[serde(default)]
     pub caller: Map<String, Value>,
+    /// Fields of `request` (`method`, `path`, `source_ip`, `user_agent`);
+    /// absent ones are null.
+    #[serde(default)]
+    pub request: Request,
 }
 
 /// Judges a hand-given request.
@@ -98,7 +102,7 @@ pub fn input(given: &Given) -> Result<RuleInput, String> {
     Ok(RuleInput::new(
         operation,
         caller,
-        Request::default(),
+        given.request.clone(),
         Utc::now(),
         changes,
     ))

@@ -341,3 +341,16 @@ fn unknown_variables_are_load_errors() {
     let e = errors(&rule("aftr.organization_access_level == \"full\""));
     assert!(e[0].contains("unknown variable aftr"), "{e:?}");
 }
+
+/// A case can give the `request` the gateway would see.
+#[test]
+fn a_case_gives_the_request() {
+    let rule = rule(r#"request.method == "PATCH" && request.path.contains("org_globex")"#);
+    let mut g = given(UPDATE, json!({"show_as_button": true}));
+    assert_eq!(outcome(&rule, &g), Decision::Allow);
+    g.request = serde_json::from_value(
+        json!({"method": "PATCH", "path": "/api/v2/organizations/org_globex/connections/con_oidc"}),
+    )
+    .expect("request");
+    assert_eq!(outcome(&rule, &g), Decision::Deny);
+}

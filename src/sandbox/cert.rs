@@ -54,6 +54,13 @@ fn make(dir: &Path, ca_path: &Path, files: &TlsFiles) -> anyhow::Result<()> {
     write(ca_path, ca.pem())?;
     write(&files.cert, cert.pem())?;
     write(&files.key, key.serialize_pem())?;
+    // The server's key is for this user only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| anyhow::anyhow!("cannot restrict {}: {e}", files.key.display()))?;
+    }
     Ok(())
 }
 

@@ -461,3 +461,36 @@ async fn broker_tokens_are_refreshed_before_they_expire(backend: Backend) {
     assert_eq!(h.tenant.tokens_issued(), 2, "refreshed before expiry");
 }
 }
+
+on_both_backends! {
+// An ungoverned write in broker mode when no tenant token can be had: one
+// `unavailable` decision, never an `allow` first (nothing was forwarded).
+async fn an_ungoverned_write_without_a_tenant_token_is_recorded_once(backend: Backend) {
+    let (ci, _) = tollgate::identity::new_key();
+    let (_reserved, addr) = crate::harness::refused_address();
+    let h = Harness::setup()
+        .backend(backend)
+        .config(&broker_config(&[("ci", &ci, None)]))
+        .tenant_at(addr, tollgate::sandbox::Sandbox::new())
+        .start()
+        .await;
+    let auth = format!("Bearer {ci}");
+    let a = h
+        .send_with(
+            Method::POST,
+            "/api/v2/roles",
+            &[("authorization", &auth), ("content-type", "application/json")],
+            b"{}",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{backend:?}: {a:?}");
+    h.audit.flush().await;
+    let events = query::show(&h.store, &a.audit_id()).await.expect("show");
+    let decisions: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"]["kind"] == "decision")
+        .filter_map(|e| e["event"]["decision"].as_str())
+        .collect();
+    assert_eq!(decisions, ["unavailable"], "{backend:?}: {events:?}");
+}
+}

@@ -311,3 +311,38 @@ async fn serve_sandbox_serves_https_with_its_own_ca_and_http_on_one_port() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     crate::harness::terminate(served.child).await;
 }
+
+/// Connections stalled half-way through a TLS handshake are closed to make
+/// room at the connection cap, like idle ones: they cannot keep others out.
+#[tokio::test]
+async fn stalled_handshakes_do_not_hold_the_connection_cap() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let files = write_server_files(dir.path(), &ca, None);
+    let h = Harness::setup()
+        .config("[limits]\nmax_connections = 3\n")
+        .tls(files)
+        .start()
+        .await;
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(h.addr)
+            .await
+            .expect("connect");
+        // The start of a TLS record, and nothing more.
+        s.write_all(b"\x16\x03\x01").await.expect("write");
+        stalled.push(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        get(&client(&ca.pem(), None), h.addr.port()).await,
+        Ok(StatusCode::OK)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "a new client waited {:?}",
+        started.elapsed()
+    );
+}
