@@ -226,7 +226,7 @@ impl Gateway {
                 ex,
             )
             .await?;
-        let judgement = self.judge(&policy, ex)?;
+        let decision = self.judge(&policy, ex)?;
         // Durably, before anything leaves: a request the tenant received
         // always has its record.
         self.record_decision(ex).await?;
@@ -249,12 +249,12 @@ impl Gateway {
         let kept = recorded_answer(route.operation, resp.body());
         self.record_outcome(ex, &resp, Some(&kept), latency, post_check.as_ref())
             .await;
-        info!(audit_id = %ex.id, operation = %route.operation, path = %route.path, decision = %judgement.decision, status = resp.status().as_u16(), "forwarded");
+        info!(audit_id = %ex.id, operation = %route.operation, path = %route.path, %decision, status = resp.status().as_u16(), "forwarded");
         // A new organization may be one a cached lookup did not find.
         if resp.status().is_success() && route.operation == route::Operation::OrganizationCreate {
             self.context.invalidate();
         }
-        Ok(answer(resp, &judgement))
+        Ok(answer(resp, ex.judgement.as_ref()))
     }
 
     /// Everything else: `routes.other` decides; the body streams through.
@@ -452,16 +452,18 @@ impl Gateway {
 
     /// Judges every change by every applicable rule; a denial ends the
     /// exchange.
-    fn judge(&self, policy: &PolicySet, ex: &mut Exchange) -> Result<Judgement, Refusal> {
+    fn judge(&self, policy: &PolicySet, ex: &mut Exchange) -> Result<Decision, Refusal> {
         let input = ex.input.as_ref().ok_or_else(|| {
             Refusal::Context(context::ContextError::Unavailable("no rule input".into()))
         })?;
         let judgement = tracing::info_span!("policy.evaluate", rules = policy.rules.len())
             .in_scope(|| policy::evaluate(policy, input));
-        if ex.judged(judgement.clone()) == Decision::Deny {
+        if judgement.decision == Decision::Deny {
+            // The record keeps every verdict; the answer lists the rules.
+            ex.judged(judgement.clone());
             return Err(Refusal::PolicyDenied(judgement));
         }
-        Ok(judgement)
+        Ok(ex.judged(judgement))
     }
 
     /// Sends a request to the tenant: timed, traced, measured. A transport
@@ -606,10 +608,12 @@ impl Gateway {
 
 /// The tenant's answer to a judged request, unchanged but for hop-by-hop
 /// headers and the warnings of `warn` rules.
-fn answer(resp: Response<Bytes>, judgement: &Judgement) -> Response<BoxBody> {
+fn answer(resp: Response<Bytes>, judgement: Option<&Judgement>) -> Response<BoxBody> {
     let (mut parts, bytes) = resp.into_parts();
     upstream::strip_hop_by_hop(&mut parts.headers);
-    add_warnings(&mut parts.headers, judgement);
+    if let Some(judgement) = judgement {
+        add_warnings(&mut parts.headers, judgement);
+    }
     Response::from_parts(parts, full(bytes))
 }
 

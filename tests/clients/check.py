@@ -41,25 +41,22 @@ def main():
         items = list(client.organizations.enabled_connections.list("org_acme", per_page=1))
         assert any(c.connection_id == "con_saml" for c in items), items
 
-    @step("create, update and delete through organizations/{id}/connections")
-    def _():
-        created = client.organizations.connections.create(
-            "org_globex", connection_id="con_database", assign_membership_on_login=True
-        )
-        assert created.connection_id == "con_database", created
-        updated = client.organizations.connections.update("org_globex", "con_database", is_signup_enabled=True)
-        assert updated.is_signup_enabled is True, updated
-        client.organizations.connections.delete("org_globex", "con_database")
+    def round_trip(family, create, cid, update):
+        """Creates an association on org_globex, updates it, deletes it."""
+        api = getattr(client.organizations, family)
+        created = getattr(api, create)("org_globex", connection_id=cid, assign_membership_on_login=True)
+        assert created.connection_id == cid, created
+        (field, value), = update.items()
+        updated = api.update("org_globex", cid, **update)
+        assert getattr(updated, field) is value, updated
+        api.delete("org_globex", cid)
 
-    @step("add, update and delete through organizations/{id}/enabled_connections")
-    def _():
-        added = client.organizations.enabled_connections.add(
-            "org_globex", connection_id="con_google", assign_membership_on_login=False
-        )
-        assert added.connection_id == "con_google", added
-        updated = client.organizations.enabled_connections.update("org_globex", "con_google", show_as_button=True)
-        assert updated.show_as_button is True, updated
-        client.organizations.enabled_connections.delete("org_globex", "con_google")
+    step("create, update and delete through organizations/{id}/connections")(
+        lambda: round_trip("connections", "create", "con_database", {"is_signup_enabled": True})
+    )
+    step("add, update and delete through organizations/{id}/enabled_connections")(
+        lambda: round_trip("enabled_connections", "add", "con_google", {"show_as_button": True})
+    )
 
     @step("organization create with enabled_connections")
     def _():

@@ -425,6 +425,15 @@ impl Served {
     }
 
     /// What it logged so far.
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
     /// PATCHes `path` on the running binary with `body`.
     pub async fn patch(&self, path: &str, body: &str) -> Answer {
         Harness::client_send(&self.addr, Method::PATCH, path, body).await

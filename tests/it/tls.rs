@@ -243,12 +243,7 @@ async fn sighup_reloads_the_running_binarys_certificate() {
         ],
     )
     .await;
-    let port: u16 = served
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = served.port();
     assert_eq!(
         get(&client(&ca.pem(), None), port).await,
         Ok(StatusCode::OK)
@@ -285,12 +280,7 @@ async fn serve_sandbox_serves_https_with_its_own_ca_and_http_on_one_port() {
     let served =
         crate::harness::Served::start(dir.path(), &["--sandbox"], &[("TOLLGATE_AUDIT_URL", db)])
             .await;
-    let port: u16 = served
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = served.port();
     let ca =
         std::fs::read_to_string(dir.path().join(".tollgate/sandbox-tls/ca.pem")).expect("the CA");
     // HTTPS, trusting only the sandbox's CA.
