@@ -161,6 +161,15 @@ impl Admin {
             (Method::GET, "/v1/policy") => {
                 json_response(StatusCode::OK, &policy_json(&self.policies))
             }
+            // The newest scan's report, as `tollgate scan --format json`.
+            (Method::GET, "/v1/scan") => match self.store.latest("scan").await {
+                Ok(Some(row)) => {
+                    let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+                    json_response(StatusCode::OK, &body["data"])
+                }
+                Ok(None) => plain_error(StatusCode::NOT_FOUND, "not_found", "no scan has run"),
+                Err(e) => store_error(&e),
+            },
             (Method::POST, "/v1/policy/reload") => match self.policies.reload() {
                 Ok(_) => json_response(StatusCode::OK, &policy_json(&self.policies)),
                 Err(errors) => {

@@ -90,6 +90,15 @@ impl App {
         .await?;
         let (addr, gateway) =
             start_gateway(&config, gateway, listen_tls.clone(), &shutdown).await?;
+        if let Some(every) = config.scan.interval {
+            scan_every(
+                every.0,
+                config.clone(),
+                policies.clone(),
+                audit.clone(),
+                &shutdown,
+            );
+        }
         Ok(App {
             addr,
             admin_addr,
@@ -168,6 +177,38 @@ impl Drop for App {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Scans the tenant now and every `every` until shutdown: each scan
+/// recorded, its enforce violations in `tollgate_scan_violations`.
+fn scan_every(
+    every: std::time::Duration,
+    config: Config,
+    policies: Arc<Policies>,
+    audit: Arc<AuditLog>,
+    shutdown: &CancellationToken,
+) {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let policy = policies.current();
+            match crate::scan::run(&config, &policy, &[], None).await {
+                Ok(report) => {
+                    let found = report.count(crate::policy::Mode::Enforce);
+                    metrics::gauge!("tollgate_scan_violations").set(found as f64);
+                    info!(scan = %report.id, violations = found, associations = report.associations, tenant_calls = report.tenant_calls, "scan done");
+                    if let Err(e) = audit.record(report.event()).await {
+                        warn!(error = %e, "scan not recorded");
+                    }
+                }
+                Err(e) => warn!(error = %e, "scan failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {},
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
 }
 
 async fn start_sandbox() -> anyhow::Result<String> {

@@ -35,6 +35,8 @@ pub enum Kind {
     Decision,
     /// What the tenant answered, or the transport error.
     Outcome,
+    /// A scan of the tenant's associations as they stand.
+    Scan,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
         match self {
             Kind::Decision => "decision",
             Kind::Outcome => "outcome",
+            Kind::Scan => "scan",
         }
     }
 }

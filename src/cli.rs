@@ -3,6 +3,7 @@
 
 mod audit;
 mod policy;
+mod scan;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,11 +53,42 @@ pub enum Command {
     /// Query, show and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Judge the tenant's organization connections as they stand; exit 1
+    /// on a violation at the --fail-on level.
+    Scan(ScanArgs),
     /// Apply the audit store's migrations (serve does it too).
     Migrate,
     /// Manage broker-mode API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Only this organization (its id); repeatable.
+    #[arg(long = "org")]
+    pub orgs: Vec<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: crate::audit::query::Format,
+    /// The lowest violation that fails the scan (exit 1).
+    #[arg(long, value_enum, default_value_t)]
+    pub fail_on: FailOn,
+    /// The Management API token to read with (default: scan.token, set by
+    /// TOLLGATE_SCAN_TOKEN; in broker mode, the broker's own token).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// Which violations fail a scan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// An enforce rule violated.
+    #[default]
+    Violation,
+    /// An enforce or a warn rule violated.
+    Warn,
+    /// Never: report only.
+    Never,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +228,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Scan(args) => scan::scan_command(args, &config).await,
         Command::Migrate => {
             let store = Store::open(&config.audit.url).await?;
             println!(

@@ -44,6 +44,32 @@ pub struct Config {
     pub admin: Admin,
     /// Who callers are, and which credential reaches the tenant.
     pub identity: Identity,
+    /// Scans of the tenant's associations as they stand.
+    pub scan: Scan,
+}
+
+/// `[scan]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scan {
+    /// `serve` scans the tenant this often (absent: never on its own).
+    pub interval: Option<HumanDuration>,
+    /// The share of the tenant's rate limit a scan may use (0–1].
+    pub rate_share: f64,
+    /// The Management API token scans read with (better set as
+    /// `TOLLGATE_SCAN_TOKEN`); in broker mode the broker's own token is
+    /// used when this is absent.
+    pub token: Option<Secret>,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Scan {
+            interval: None,
+            rate_share: 0.2,
+            token: None,
+        }
+    }
 }
 
 /// `[admin]`
@@ -365,6 +391,18 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.scan.rate_share > 0.0 && self.scan.rate_share <= 1.0) {
+            return Err(ConfigError::Invalid {
+                key: "scan.rate_share",
+                message: "must be greater than 0 and at most 1".into(),
+            });
+        }
+        if self.scan.interval.is_some_and(|i| i.0.is_zero()) {
+            return Err(ConfigError::Invalid {
+                key: "scan.interval",
+                message: "must be greater than zero".into(),
+            });
+        }
         if let Some(url) = &self.upstream.url {
             parse_upstream_url(url).map_err(|message| ConfigError::Invalid {
                 key: "upstream.url",

@@ -43,6 +43,7 @@ pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod sandbox;
+pub mod scan;
 pub mod schema;
 pub mod server;
 pub mod telemetry;

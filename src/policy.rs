@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use eval::{Judgement, RuleResult, Verdict, evaluate};
+pub use eval::{Judgement, RuleResult, Verdict, evaluate, evaluate_scan};
 pub use input::{ChangeInput, RuleInput, VARIABLES};
 pub use load::{LoadError, absolute, load_dir, load_sources};
 
@@ -157,6 +157,8 @@ pub struct Rule {
     pub deny: Compiled,
     pub message: String,
     pub mode: Mode,
+    /// Whether scans judge the tenant's associations by it.
+    pub scan: bool,
     /// The file it was read from (its name within the policy directory).
     pub file: String,
     pub needs: Needs,
@@ -179,6 +181,13 @@ impl Rule {
     /// request for `request_op`.
     pub fn applies(&self, request_op: Operation, change_op: Operation) -> bool {
         self.operations.contains(&request_op) || self.operations.contains(&change_op)
+    }
+
+    /// Whether a scan judges associations as they stand by it: a rule on
+    /// creating or updating an association (of either family) that does not
+    /// opt out with `scan = false`.
+    pub fn applies_to_scans(&self) -> bool {
+        self.scan && self.operations.iter().any(|op| !op.is_delete())
     }
 }
 

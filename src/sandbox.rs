@@ -197,6 +197,43 @@ impl Sandbox {
             .insert((org.to_owned(), connection.to_owned()), fields);
     }
 
+    /// Enforces a rate limit of `per_second` requests (a bucket that size,
+    /// refilled each second): past it, 429 with `Retry-After` and the
+    /// `x-ratelimit-*` headers, as the tenant answers. `None`: the headers
+    /// only (the default).
+    pub fn set_rate_limit(&self, per_second: Option<u32>) {
+        self.lock().bucket = per_second.map(|n| state::Bucket {
+            limit: f64::from(n.max(1)),
+            tokens: f64::from(n.max(1)),
+            at: std::time::Instant::now(),
+            refused: 0,
+        });
+    }
+
+    /// Requests refused with 429 by the enforced rate limit.
+    pub fn rate_limited(&self) -> u64 {
+        self.lock().bucket.as_ref().map_or(0, |b| b.refused)
+    }
+
+    /// Adds `n` organizations (`org_scan_0000`, …), each with the first
+    /// `per_org` connections enabled with the tenant's defaults.
+    pub fn add_organizations(&self, n: usize, per_org: usize) {
+        let mut st = self.lock();
+        let connections: Vec<String> = st.connections.iter().map(|c| c.id.clone()).collect();
+        for i in 0..n {
+            let id = format!("org_scan_{i:04}");
+            st.organizations.push(Organization {
+                id: id.clone(),
+                name: format!("scan-{i:04}"),
+                display_name: format!("Scan {i}"),
+            });
+            for cid in connections.iter().take(per_org) {
+                st.associations
+                    .insert((id.clone(), cid.clone()), association_defaults());
+            }
+        }
+    }
+
     /// Accepts only these bearer tokens from now on (`None`: any non-empty
     /// one, the default).
     pub fn set_tokens(&self, tokens: Option<Vec<String>>) {
@@ -402,7 +439,17 @@ impl Handler for Sandbox {
         if !varies && !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let (status, value) = self.answer(&parts.method, &parts.uri, &parts.headers, &body);
+        // An enforced rate limit answers before anything is done.
+        let limited = self.lock().bucket.as_mut().is_some_and(|b| !b.take());
+        let (status, value) = if limited {
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Global limit has been reached",
+                Some("too_many_requests"),
+            )
+        } else {
+            self.answer(&parts.method, &parts.uri, &parts.headers, &body)
+        };
         // Otherwise the answer travels back over a network: it reflects the
         // state when it was computed, and arrives some time later (jittered,
         // so answers overtake each other as they do across a real network).
@@ -420,7 +467,24 @@ impl Handler for Sandbox {
             r
         };
         *resp.status_mut() = status;
-        rate_limit_headers(resp.headers_mut(), self.lock().received.len());
+        let st = self.lock();
+        match &st.bucket {
+            Some(b) => {
+                let reset = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| (d.as_secs_f64() + b.until_full()).ceil() as u64)
+                    .unwrap_or_default();
+                let h = resp.headers_mut();
+                h.insert("x-ratelimit-limit", HeaderValue::from(b.limit as u64));
+                h.insert("x-ratelimit-remaining", HeaderValue::from(b.tokens as u64));
+                h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+                if limited {
+                    h.insert(http::header::RETRY_AFTER, HeaderValue::from(1));
+                }
+            }
+            None => rate_limit_headers(resp.headers_mut(), st.received.len()),
+        }
+        drop(st);
         resp
     }
 }

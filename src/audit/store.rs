@@ -278,6 +278,16 @@ impl Store {
         })
     }
 
+    /// The newest event of `kind` (`scan`), if any.
+    pub async fn latest(&self, kind: &str) -> Result<Option<Row>, StoreError> {
+        on_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE kind = "));
+            qb.push_bind(kind.to_owned()).push(" ORDER BY time_us DESC LIMIT 1");
+            let row = qb.build().fetch_optional(pool).await?;
+            row.as_ref().map(decode).transpose().map_err(Into::into)
+        })
+    }
+
     /// Every event of an exchange, decision first.
     pub async fn exchange_events(&self, exchange_id: &str) -> Result<Vec<Row>, StoreError> {
         on_pool!(self, pool => {

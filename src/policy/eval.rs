@@ -60,15 +60,27 @@ impl Judgement {
 /// Judges every change by every applicable rule. All rules are evaluated,
 /// even after a denial, so the record lists every rule a request broke.
 pub fn evaluate(set: &PolicySet, input: &RuleInput) -> Judgement {
+    evaluate_by(set, input, |rule, change| {
+        rule.applies(input.operation, change.operation)
+    })
+}
+
+/// Judges a scan's input: every association as it stands, by every rule
+/// that applies to scans ([`Rule::applies_to_scans`]).
+pub fn evaluate_scan(set: &PolicySet, input: &RuleInput) -> Judgement {
+    evaluate_by(set, input, |rule, _| rule.applies_to_scans())
+}
+
+fn evaluate_by(
+    set: &PolicySet,
+    input: &RuleInput,
+    applies: impl Fn(&Rule, &ChangeInput) -> bool,
+) -> Judgement {
     let per_change: Vec<(&ChangeInput, Vec<&Rule>, Vec<&str>)> = input
         .changes
         .iter()
         .map(|change| {
-            let applicable: Vec<&Rule> = set
-                .rules
-                .iter()
-                .filter(|r| r.applies(input.operation, change.operation))
-                .collect();
+            let applicable: Vec<&Rule> = set.rules.iter().filter(|r| applies(r, change)).collect();
             // Only the variables some applicable rule reads are converted
             // (converting JSON to CEL values is most of the cost of an
             // evaluation).

@@ -49,6 +49,14 @@ struct RuleDef {
     message: String,
     #[serde(default)]
     mode: Mode,
+    /// Whether `tollgate scan` judges the tenant's associations by it
+    /// (default: yes; a rule about changes, not states, says `false`).
+    #[serde(default = "yes")]
+    scan: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Loads every `*.toml` file directly in `dir` (not `tests/`), in name order.
@@ -201,6 +209,7 @@ fn compile_rule(env: &cel::Env, file: &str, def: &RuleDef) -> Result<Rule, Strin
         deny,
         message: def.message.clone(),
         mode: def.mode,
+        scan: def.scan,
         file: file.to_owned(),
         needs,
         variables,

@@ -48,6 +48,40 @@ pub(super) struct State {
     pub(super) extra_change: Option<Map<String, Value>>,
     /// The bearer tokens accepted; `None`: any non-empty one.
     pub(super) tokens: Option<Vec<String>>,
+    /// The rate limit, enforced (`None`: advertised only).
+    pub(super) bucket: Option<Bucket>,
+}
+
+/// A token bucket: `limit` requests, refilled at `limit` per second, as
+/// the Management API's `x-ratelimit-*` headers describe it.
+pub(super) struct Bucket {
+    pub(super) limit: f64,
+    pub(super) tokens: f64,
+    pub(super) at: std::time::Instant,
+    /// Requests refused with 429.
+    pub(super) refused: u64,
+}
+
+impl Bucket {
+    /// Takes one request's token; `false`: none left (a 429).
+    pub(super) fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.limit;
+        self.tokens = (self.tokens + refill).min(self.limit);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+
+    /// Seconds until the bucket is full again.
+    pub(super) fn until_full(&self) -> f64 {
+        (self.limit - self.tokens) / self.limit
+    }
 }
 
 impl State {

@@ -650,6 +650,15 @@ impl Harness {
         answer_of(req).await
     }
 
+    /// GETs `path` from `addr` with an `Authorization` header.
+    pub async fn client_get_with(addr: &str, path: &str, authorization: &str) -> Answer {
+        let req = Request::get(format!("http://{addr}{path}"))
+            .header("authorization", authorization)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        answer_of(req).await
+    }
+
     /// Writes raw bytes on a new connection and reads until it closes.
     pub async fn raw(&self, request: &[u8]) -> String {
         let mut stream = TcpStream::connect(self.addr).await.expect("connect");

@@ -17,6 +17,7 @@ mod policy;
 mod promises;
 mod replay;
 mod sandbox;
+mod scan;
 mod soundness;
 mod tls;
 mod tricks;

@@ -1,0 +1,99 @@
+//! `tollgate scan`: judge the tenant's associations as they stand, print
+//! the violations, record the scan.
+
+use std::process::ExitCode;
+
+use super::{FailOn, ScanArgs};
+use crate::audit::query::Format;
+use crate::audit::{AuditLog, Store};
+use crate::config::Config;
+use crate::policy::{Mode, load_dir};
+use crate::scan::{Report, run};
+
+pub(super) async fn scan_command(args: ScanArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let policy = load_dir(&config.policy.dir).map_err(|e| super::load_errors(&e))?;
+    let token = args.token.map(crate::config::Secret::new);
+    let report = run(config, &policy, &args.orgs, token.as_ref()).await?;
+    let store = Store::open(&config.audit.url).await?;
+    let audit = AuditLog::start(store).await?;
+    audit.record(report.event()).await?;
+    audit.flush().await;
+    print!("{}", render(&report, args.format));
+    let failed = match args.fail_on {
+        FailOn::Violation => report.count(Mode::Enforce) > 0,
+        FailOn::Warn => report.count(Mode::Enforce) + report.count(Mode::Warn) > 0,
+        FailOn::Never => false,
+    };
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The report in a `--format`.
+pub fn render(report: &Report, format: Format) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
+        Format::Jsonl => report
+            .violations
+            .iter()
+            .filter_map(|v| serde_json::to_string(v).ok())
+            .map(|l| l + "\n")
+            .collect(),
+        Format::Csv => {
+            let mut out = String::from(
+                "rule,mode,org_id,org_name,connection_id,connection_name,field,message\n",
+            );
+            for v in &report.violations {
+                let fields = [
+                    v.rule.clone(),
+                    v.mode.to_string(),
+                    v.org_id.clone(),
+                    v.org_name.clone().unwrap_or_default(),
+                    v.connection_id.clone(),
+                    v.connection_name.clone().unwrap_or_default(),
+                    v.field.clone().unwrap_or_default(),
+                    v.message.clone(),
+                ];
+                let quoted: Vec<String> = fields
+                    .iter()
+                    .map(|f| format!("\"{}\"", f.replace('"', "\"\"")))
+                    .collect();
+                out.push_str(&quoted.join(","));
+                out.push('\n');
+            }
+            out
+        }
+        Format::Table => {
+            let mut out = format!(
+                "scan {}: {} organizations, {} associations, {} tenant calls, policy version {}\n",
+                report.id,
+                report.organizations,
+                report.associations,
+                report.tenant_calls,
+                &report.policy_version[..12.min(report.policy_version.len())]
+            );
+            if report.violations.is_empty() {
+                out.push_str("no violation\n");
+                return out;
+            }
+            out.push_str(&format!(
+                "{:<28} {:<8} {:<24} {:<24} {:<34} MESSAGE\n",
+                "RULE", "MODE", "ORGANIZATION", "CONNECTION", "FIELD"
+            ));
+            for v in &report.violations {
+                out.push_str(&format!(
+                    "{:<28} {:<8} {:<24} {:<24} {:<34} {}\n",
+                    v.rule,
+                    v.mode.to_string(),
+                    v.org_name.as_deref().unwrap_or(&v.org_id),
+                    v.connection_name.as_deref().unwrap_or(&v.connection_id),
+                    v.field.as_deref().unwrap_or("-"),
+                    v.message
+                ));
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `tollgate scan`: the tenant as it stands, judged by the policy in force.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tollgate::sandbox::seed::*;
+
+use crate::harness::{Harness, Served, start_sandbox};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// The starter rules, a rule only about changes (`scan = false`), and a
+/// warn rule only about scans.
+fn policy_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("dir");
+    let starter = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for f in ["access.toml", "signup.toml"] {
+        std::fs::copy(starter.join(f), dir.path().join(f)).expect("copy");
+    }
+    std::fs::write(
+        dir.path().join("scan.toml"),
+        r#"
+[[rule]]
+id = "changes-only"
+deny = 'true'
+message = "never judged by a scan"
+scan = false
+
+[[rule]]
+id = "buttons-in-scans"
+deny = 'request.method == "SCAN" && after.show_as_button == false'
+message = "hidden connection found by a scan"
+mode = "warn"
+"#,
+    )
+    .expect("write");
+    dir
+}
+
+/// Runs `tollgate scan ARGS` against the tenant at `tenant`.
+async fn scan(
+    tenant: std::net::SocketAddr,
+    policies: &Path,
+    db: &str,
+    args: &[&str],
+) -> (i32, String) {
+    let config = tempfile::NamedTempFile::new().expect("config");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(BIN)
+            .arg("scan")
+            .args(args)
+            .env_clear()
+            .env("TOLLGATE_CONFIG", config.path())
+            .env("TOLLGATE_UPSTREAM_URL", format!("http://{tenant}"))
+            .env("TOLLGATE_SCAN_TOKEN", "scan-token")
+            .env("TOLLGATE_POLICY_DIR", policies)
+            .env("TOLLGATE_AUDIT_URL", db)
+            .output(),
+    )
+    .await
+    .expect("scanned in time")
+    .expect("run tollgate scan");
+    assert!(
+        out.stderr.is_empty() || out.status.code().is_some(),
+        "{:?}",
+        out
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_scan_finds_what_was_planted_at_the_tenant_and_nothing_on_a_clean_one() {
+    let (tenant, addr) = start_sandbox().await;
+    let policies = policy_dir();
+    let db = format!("sqlite://{}", policies.path().join("audit.db").display());
+
+    let (code, out) = scan(addr, policies.path(), &db, &["--format", "json"]).await;
+    assert_eq!(code, 0, "a clean tenant: {out}");
+    let report: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["violations"], json!([]), "{report}");
+    assert_eq!(report["organizations"], 2);
+    assert_eq!(report["associations"], 1);
+
+    // Planted at the tenant, as the dashboard would: full access, and a
+    // hidden button.
+    let mut planted = tollgate::sandbox::association_defaults();
+    planted.insert("organization_access_level".into(), json!("full"));
+    planted.insert("show_as_button".into(), json!(false));
+    tenant.set_association(ORG_GLOBEX, CON_OIDC, planted);
+
+    let (code, out) = scan(addr, policies.path(), &db, &["--format", "jsonl"]).await;
+    assert_eq!(code, 1, "an enforce rule is violated: {out}");
+    let found: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("jsonl"))
+        .collect();
+    let rules: Vec<&str> = found.iter().filter_map(|v| v["rule"].as_str()).collect();
+    assert_eq!(rules, ["no-full-access", "buttons-in-scans"], "{out}");
+    assert_eq!(found[0]["org_id"], ORG_GLOBEX);
+    assert_eq!(found[0]["connection_id"], CON_OIDC);
+    assert_eq!(found[0]["connection_name"], "globex-oidc");
+    assert_eq!(found[0]["field"], "/organization_access_level");
+    assert_eq!(found[1]["mode"], "warn");
+
+    // Only the other organization: nothing found there.
+    let (code, _) = scan(addr, policies.path(), &db, &["--org", ORG_ACME]).await;
+    assert_eq!(code, 0);
+    // Warn-level failing, or never failing.
+    let (code, _) = scan(addr, policies.path(), &db, &["--fail-on", "never"]).await;
+    assert_eq!(code, 0);
+    let (code, out) = scan(addr, policies.path(), &db, &["--format", "table"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("no-full-access") && out.contains("globex"),
+        "{out}"
+    );
+
+    // Every scan is in the log, chained like the rest.
+    let verify = tokio::process::Command::new(BIN)
+        .args(["audit", "verify"])
+        .env_clear()
+        .env(
+            "TOLLGATE_CONFIG",
+            tempfile::NamedTempFile::new().expect("config").path(),
+        )
+        .env("TOLLGATE_AUDIT_URL", &db)
+        .output()
+        .await
+        .expect("verify");
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{text}");
+    assert!(text.contains("5/5 events valid"), "{text}");
+}
+
+/// A scan shares the tenant's rate limit: 2,000 organizations with three
+/// connections each, against a tenant that refuses (429) past its limit,
+/// read at a fifth of the limit and never refused.
+#[tokio::test]
+async fn a_scan_of_2000_organizations_stays_within_the_rate_limit() {
+    let (tenant, addr) = start_sandbox().await;
+    tenant.add_organizations(2000, 3);
+    tenant.set_rate_limit(Some(2000));
+    let upstream =
+        tollgate::upstream::Upstream::new(&format!("http://{addr}"), Duration::from_secs(10), None)
+            .expect("upstream");
+    let policy =
+        tollgate::policy::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+            .expect("policies");
+    let auth = http::HeaderValue::from_static("Bearer scan");
+    let report = tollgate::scan::scan(&upstream, Some(auth), &policy, &[], 0.2)
+        .await
+        .expect("scanned");
+    assert_eq!(report.organizations, 2002);
+    assert_eq!(report.associations, 6001);
+    // One page of connections, 21 of organizations, one per organization.
+    assert_eq!(report.tenant_calls, 1 + 21 + 2002, "{report:?}");
+    assert_eq!(report.rate_limited, 0);
+    assert_eq!(tenant.rate_limited(), 0, "the tenant never refused a call");
+    // At a fifth of 2,000 per second, 2,024 calls take about five seconds.
+    assert!(
+        report.duration_ms >= 4000,
+        "paced: {} ms",
+        report.duration_ms
+    );
+    println!(
+        "scan: {} organizations, {} associations, {} tenant calls in {} ms",
+        report.organizations, report.associations, report.tenant_calls, report.duration_ms
+    );
+}
+
+/// With `scan.interval`, `serve` scans on its own: the newest report at
+/// `/v1/scan`, its violations in `tollgate_scan_violations`.
+#[tokio::test]
+async fn serve_scans_on_its_own_and_shows_the_result() {
+    let (tenant, addr) = start_sandbox().await;
+    let mut planted = tollgate::sandbox::association_defaults();
+    planted.insert("organization_access_level".into(), json!("full"));
+    tenant.set_association(ORG_GLOBEX, CON_OIDC, planted);
+    let (served, _dir, _db) = Served::in_front_of(
+        addr,
+        &[
+            ("TOLLGATE_SCAN_INTERVAL", "1h"),
+            ("TOLLGATE_SCAN_TOKEN", "scan-token"),
+            ("TOLLGATE_ADMIN_TOKEN", "admin-secret"),
+        ],
+    )
+    .await;
+    let report = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let a =
+                Harness::client_get_with(&served.admin, "/v1/scan", "Bearer admin-secret").await;
+            if a.status == http::StatusCode::OK {
+                return a.json();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a scan ran");
+    assert_eq!(
+        report["violations"][0]["rule"], "no-full-access",
+        "{report}"
+    );
+    let metrics = Harness::client_get(&served.admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("tollgate_scan_violations 1"), "{text}");
+    crate::harness::terminate(served.child).await;
+}
