@@ -12,7 +12,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::audit::{self, Store, query};
+use crate::audit::{self, AuditLog, Store, query};
 use crate::config::Secret;
 use crate::error::{error_response, json_response};
 use crate::policy::reload::Policies;
@@ -28,6 +28,9 @@ pub struct Admin {
     token: Option<Secret>,
     upstream: Option<Upstream>,
     metrics: Option<PrometheusHandle>,
+    /// The Auth0 log stream's bearer token, and where its events are
+    /// recorded.
+    log_stream: Option<(Secret, Arc<AuditLog>)>,
 }
 
 /// How recently the tenant must have answered for `/readyz` not to ask it.
@@ -41,7 +44,15 @@ impl Admin {
             token,
             upstream: None,
             metrics: None,
+            log_stream: None,
         }
+    }
+
+    /// Accepts an Auth0 log stream (custom webhook) at `POST /v1/log-stream`,
+    /// authenticated with its own bearer token (`scan.log_stream_token`).
+    pub fn with_log_stream(mut self, token: Option<Secret>, audit: Arc<AuditLog>) -> Admin {
+        self.log_stream = token.map(|t| (t, audit));
+        self
     }
 
     /// Readiness also requires the tenant to be reachable.
@@ -57,12 +68,69 @@ impl Admin {
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = &self.token else {
-            return false;
+        bearer_is(req, self.token.as_ref())
+    }
+
+    /// `POST /v1/log-stream`: the tenant's log events as they happen; each
+    /// outside change to an organization connection is recorded at once.
+    async fn log_stream(&self, req: Request<Incoming>) -> Response<Bytes> {
+        let Some((token, audit)) = &self.log_stream else {
+            return plain_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no log stream is configured",
+            );
         };
-        let given = crate::identity::bearer(req.headers()).unwrap_or_default();
-        // Compare digests: equal length, and no early exit on the secret.
-        Sha256::digest(given.as_bytes()) == Sha256::digest(token.expose().as_bytes())
+        if !bearer_is(&req, Some(token)) {
+            return plain_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "a valid log stream token is required",
+            );
+        }
+        let (parts, body) = req.into_parts();
+        let body = match crate::body::read_limited(&parts.headers, body, 4 * 1024 * 1024).await {
+            Ok(b) => b,
+            Err(e) => return plain_error(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string()),
+        };
+        // A JSON array (Auth0's "JSON array" format) or JSON lines; each
+        // entry a log event, or `{log_id, data}` around one.
+        let entries: Vec<Value> = match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Array(a)) => a,
+            Ok(one) => vec![one],
+            Err(_) => body
+                .split(|b| *b == b'\n')
+                .filter_map(|l| serde_json::from_slice(l).ok())
+                .collect(),
+        };
+        let log = crate::scan::outside::Log {
+            store: &self.store,
+            audit,
+        };
+        let policy = self.policies.current();
+        let mut matched = std::collections::HashSet::new();
+        let mut outside = 0;
+        for entry in &entries {
+            let event = entry
+                .get("data")
+                .filter(|_| entry.get("type").is_none())
+                .unwrap_or(entry);
+            match crate::scan::outside::judge(event, &log, &policy, &mut matched).await {
+                Ok(Some(_)) => outside += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    return plain_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "tollgate_audit_unavailable",
+                        &e.to_string(),
+                    );
+                }
+            }
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({"received": entries.len(), "outside": outside}),
+        )
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Bytes> {
@@ -85,6 +153,7 @@ impl Admin {
                 );
                 r
             }
+            (Method::POST, "/v1/log-stream") => self.log_stream(req).await,
             (_, p) if p.starts_with("/v1/") || p == "/v1" => {
                 if !self.authorized(&req) {
                     let why = if self.token.is_some() {
@@ -191,11 +260,27 @@ impl Admin {
             Ok(f) => f,
             Err(e) => return plain_error(StatusCode::BAD_REQUEST, "invalid_query_string", &e),
         };
-        match query::exchanges(&self.store, &filter).await {
+        let outside = params.get("outside").map(String::as_str) == Some("true");
+        let listed = if outside {
+            query::outside(&self.store, &filter).await
+        } else {
+            query::exchanges(&self.store, &filter).await
+        };
+        match listed {
             Ok(list) => json_response(StatusCode::OK, &json!(list)),
             Err(e) => store_error(&e),
         }
     }
+}
+
+/// Whether the request's bearer token is `token` (never, when unset).
+fn bearer_is(req: &Request<Incoming>, token: Option<&Secret>) -> bool {
+    let Some(token) = token else {
+        return false;
+    };
+    let given = crate::identity::bearer(req.headers()).unwrap_or_default();
+    // Compare digests: equal length, and no early exit on the secret.
+    Sha256::digest(given.as_bytes()) == Sha256::digest(token.expose().as_bytes())
 }
 
 /// The filter of `GET /v1/exchanges`: the same names as `audit query`.
@@ -213,6 +298,7 @@ pub fn filter_from(params: &HashMap<String, String>) -> Result<query::Filter, St
             "decision",
             "rule",
             "limit",
+            "outside",
         ]
         .contains(&k.as_str())
         {

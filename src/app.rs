@@ -84,6 +84,7 @@ impl App {
             &store,
             &policies,
             &gateway,
+            &audit,
             admin_tls.clone(),
             &shutdown,
         )
@@ -192,7 +193,12 @@ fn scan_every(
     tokio::spawn(async move {
         loop {
             let policy = policies.current();
-            match crate::scan::run(&config, &policy, &[], None).await {
+            let store = audit.store().clone();
+            let log = crate::scan::outside::Log {
+                store: &store,
+                audit: &audit,
+            };
+            match crate::scan::run(&config, &policy, &[], None, &log).await {
                 Ok(report) => {
                     let found = report.count(crate::policy::Mode::Enforce);
                     metrics::gauge!("tollgate_scan_violations").set(found as f64);
@@ -229,6 +235,7 @@ async fn start_admin(
     store: &Store,
     policies: &Arc<Policies>,
     gateway: &Gateway,
+    audit: &Arc<AuditLog>,
     tls: Option<Arc<ServerTls>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
@@ -242,7 +249,8 @@ async fn start_admin(
     }
     let admin = Admin::new(store.clone(), policies.clone(), config.admin.token.clone())
         .with_upstream(gateway.upstream().clone())
-        .with_metrics(crate::telemetry::metrics());
+        .with_metrics(crate::telemetry::metrics())
+        .with_log_stream(config.scan.log_stream_token.clone(), audit.clone());
     let task = tokio::spawn(server::serve_with(
         listener,
         Arc::new(admin),

@@ -37,6 +37,8 @@ pub enum Kind {
     Outcome,
     /// A scan of the tenant's associations as they stand.
     Scan,
+    /// A change the tenant's log shows that did not pass through tollgate.
+    Observed,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Decision => "decision",
             Kind::Outcome => "outcome",
             Kind::Scan => "scan",
+            Kind::Observed => "observed",
         }
     }
 }

@@ -143,6 +143,10 @@ pub struct QueryArgs {
     /// Most rows, newest first.
     #[arg(long, default_value_t = 100)]
     pub limit: i64,
+    /// Changes made outside tollgate (seen in the tenant's log by `scan`),
+    /// instead of exchanges.
+    #[arg(long)]
+    pub outside: bool,
     #[arg(long, value_enum, default_value_t)]
     pub format: crate::audit::query::Format,
 }

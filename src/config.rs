@@ -60,6 +60,9 @@ pub struct Scan {
     /// `TOLLGATE_SCAN_TOKEN`); in broker mode the broker's own token is
     /// used when this is absent.
     pub token: Option<Secret>,
+    /// The bearer token an Auth0 log stream (custom webhook) presents at
+    /// the admin listener's `POST /v1/log-stream` (absent: no stream).
+    pub log_stream_token: Option<Secret>,
 }
 
 impl Default for Scan {
@@ -68,6 +71,7 @@ impl Default for Scan {
             interval: None,
             rate_share: 0.2,
             token: None,
+            log_stream_token: None,
         }
     }
 }

@@ -248,6 +248,48 @@ impl Sandbox {
             .cloned()
     }
 
+    /// Logs a successful write (of the Management API, or at the
+    /// dashboard) in the tenant's log.
+    fn log(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        status: StatusCode,
+        value: &Value,
+    ) {
+        let mut st = self.lock();
+        let (path, actor) = if let Some(rest) = path.strip_prefix("/sandbox/dashboard/") {
+            let actor = state::Actor {
+                client_id: "sandbox-dashboard".into(),
+                client_name: "Auth0 Management Dashboard".into(),
+                user: Some("admin@sandbox.example".into()),
+            };
+            (format!("/api/v2/{rest}"), actor)
+        } else if path.starts_with("/api/v2/") {
+            let token = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            let client = st
+                .token_clients
+                .get(token)
+                .cloned()
+                .unwrap_or_else(|| "sandbox-api-client".into());
+            let actor = state::Actor {
+                client_name: client.clone(),
+                client_id: client,
+                user: None,
+            };
+            (path.to_owned(), actor)
+        } else {
+            return;
+        };
+        st.log_write(method, &path, body, status, value, actor);
+    }
+
     fn answer(
         &self,
         method: &Method,
@@ -382,6 +424,21 @@ impl Sandbox {
                     ),
                 }
             }
+            (Method::GET, ["api", "v2", "logs"]) => {
+                let params = pages::params(query);
+                let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+                let take = get("take").and_then(|t| t.parse().ok()).unwrap_or(50);
+                (
+                    StatusCode::OK,
+                    Value::Array(st.logs_after(get("from"), take)),
+                )
+            }
+            // The dashboard, or any credential that is not tollgate's: a
+            // change made at the tenant directly.
+            (Method::PATCH, ["sandbox", "dashboard", "organizations", _, "connections", _]) => {
+                let (org, cid) = (segs[3].clone(), segs[5].clone());
+                with_body(body, |b| st.update_association(&org, &cid, b, false))
+            }
             (Method::GET, ["api", "v2", "client-grants"]) => {
                 pages::list(st.client_grants.clone(), query, "client_grants", true)
             }
@@ -450,6 +507,16 @@ impl Handler for Sandbox {
         } else {
             self.answer(&parts.method, &parts.uri, &parts.headers, &body)
         };
+        if status.is_success() && !parts.method.is_safe() {
+            self.log(
+                &parts.method,
+                parts.uri.path(),
+                &parts.headers,
+                &body,
+                status,
+                &value,
+            );
+        }
         // Otherwise the answer travels back over a network: it reflects the
         // state when it was computed, and arrives some time later (jittered,
         // so answers overtake each other as they do across a real network).

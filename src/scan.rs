@@ -30,6 +30,8 @@ use crate::policy::{ChangeInput, Mode, Needs, PolicySet, RuleInput, evaluate_sca
 use crate::route::{Operation, encode_segment};
 use crate::upstream::Upstream;
 
+pub mod outside;
+
 /// Entries asked for per page.
 const PAGE: usize = 100;
 /// How often one call is tried when the tenant answers 429.
@@ -44,6 +46,8 @@ pub enum ScanError {
     Refused { path: String, status: StatusCode },
     #[error("organization {0} does not exist")]
     NoOrganization(String),
+    #[error("the audit log: {0}")]
+    Audit(String),
 }
 
 /// One association that breaks a rule.
@@ -72,6 +76,10 @@ pub struct Report {
     pub tenant_calls: u64,
     pub rate_limited: u64,
     pub violations: Vec<Violation>,
+    /// Changes to organization connections the tenant's log shows that did
+    /// not pass through tollgate, read since the last scan.
+    #[serde(default)]
+    pub outside: Vec<outside::Outside>,
 }
 
 impl Report {
@@ -170,6 +178,7 @@ pub async fn scan(
         tenant_calls: reader.calls,
         rate_limited: reader.rate_limited,
         violations,
+        outside: Vec::new(),
     })
 }
 
@@ -180,6 +189,7 @@ pub async fn run(
     policy: &PolicySet,
     orgs: &[String],
     token: Option<&Secret>,
+    log: &outside::Log<'_>,
 ) -> anyhow::Result<Report> {
     let url = config
         .upstream
@@ -198,7 +208,25 @@ pub async fn run(
         token.or(config.scan.token.as_ref()),
     )
     .await?;
-    Ok(scan(&upstream, Some(auth), policy, orgs, config.scan.rate_share).await?)
+    let mut report = scan(
+        &upstream,
+        Some(auth.clone()),
+        policy,
+        orgs,
+        config.scan.rate_share,
+    )
+    .await?;
+    let mut reader = Reader {
+        upstream: &upstream,
+        auth: Some(auth),
+        pacer: Pacer::new(config.scan.rate_share),
+        calls: 0,
+        rate_limited: 0,
+    };
+    report.outside = outside::read(&mut reader, log, policy).await?;
+    report.tenant_calls += reader.calls;
+    report.rate_limited += reader.rate_limited;
+    Ok(report)
 }
 
 /// The token a scan reads with: given, or the broker's.
@@ -281,7 +309,7 @@ fn text(v: &Value, key: &str) -> Option<String> {
 }
 
 /// Reads the tenant, paced.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     upstream: &'a Upstream,
     auth: Option<HeaderValue>,
     pacer: Pacer,
@@ -343,7 +371,7 @@ impl Reader<'_> {
 
     /// GETs `path`: `Some` on 200, `None` on 404. A 429 waits for the reset
     /// and tries again.
-    async fn get(&mut self, path: &str) -> Result<Option<Value>, ScanError> {
+    pub(crate) async fn get(&mut self, path: &str) -> Result<Option<Value>, ScanError> {
         let fail = |message: String| ScanError::Tenant {
             path: path.to_owned(),
             message,

@@ -278,6 +278,51 @@ impl Store {
         })
     }
 
+    /// A reader's checkpoint (`None`: it never stopped anywhere yet).
+    pub async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let value: Option<String> = on_pool!(self, pool => {
+            let mut qb = QueryBuilder::new("SELECT value FROM tollgate_checkpoints WHERE name = ");
+            qb.push_bind(name.to_owned());
+            qb.build_query_scalar().fetch_optional(pool).await?
+        });
+        Ok(value)
+    }
+
+    /// Moves a reader's checkpoint.
+    pub async fn set_checkpoint(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        on_pool!(self, pool => {
+            let mut qb = QueryBuilder::new("INSERT INTO tollgate_checkpoints (name, value, updated_us) VALUES (");
+            qb.push_bind(name.to_owned())
+                .push(", ")
+                .push_bind(value.to_owned())
+                .push(", ")
+                .push_bind(now)
+                .push(") ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us");
+            qb.build().execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Events of `kind` in a time window, newest first.
+    pub async fn events_of_kind(
+        &self,
+        kind: &str,
+        since_us: i64,
+        limit: i64,
+    ) -> Result<Vec<Row>, StoreError> {
+        on_pool!(self, pool => {
+            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE kind = "));
+            qb.push_bind(kind.to_owned())
+                .push(" AND time_us >= ")
+                .push_bind(since_us)
+                .push(" ORDER BY time_us DESC LIMIT ")
+                .push_bind(limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(decode).collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        })
+    }
+
     /// The newest event of `kind` (`scan`), if any.
     pub async fn latest(&self, kind: &str) -> Result<Option<Row>, StoreError> {
         on_pool!(self, pool => {

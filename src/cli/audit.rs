@@ -25,7 +25,11 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
                 rule: q.rule,
                 limit: q.limit.max(1),
             };
-            let rows = query::exchanges(&store, &filter).await?;
+            let rows = if q.outside {
+                query::outside(&store, &filter).await?
+            } else {
+                query::exchanges(&store, &filter).await?
+            };
             print!("{}", query::render(&rows, q.format));
             Ok(ExitCode::SUCCESS)
         }

@@ -13,9 +13,13 @@ use crate::scan::{Report, run};
 pub(super) async fn scan_command(args: ScanArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let policy = load_dir(&config.policy.dir).map_err(|e| super::load_errors(&e))?;
     let token = args.token.map(crate::config::Secret::new);
-    let report = run(config, &policy, &args.orgs, token.as_ref()).await?;
     let store = Store::open(&config.audit.url).await?;
-    let audit = AuditLog::start(store).await?;
+    let audit = AuditLog::start(store.clone()).await?;
+    let log = crate::scan::outside::Log {
+        store: &store,
+        audit: &audit,
+    };
+    let report = run(config, &policy, &args.orgs, token.as_ref(), &log).await?;
     audit.record(report.event()).await?;
     audit.flush().await;
     print!("{}", render(&report, args.format));
@@ -74,6 +78,7 @@ pub fn render(report: &Report, format: Format) -> String {
                 report.tenant_calls,
                 &report.policy_version[..12.min(report.policy_version.len())]
             );
+            out.push_str(&outside_table(report));
             if report.violations.is_empty() {
                 out.push_str("no violation\n");
                 return out;
@@ -96,4 +101,41 @@ pub fn render(report: &Report, format: Format) -> String {
             out
         }
     }
+}
+
+/// The outside changes, for the table.
+fn outside_table(report: &Report) -> String {
+    if report.outside.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "{} change(s) made outside tollgate:\n{:<28} {:<34} {:<24} {:<24} {:<12} RULES\n",
+        report.outside.len(),
+        "WHEN",
+        "OPERATION",
+        "ORGANIZATION",
+        "WHO",
+        "DECISION"
+    );
+    for o in &report.outside {
+        let who = o
+            .user
+            .clone()
+            .or_else(|| o.client_id.clone())
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<28} {:<34} {:<24} {:<24} {:<12} {}\n",
+            o.date,
+            o.operation,
+            o.org_id.as_deref().unwrap_or("-"),
+            who,
+            o.decision.to_string(),
+            if o.rules.is_empty() {
+                "-".to_owned()
+            } else {
+                o.rules.join(",")
+            }
+        ));
+    }
+    out
 }

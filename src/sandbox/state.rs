@@ -50,6 +50,70 @@ pub(super) struct State {
     pub(super) tokens: Option<Vec<String>>,
     /// The rate limit, enforced (`None`: advertised only).
     pub(super) bucket: Option<Bucket>,
+    /// The tenant's log: a `sapi` event for every successful write.
+    pub(super) logs: Vec<Value>,
+    /// Which client each issued token belongs to.
+    pub(super) token_clients: std::collections::HashMap<String, String>,
+}
+
+/// Who made a change, as the tenant's log names it.
+pub(super) struct Actor {
+    pub(super) client_id: String,
+    pub(super) client_name: String,
+    pub(super) user: Option<String>,
+}
+
+impl State {
+    /// Logs a successful write as Auth0 does: a `sapi` event with the
+    /// request and the response.
+    pub(super) fn log_write(
+        &mut self,
+        method: &http::Method,
+        path: &str,
+        body: &[u8],
+        status: StatusCode,
+        answer: &Value,
+        actor: Actor,
+    ) {
+        let n = self.logs.len() + 1;
+        let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut auth = json!({"strategy": "jwt", "credentials": {"scopes": []}});
+        if let Some(user) = &actor.user {
+            auth["user"] = json!({"email": user, "name": user, "user_id": format!("auth0|{user}")});
+        }
+        self.logs.push(json!({
+            "log_id": format!("9002{n:020}"),
+            "date": date,
+            "type": "sapi",
+            "description": format!("{} {}", method.as_str(), path),
+            "client_id": actor.client_id,
+            "client_name": actor.client_name,
+            "ip": "127.0.0.1",
+            "details": {
+                "request": {
+                    "method": method.as_str().to_ascii_lowercase(),
+                    "path": path,
+                    "query": {},
+                    "body": body,
+                    "channel": if actor.user.is_some() { "https://manage.auth0.com/" } else { "api" },
+                    "auth": auth,
+                },
+                "response": {"statusCode": status.as_u16(), "body": answer},
+            },
+        }));
+    }
+
+    /// `GET /api/v2/logs?from=LOG_ID&take=N`: the events after `from`,
+    /// oldest first.
+    pub(super) fn logs_after(&self, from: Option<&str>, take: usize) -> Vec<Value> {
+        self.logs
+            .iter()
+            .filter(|l| from.is_none_or(|f| l["log_id"].as_str().is_some_and(|id| id > f)))
+            .take(take.clamp(1, 100))
+            .cloned()
+            .collect()
+    }
 }
 
 /// A token bucket: `limit` requests, refilled at `limit` per second, as
@@ -100,6 +164,8 @@ impl State {
         }
         self.tokens_issued += 1;
         let token = format!("sandbox-mgmt-token-{}", self.tokens_issued);
+        self.token_clients
+            .insert(token.clone(), s("client_id").to_owned());
         (
             StatusCode::OK,
             json!({"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl,

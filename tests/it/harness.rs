@@ -167,6 +167,8 @@ pub struct Harness {
     pub audit: Arc<AuditLog>,
     pub store: Store,
     pub store_url: String,
+    /// The tenant's URL.
+    pub tenant_url: String,
 }
 
 /// How a harness is set up.
@@ -242,6 +244,7 @@ impl Setup {
             None => fresh_store_url(self.backend, policy_dir.path()).await,
         };
         let path = |p: &Path| p.display().to_string();
+        let tenant_url = url.clone();
         let mut env = vec![
             ("TOLLGATE_UPSTREAM_URL".to_owned(), url),
             ("TOLLGATE_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
@@ -270,6 +273,7 @@ impl Setup {
             audit: app.audit.clone(),
             store: app.store.clone(),
             store_url,
+            tenant_url,
             app: Some(app),
         }
     }
@@ -648,6 +652,32 @@ impl Harness {
             .body(Full::new(Bytes::new()))
             .expect("request");
         answer_of(req).await
+    }
+
+    /// Sends `body` (JSON) to `addr` with an `Authorization` header.
+    pub async fn client_send_with(
+        addr: &str,
+        method: Method,
+        path: &str,
+        body: &str,
+        authorization: &str,
+    ) -> Answer {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("authorization", authorization)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        answer_of(req).await
+    }
+
+    /// The tenant's address.
+    pub fn tenant_addr(&self) -> SocketAddr {
+        self.tenant_url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the tenant's address")
     }
 
     /// GETs `path` from `addr` with an `Authorization` header.

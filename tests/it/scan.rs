@@ -211,3 +211,252 @@ async fn serve_scans_on_its_own_and_shows_the_result() {
     assert!(text.contains("tollgate_scan_violations 1"), "{text}");
     crate::harness::terminate(served.child).await;
 }
+
+/// A change at the tenant directly, as the dashboard makes it.
+async fn dashboard_change(tenant: std::net::SocketAddr, org: &str, cid: &str, body: &str) {
+    let a = Harness::client_send_with(
+        &tenant.to_string(),
+        http::Method::PATCH,
+        &format!("/sandbox/dashboard/organizations/{org}/connections/{cid}"),
+        body,
+        "Bearer dashboard",
+    )
+    .await;
+    assert_eq!(a.status, http::StatusCode::OK, "{a:?}");
+}
+
+fn scan_config(tenant: std::net::SocketAddr) -> tollgate::config::Config {
+    let env = [
+        (
+            "TOLLGATE_UPSTREAM_URL".to_owned(),
+            format!("http://{tenant}"),
+        ),
+        ("TOLLGATE_SCAN_TOKEN".to_owned(), "scan-token".to_owned()),
+    ];
+    tollgate::config::Config::load("", "scan.toml", env).expect("config")
+}
+
+/// Changes made at the tenant are found in its log and attributed; changes
+/// tollgate forwarded are not reported, though the log carries no
+/// correlation id; nothing is reported twice.
+#[tokio::test]
+async fn outside_changes_are_found_and_attributed_and_forwarded_ones_are_not() {
+    let rule =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/access.toml"))
+            .expect("rule");
+    let h = Harness::setup().rule(&rule).start().await;
+    let tenant = h.tenant_addr();
+    // Through tollgate: allowed, forwarded, in the tenant's log.
+    let a = h.patch(r#"{"show_as_button":false}"#).await;
+    assert_eq!(a.status, http::StatusCode::OK);
+    let a = h
+        .patch_at(
+            &format!("/api/v2/organizations/{ORG_GLOBEX}/enabled_connections"),
+            r#"{"x":1}"#,
+        )
+        .await;
+    assert_eq!(a.status, http::StatusCode::METHOD_NOT_ALLOWED);
+    // At the tenant: what the policy forbids.
+    dashboard_change(
+        tenant,
+        ORG_ACME,
+        CON_SAML,
+        r#"{"organization_access_level":"full"}"#,
+    )
+    .await;
+
+    let policy = h.policies.current();
+    let log = tollgate::scan::outside::Log {
+        store: &h.store,
+        audit: &h.audit,
+    };
+    let config = scan_config(tenant);
+    let report = tollgate::scan::run(&config, &policy, &[], None, &log)
+        .await
+        .expect("scan");
+    assert_eq!(report.outside.len(), 1, "{:?}", report.outside);
+    let o = &report.outside[0];
+    assert_eq!(o.operation, "organization_connection.update");
+    assert_eq!(o.org_id.as_deref(), Some(ORG_ACME));
+    assert_eq!(o.connection_id.as_deref(), Some(CON_SAML));
+    assert_eq!(o.client_id.as_deref(), Some("sandbox-dashboard"));
+    assert_eq!(o.user.as_deref(), Some("admin@sandbox.example"));
+    assert_eq!(o.decision, tollgate::policy::Decision::Deny);
+    assert_eq!(o.rules, ["no-full-access"]);
+    // The state it left is a violation the same scan reports.
+    assert_eq!(report.violations[0].rule, "no-full-access");
+
+    // Read once: a second scan finds nothing new.
+    let again = tollgate::scan::run(&config, &policy, &[], None, &log)
+        .await
+        .expect("scan");
+    assert!(again.outside.is_empty(), "{:?}", again.outside);
+    h.audit.flush().await;
+    let filter = tollgate::audit::query::Filter {
+        limit: 100,
+        ..Default::default()
+    };
+    let listed = tollgate::audit::query::outside(&h.store, &filter)
+        .await
+        .expect("query");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].caller.as_deref(), Some("sandbox-dashboard"));
+    assert_eq!(listed[0].outcome, "outside");
+}
+
+/// The log's checkpoint lives in the store: separate `tollgate scan` runs
+/// (restarts) read every event once, across page boundaries.
+#[tokio::test]
+async fn the_log_checkpoint_survives_restarts_without_duplicates_or_gaps() {
+    let (_tenant, addr) = start_sandbox().await;
+    let policies = policy_dir();
+    let db = format!("sqlite://{}", policies.path().join("audit.db").display());
+    dashboard_change(addr, ORG_ACME, CON_SAML, r#"{"show_as_button":false}"#).await;
+    let (_, out) = scan(
+        addr,
+        policies.path(),
+        &db,
+        &["--format", "json", "--fail-on", "never"],
+    )
+    .await;
+    let first: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        first["outside"].as_array().map(Vec::len),
+        Some(1),
+        "{first}"
+    );
+    // More than a page of the tenant's log between two runs.
+    for i in 0..150 {
+        let value = if i % 2 == 0 { "true" } else { "false" };
+        dashboard_change(
+            addr,
+            ORG_ACME,
+            CON_SAML,
+            &format!(r#"{{"show_as_button":{value}}}"#),
+        )
+        .await;
+    }
+    let (_, out) = scan(
+        addr,
+        policies.path(),
+        &db,
+        &["--format", "json", "--fail-on", "never"],
+    )
+    .await;
+    let second: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(second["outside"].as_array().map(Vec::len), Some(150));
+    let (_, out) = scan(
+        addr,
+        policies.path(),
+        &db,
+        &["--format", "json", "--fail-on", "never"],
+    )
+    .await;
+    let third: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(third["outside"], json!([]));
+    // The log lists each once.
+    let listed = tokio::process::Command::new(BIN)
+        .args([
+            "audit",
+            "query",
+            "--outside",
+            "--format",
+            "jsonl",
+            "--limit",
+            "1000",
+        ])
+        .env_clear()
+        .env(
+            "TOLLGATE_CONFIG",
+            tempfile::NamedTempFile::new().expect("config").path(),
+        )
+        .env("TOLLGATE_AUDIT_URL", &db)
+        .output()
+        .await
+        .expect("query");
+    let rows: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("jsonl"))
+        .collect();
+    assert_eq!(rows.len(), 151);
+    let mut ids: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["exchange_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 151, "no event recorded twice");
+}
+
+/// An Auth0 log stream (custom webhook) on the admin listener: outside
+/// changes recorded as they happen, listed at /v1/exchanges?outside=true.
+#[tokio::test]
+async fn a_log_stream_reports_outside_changes_within_seconds() {
+    let (_tenant, addr) = start_sandbox().await;
+    let (served, _dir, _db) = Served::in_front_of(
+        addr,
+        &[
+            ("TOLLGATE_SCAN_LOG_STREAM_TOKEN", "stream-secret"),
+            ("TOLLGATE_ADMIN_TOKEN", "admin-secret"),
+        ],
+    )
+    .await;
+    dashboard_change(
+        addr,
+        ORG_ACME,
+        CON_SAML,
+        r#"{"organization_access_level":"full"}"#,
+    )
+    .await;
+    // What the tenant streams: its log events, wrapped.
+    let logs = Harness::client_get_with(&addr.to_string(), "/api/v2/logs", "Bearer x").await;
+    let batch: Vec<Value> = logs
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| json!({"log_id": e["log_id"], "data": e}))
+        .collect();
+    let body = Value::Array(batch).to_string();
+    let refused = Harness::client_send_with(
+        &served.admin,
+        http::Method::POST,
+        "/v1/log-stream",
+        &body,
+        "Bearer nope",
+    )
+    .await;
+    assert_eq!(refused.status, http::StatusCode::UNAUTHORIZED);
+    let a = Harness::client_send_with(
+        &served.admin,
+        http::Method::POST,
+        "/v1/log-stream",
+        &body,
+        "Bearer stream-secret",
+    )
+    .await;
+    assert_eq!(a.status, http::StatusCode::OK, "{a:?}");
+    assert_eq!(a.json()["outside"], 1);
+    // Sent twice (a stream retries): recorded once.
+    let again = Harness::client_send_with(
+        &served.admin,
+        http::Method::POST,
+        "/v1/log-stream",
+        &body,
+        "Bearer stream-secret",
+    )
+    .await;
+    assert_eq!(again.json()["outside"], 0);
+    let listed = Harness::client_get_with(
+        &served.admin,
+        "/v1/exchanges?outside=true",
+        "Bearer admin-secret",
+    )
+    .await;
+    let rows = listed.json();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["decision"], "deny");
+    assert_eq!(rows[0]["caller"], "sandbox-dashboard");
+    crate::harness::terminate(served.child).await;
+}
