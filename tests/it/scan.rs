@@ -236,15 +236,15 @@ fn scan_config(tenant: std::net::SocketAddr) -> tollgate::config::Config {
     tollgate::config::Config::load("", "scan.toml", env).expect("config")
 }
 
-/// Changes made at the tenant are found in its log and attributed; changes
-/// tollgate forwarded are not reported, though the log carries no
-/// correlation id; nothing is reported twice.
-#[tokio::test]
-async fn outside_changes_are_found_and_attributed_and_forwarded_ones_are_not() {
+on_both_backends! {
+// Changes made at the tenant are found in its log and attributed; changes
+// tollgate forwarded are not reported, though the log carries no
+// correlation id; nothing is reported twice.
+async fn outside_changes_are_found_and_attributed_and_forwarded_ones_are_not(backend: Backend) {
     let rule =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/access.toml"))
             .expect("rule");
-    let h = Harness::setup().rule(&rule).start().await;
+    let h = Harness::setup().backend(backend).rule(&rule).start().await;
     let tenant = h.tenant_addr();
     // Through tollgate: allowed, forwarded, in the tenant's log.
     let a = h.patch(r#"{"show_as_button":false}"#).await;
@@ -303,14 +303,15 @@ async fn outside_changes_are_found_and_attributed_and_forwarded_ones_are_not() {
     assert_eq!(listed[0].caller.as_deref(), Some("sandbox-dashboard"));
     assert_eq!(listed[0].outcome, "outside");
 }
+}
 
-/// The log's checkpoint lives in the store: separate `tollgate scan` runs
-/// (restarts) read every event once, across page boundaries.
-#[tokio::test]
-async fn the_log_checkpoint_survives_restarts_without_duplicates_or_gaps() {
+on_both_backends! {
+// The log's checkpoint lives in the store: separate `tollgate scan` runs
+// (restarts) read every event once, across page boundaries.
+async fn the_log_checkpoint_survives_restarts_without_duplicates_or_gaps(backend: Backend) {
     let (_tenant, addr) = start_sandbox().await;
     let policies = policy_dir();
-    let db = format!("sqlite://{}", policies.path().join("audit.db").display());
+    let db = crate::harness::fresh_store_url(backend, policies.path()).await;
     dashboard_change(addr, ORG_ACME, CON_SAML, r#"{"show_as_button":false}"#).await;
     let (_, out) = scan(
         addr,
@@ -386,6 +387,7 @@ async fn the_log_checkpoint_survives_restarts_without_duplicates_or_gaps() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 151, "no event recorded twice");
+}
 }
 
 /// An Auth0 log stream (custom webhook) on the admin listener: outside
