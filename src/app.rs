@@ -38,6 +38,9 @@ pub struct App {
     /// `serve --sandbox` without `listen.tls_*`: the CA clients trust to
     /// reach the gateway over HTTPS (plain HTTP is served on the same port).
     pub sandbox_ca: Option<std::path::PathBuf>,
+    /// `serve --sandbox`: the simulated tenant's own URL (to scan it, or
+    /// change it "outside" tollgate).
+    pub sandbox_tenant: Option<String>,
     reloader: Reloader,
     gateway: JoinHandle<()>,
     admin: JoinHandle<()>,
@@ -50,9 +53,13 @@ impl App {
     /// simulated tenant started here, enforcing the built-in starter set
     /// where there is no policy directory.
     pub async fn start(mut config: Config, sandbox: bool) -> anyhow::Result<App> {
-        if sandbox {
-            config.upstream.url = Some(start_sandbox().await?);
-        }
+        let sandbox_tenant = if sandbox {
+            let url = start_sandbox().await?;
+            config.upstream.url = Some(url.clone());
+            Some(url)
+        } else {
+            None
+        };
         let policies = Arc::new(load_policies(&config, sandbox)?);
         let watch = watch(&policies);
         let store = Store::open(&config.audit.url).await?;
@@ -108,6 +115,7 @@ impl App {
             store,
             shutdown,
             sandbox_ca,
+            sandbox_tenant,
             reloader: Reloader {
                 policies: Arc::clone(&policies),
                 tls: [listen_tls, admin_tls].into_iter().flatten().collect(),

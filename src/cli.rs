@@ -77,6 +77,10 @@ pub struct ScanArgs {
     /// TOLLGATE_SCAN_TOKEN; in broker mode, the broker's own token).
     #[arg(long)]
     pub token: Option<String>,
+    /// Judge by the starter set built into the binary (what `serve
+    /// --sandbox` enforces without a policy directory) instead of policy.dir.
+    #[arg(long)]
+    pub starter: bool,
 }
 
 /// Which violations fail a scan.
@@ -255,6 +259,20 @@ pub async fn serve(config: Config, sandbox: bool) -> anyhow::Result<()> {
     let app = crate::app::App::start(config, sandbox).await?;
     if let Some(ca) = &app.sandbox_ca {
         println!("{}", sandbox_recipes(app.addr, ca));
+    }
+    if let Some(tenant) = &app.sandbox_tenant {
+        let starter = if app.policies.dir().is_none() {
+            " --starter"
+        } else {
+            ""
+        };
+        println!(
+            "The simulated tenant itself is at {tenant}: scan it with
+  TOLLGATE_UPSTREAM_URL={tenant} tollgate scan --token sandbox{starter}
+and change it outside tollgate, as its dashboard would, with
+  curl -X PATCH {tenant}/sandbox/dashboard/organizations/org_acme/connections/con_saml \\
+    -H 'Authorization: Bearer sandbox' -H 'Content-Type: application/json' -d '{{\"organization_access_level\":\"full\"}}'"
+        );
     }
     let signals = app.on_signals();
     app.shutdown.cancelled().await;

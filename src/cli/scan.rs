@@ -11,7 +11,11 @@ use crate::policy::{Mode, load_dir};
 use crate::scan::{Report, run};
 
 pub(super) async fn scan_command(args: ScanArgs, config: &Config) -> anyhow::Result<ExitCode> {
-    let policy = load_dir(&config.policy.dir).map_err(|e| super::load_errors(&e))?;
+    let policy = if args.starter {
+        crate::policy::reload::Policies::starter().current()
+    } else {
+        std::sync::Arc::new(load_dir(&config.policy.dir).map_err(|e| super::load_errors(&e))?)
+    };
     let token = args.token.map(crate::config::Secret::new);
     let store = Store::open(&config.audit.url).await?;
     let audit = AuditLog::start(store.clone()).await?;
