@@ -64,7 +64,14 @@ impl App {
         let watch = watch(&policies);
         let store = Store::open(&config.audit.url).await?;
         let claim = audit::store::claim(&config.audit.url)?;
-        let audit = Arc::new(AuditLog::start(store.clone()).await?);
+        let audit = Arc::new(
+            AuditLog::start_signed(
+                store.clone(),
+                crate::audit::writer::MAX_BATCH,
+                signer(&config)?,
+            )
+            .await?,
+        );
         info!(
             store = store.backend(),
             url = %audit::redact_url(&config.audit.url),
@@ -153,8 +160,9 @@ impl App {
     /// cancelled), then writes the outcomes still queued.
     pub async fn stopped(mut self) {
         let _ = (&mut self.gateway).await;
-        // Outcomes of the last exchanges are still queued: write them.
-        self.audit.flush().await;
+        // Outcomes of the last exchanges are still queued: write them, and
+        // sign the chain's head as final.
+        self.audit.close().await;
         let _ = (&mut self.admin).await;
         info!("stopped");
     }
@@ -186,6 +194,24 @@ impl Drop for App {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The writer's signer, with `audit.signing_key`.
+fn signer(config: &Config) -> anyhow::Result<Option<crate::audit::writer::Signer>> {
+    let Some(path) = &config.audit.signing_key else {
+        return Ok(None);
+    };
+    let key = crate::audit::signing::SigningKey::load(path)?;
+    if let Some(dir) = &config.audit.checkpoint_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("audit.checkpoint_dir {}: {e}", dir.display()))?;
+    }
+    info!(key = %key.public().key_id(), "the chain's head is signed");
+    Ok(Some(crate::audit::writer::Signer {
+        key,
+        interval: config.audit.checkpoint_interval.0,
+        dir: config.audit.checkpoint_dir.clone(),
+    }))
 }
 
 /// Scans the tenant now and every `every` until shutdown: each scan

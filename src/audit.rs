@@ -7,9 +7,11 @@
 //! depends on how a database hands JSON back. Replicas each have their own
 //! chain and never serialise on each other.
 
+pub mod bundle;
 pub mod events;
 pub mod query;
 pub mod replay;
+pub mod signing;
 pub mod store;
 pub mod verify;
 pub mod writer;

@@ -97,10 +97,19 @@ pub enum FailOn {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create an API key: prints it once, and the lines for tollgate.toml.
+    /// Create an API key (prints it once, and the lines for tollgate.toml),
+    /// or with --signing the Ed25519 key pair that signs the audit log's
+    /// checkpoints.
     New {
         /// The caller's name, as rules and the audit log will see it.
-        name: String,
+        #[arg(required_unless_present = "signing")]
+        name: Option<String>,
+        /// Write `signing.key` (private) and `signing.pub` (public) instead.
+        #[arg(long, conflicts_with = "name")]
+        signing: bool,
+        /// Where --signing writes its files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
     },
 }
 
@@ -115,6 +124,30 @@ pub enum AuditCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Verify the signed checkpoints with this public key (default:
+        /// the one of audit.signing_key, when set).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Verify an export bundle (a directory) instead of the store:
+        /// offline, without the database.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
+    /// Write the events of a time window, their checkpoints, the public
+    /// key and a manifest into a directory an auditor verifies offline.
+    Export {
+        /// Start of the window: a duration back from now (24h, 30d) or an RFC 3339 time.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// End of the window (exclusive), same forms; default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// The directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The public key to include (default: the one of audit.signing_key).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
     },
 }
 
@@ -226,7 +259,27 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve { sandbox } => serve(config, sandbox).await.map(|()| ExitCode::SUCCESS),
         Command::Policy(cmd) => policy::policy_command(cmd, &config).await,
         Command::Audit(cmd) => audit::audit_command(cmd, &config).await,
-        Command::Keys(KeysCommand::New { name }) => {
+        Command::Keys(KeysCommand::New {
+            signing: true, out, ..
+        }) => {
+            let (private, public) = crate::audit::signing::new_pair()?;
+            let (key, public_path) = (out.join("signing.key"), out.join("signing.pub"));
+            if key.exists() {
+                anyhow::bail!("{} exists: not overwritten", key.display());
+            }
+            write_private(&key, &private)?;
+            std::fs::write(&public_path, format!("{public}\n"))?;
+            println!(
+                "Signing key written to {} (keep it where only tollgate reads it) and its public key to {}.\n\nAdd to tollgate.toml:\n\n[audit]\nsigning_key = {:?}\n# checkpoint_dir = \"/mnt/worm/tollgate\"   # optional: a copy the store's writers cannot rewrite\n\nVerify anywhere with: tollgate audit verify --public-key {}",
+                key.display(),
+                public_path.display(),
+                key.display().to_string(),
+                public_path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::New { name, .. }) => {
+            let name = name.unwrap_or_default();
             let (key, hash) = crate::identity::new_key();
             println!(
                 "API key for {name} (shown once; give it to the caller, keep no copy):\n\n  {key}\n"
@@ -296,4 +349,21 @@ secret gets one):
   Deploy CLI:   NODE_EXTRA_CA_CERTS={ca}   AUTH0_DOMAIN=localhost:{port}
   curl:         curl --cacert {ca} https://localhost:{port}/api/v2/organizations -H 'Authorization: Bearer sandbox'"
     )
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }

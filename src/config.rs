@@ -134,6 +134,14 @@ pub struct Audit {
     pub on_failure: AuditFailure,
     /// Largest response body kept in an outcome event, in bytes.
     pub max_body: u64,
+    /// The Ed25519 private key (`tollgate keys new --signing`) the writer
+    /// signs its chain's head with; absent: no signed checkpoints.
+    pub signing_key: Option<PathBuf>,
+    /// How often the chain's head is signed (and at shutdown).
+    pub checkpoint_interval: HumanDuration,
+    /// Also write each checkpoint as a file here: a place the store's
+    /// writers cannot rewrite (a WORM bucket mount, another host).
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 impl Default for Audit {
@@ -142,6 +150,9 @@ impl Default for Audit {
             url: "sqlite://tollgate.db".into(),
             on_failure: AuditFailure::Reject,
             max_body: 64 * 1024,
+            signing_key: None,
+            checkpoint_interval: HumanDuration(Duration::from_secs(60)),
+            checkpoint_dir: None,
         }
     }
 }

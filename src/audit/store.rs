@@ -278,6 +278,48 @@ impl Store {
         })
     }
 
+    /// Stores a signed checkpoint.
+    pub async fn add_checkpoint(&self, c: &super::signing::Checkpoint) -> Result<(), StoreError> {
+        let body = serde_json::to_string(c).unwrap_or_default();
+        match self {
+            Store::Sqlite(pool) => {
+                sqlx::query("INSERT INTO audit_checkpoints (chain_id, seq, closed, body) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+                    .bind(&c.chain_id)
+                    .bind(c.seq)
+                    .bind(i64::from(c.closed))
+                    .bind(body)
+                    .execute(pool)
+                    .await?;
+            }
+            Store::Postgres(pool) => {
+                sqlx::query("INSERT INTO audit_checkpoints (chain_id, seq, closed, body) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                    .bind(&c.chain_id)
+                    .bind(c.seq)
+                    .bind(c.closed)
+                    .bind(body)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every signed checkpoint, by chain and position.
+    pub async fn checkpoints(&self) -> Result<Vec<super::signing::Checkpoint>, StoreError> {
+        let bodies: Vec<String> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT body FROM audit_checkpoints ORDER BY chain_id, seq")
+                .fetch_all(pool)
+                .await?
+        });
+        bodies
+            .iter()
+            .map(|b| {
+                serde_json::from_str(b)
+                    .map_err(|e| StoreError::Url(format!("a stored checkpoint is not one: {e}")))
+            })
+            .collect()
+    }
+
     /// A reader's checkpoint (`None`: it never stopped anywhere yet).
     pub async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
         let value: Option<String> = on_pool!(self, pool => {

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use super::signing::{Checkpoint, PublicKey};
 use super::{GENESIS, Row, Store, StoreError, chain_hash, rules_column};
 use crate::policy::Decision;
 
@@ -59,6 +60,21 @@ pub struct Report {
     pub valid_events: u64,
     /// The first break of each broken chain, in chain order.
     pub breaks: Vec<Break>,
+    /// Signed checkpoints found, and how many verified with the public key
+    /// (none when no key was given).
+    pub checkpoints: usize,
+    pub verified_checkpoints: usize,
+    /// Events of each chain beyond its last checkpoint: not yet covered by
+    /// a signature.
+    pub uncovered: Vec<Uncovered>,
+}
+
+/// Events a signature does not cover yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Uncovered {
+    pub chain_id: String,
+    pub after_seq: i64,
+    pub events: i64,
 }
 
 impl Report {
@@ -74,18 +90,38 @@ struct ChainWalk {
     broken: bool,
     events: u64,
     valid: u64,
+    /// The highest seq seen, and the hash at each signed seq.
+    last_seq: i64,
+    signed_hashes: std::collections::HashMap<i64, String>,
 }
 
 /// Walks every chain in order and checks each event: its place (seq, link
 /// to the previous hash), its hash, and that its indexed columns say what
 /// its hashed body says.
 pub async fn verify(store: &Store) -> Result<Report, StoreError> {
+    verify_with(store, None).await
+}
+
+/// As [`verify`], and checks the signed checkpoints with `key`: a chain
+/// shorter than a checkpoint says (truncated), an event other than the one
+/// signed (rewritten), events after a final checkpoint (appended after the
+/// chain was closed), a signature that does not verify (forged).
+pub async fn verify_with(store: &Store, key: Option<&PublicKey>) -> Result<Report, StoreError> {
     let registered = store.chains().await?;
+    let checkpoints = store.checkpoints().await?;
     let mut report = Report::default();
-    for chain in store.event_chains().await? {
+    let mut chains = store.event_chains().await?;
+    for c in &checkpoints {
+        if !chains.contains(&c.chain_id) {
+            chains.push(c.chain_id.clone());
+        }
+    }
+    for chain in chains {
+        let signed: Vec<&Checkpoint> = checkpoints.iter().filter(|c| c.chain_id == chain).collect();
         let mut walk = ChainWalk {
             expected_seq: 1,
             prev: GENESIS.to_owned(),
+            signed_hashes: signed.iter().map(|c| (c.seq, String::new())).collect(),
             ..ChainWalk::default()
         };
         // Pipelined: the next page is read (on the store's side) while this
@@ -108,12 +144,134 @@ pub async fn verify(store: &Store) -> Result<Report, StoreError> {
                 None => break,
             }
         }
+        check_checkpoints(&chain, &signed, &mut walk, key, &mut report);
         report.chains += 1;
         report.valid_chains += usize::from(!walk.broken);
         report.events += walk.events;
         report.valid_events += walk.valid;
     }
     Ok(report)
+}
+
+/// Verifies chains given as stretches (an export bundle): each from its
+/// first event's `prev_hash`, with the checkpoints that fall in it.
+pub fn verify_ranges(
+    ranges: impl Iterator<Item = (super::bundle::ChainRange, Vec<Row>)>,
+    checkpoints: &[Checkpoint],
+    key: Option<&PublicKey>,
+) -> Report {
+    let mut report = Report::default();
+    for (range, rows) in ranges {
+        let signed: Vec<&Checkpoint> = checkpoints
+            .iter()
+            .filter(|c| c.chain_id == range.chain_id)
+            .collect();
+        let mut walk = ChainWalk {
+            expected_seq: range.first_seq,
+            prev: range.first_prev_hash.clone(),
+            signed_hashes: signed.iter().map(|c| (c.seq, String::new())).collect(),
+            ..ChainWalk::default()
+        };
+        let registered = [range.chain_id.clone()];
+        check_page(&rows, &mut walk, &registered, &mut report.breaks);
+        if !walk.broken && walk.last_seq < range.last_seq {
+            walk.broken = true;
+            report.breaks.push(Break {
+                chain_id: range.chain_id.clone(),
+                seq: walk.last_seq + 1,
+                event_id: String::new(),
+                reason: format!(
+                    "events {}..={} are missing from the bundle",
+                    walk.last_seq + 1,
+                    range.last_seq
+                ),
+            });
+        }
+        check_checkpoints(&range.chain_id, &signed, &mut walk, key, &mut report);
+        report.chains += 1;
+        report.valid_chains += usize::from(!walk.broken);
+        report.events += walk.events;
+        report.valid_events += walk.valid;
+    }
+    report
+}
+
+/// A chain's checkpoints against what its walk found.
+fn check_checkpoints(
+    chain: &str,
+    signed: &[&Checkpoint],
+    walk: &mut ChainWalk,
+    key: Option<&PublicKey>,
+    report: &mut Report,
+) {
+    let mut brk = |seq: i64, reason: String, walk: &mut ChainWalk| {
+        if !walk.broken {
+            walk.broken = true;
+            report.breaks.push(Break {
+                chain_id: chain.to_owned(),
+                seq,
+                event_id: String::new(),
+                reason,
+            });
+        }
+    };
+    let mut covered = 0;
+    for c in signed {
+        report.checkpoints += 1;
+        if let Some(key) = key {
+            if !c.verified_by(key) {
+                brk(
+                    c.seq,
+                    format!(
+                        "the checkpoint at seq {} does not verify with the public key (forged or altered)",
+                        c.seq
+                    ),
+                    walk,
+                );
+                continue;
+            }
+            report.verified_checkpoints += 1;
+        }
+        if c.seq > walk.last_seq {
+            brk(
+                walk.last_seq + 1,
+                format!(
+                    "truncated: events {}..={} are missing (a checkpoint signed seq {})",
+                    walk.last_seq + 1,
+                    c.seq,
+                    c.seq
+                ),
+                walk,
+            );
+        } else if walk.signed_hashes.get(&c.seq) != Some(&c.hash) {
+            brk(
+                c.seq,
+                format!(
+                    "the event at seq {} is not the one signed (rewritten)",
+                    c.seq
+                ),
+                walk,
+            );
+        } else if c.closed && walk.last_seq > c.seq {
+            brk(
+                c.seq + 1,
+                format!(
+                    "{} event(s) after the chain's final checkpoint at seq {} (appended after it was closed: forged)",
+                    walk.last_seq - c.seq,
+                    c.seq
+                ),
+                walk,
+            );
+        }
+        covered = covered.max(c.seq);
+    }
+    if (key.is_some() || !signed.is_empty()) && walk.last_seq > covered {
+        report.uncovered.push(Uncovered {
+            chain_id: chain.to_owned(),
+            after_seq: covered,
+            events: walk.last_seq - covered,
+        });
+    }
 }
 
 fn check_page(page: &[Row], walk: &mut ChainWalk, registered: &[String], breaks: &mut Vec<Break>) {
@@ -136,11 +294,15 @@ fn check_page(page: &[Row], walk: &mut ChainWalk, registered: &[String], breaks:
         }
         walk.expected_seq = row.seq + 1;
         walk.prev = row.hash.clone();
+        walk.last_seq = walk.last_seq.max(row.seq);
+        if let Some(h) = walk.signed_hashes.get_mut(&row.seq) {
+            h.clone_from(&row.hash);
+        }
     }
 }
 
 fn check(row: &Row, walk: &ChainWalk, registered: &[String]) -> Result<(), String> {
-    if walk.expected_seq == 1 && !registered.contains(&row.chain_id) {
+    if walk.events == 1 && !registered.contains(&row.chain_id) {
         return Err("the chain was never registered by a writer (inserted)".into());
     }
     if row.seq != walk.expected_seq {

@@ -38,6 +38,17 @@ enum Pending {
     },
     /// Acknowledged once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
+    /// As `Flush`, then the head is signed as final (the writer stops
+    /// writing to this chain).
+    Close(oneshot::Sender<()>),
+}
+
+/// Signs the chain's head: every `interval`, and when the log is closed.
+pub struct Signer {
+    pub key: super::signing::SigningKey,
+    pub interval: Duration,
+    /// Also written here, one file per checkpoint.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// This instance's audit log: its chain and its writer task.
@@ -56,6 +67,15 @@ impl AuditLog {
     /// As [`AuditLog::start`], with at most `max_batch` events per commit (1
     /// turns group commit off: for measurements).
     pub async fn start_with_batch(store: Store, max_batch: usize) -> Result<AuditLog, StoreError> {
+        AuditLog::start_signed(store, max_batch, None).await
+    }
+
+    /// As [`AuditLog::start`], signing the chain's head with `signer`.
+    pub async fn start_signed(
+        store: Store,
+        max_batch: usize,
+        signer: Option<Signer>,
+    ) -> Result<AuditLog, StoreError> {
         let chain_id = uuid::Uuid::now_v7().to_string();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into());
         store
@@ -67,6 +87,7 @@ impl AuditLog {
             ChainHead::new(chain_id.clone()),
             rx,
             max_batch.max(1),
+            signer,
         ));
         Ok(AuditLog {
             tx,
@@ -127,6 +148,15 @@ impl AuditLog {
             let _ = done.await;
         }
     }
+
+    /// Writes what is queued, then signs the head as final (with a signing
+    /// key): nothing may follow it in this chain.
+    pub async fn close(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Pending::Close(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
 }
 
 async fn write_loop(
@@ -134,9 +164,25 @@ async fn write_loop(
     mut head: ChainHead,
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
+    signer: Option<Signer>,
 ) {
     let mut resync = false;
-    while let Some(first) = rx.recv().await {
+    let every = signer
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |s| s.interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut signed = 0;
+    loop {
+        let first = tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+            _ = tick.tick(), if signer.is_some() => {
+                sign(&store, &head, signer.as_ref(), false, &mut signed).await;
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -147,6 +193,7 @@ async fn write_loop(
         let mut events = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
+        let mut closes = Vec::new();
         for p in batch {
             match p {
                 Pending::Event { event, ack } => {
@@ -154,6 +201,7 @@ async fn write_loop(
                     acks.push(ack);
                 }
                 Pending::Flush(done) => flushes.push(done),
+                Pending::Close(done) => closes.push(done),
             }
         }
         if !events.is_empty() {
@@ -165,7 +213,47 @@ async fn write_loop(
         for done in flushes {
             let _ = done.send(());
         }
+        if !closes.is_empty() {
+            sign(&store, &head, signer.as_ref(), true, &mut signed).await;
+        }
+        for done in closes {
+            let _ = done.send(());
+        }
     }
+}
+
+/// Signs the head if it moved since the last checkpoint (or, `closed`, as
+/// the chain's last word), stores it, and writes its file.
+async fn sign(
+    store: &Store,
+    head: &ChainHead,
+    signer: Option<&Signer>,
+    closed: bool,
+    signed: &mut i64,
+) {
+    let Some(signer) = signer else { return };
+    if head.seq == 0 || (!closed && head.seq == *signed) {
+        return;
+    }
+    let c =
+        super::signing::Checkpoint::sign(&signer.key, &head.chain_id, head.seq, &head.hash, closed);
+    if let Err(e) = store.add_checkpoint(&c).await {
+        warn!(error = %e, "checkpoint not stored");
+        return;
+    }
+    if let Some(dir) = &signer.dir {
+        let name = format!(
+            "{}-{:012}{}.json",
+            c.chain_id,
+            c.seq,
+            if closed { "-final" } else { "" }
+        );
+        let text = serde_json::to_string_pretty(&c).unwrap_or_default();
+        if let Err(e) = std::fs::write(dir.join(&name), text) {
+            warn!(error = %e, file = %name, "checkpoint file not written");
+        }
+    }
+    *signed = head.seq;
 }
 
 /// Links the events to the chain and commits them; the head moves only if

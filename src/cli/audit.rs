@@ -4,11 +4,33 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::{AuditCommand, load_errors};
+use crate::audit::signing::{PublicKey, SigningKey};
 use crate::audit::{Store, query, verify};
 use crate::config::Config;
 use crate::policy;
 
+/// The public key checkpoints are verified with: given, or derived from
+/// `audit.signing_key`.
+fn public_key(config: &Config, given: Option<&Path>) -> anyhow::Result<Option<PublicKey>> {
+    Ok(match (given, &config.audit.signing_key) {
+        (Some(path), _) => Some(PublicKey::load(path)?),
+        (None, Some(private)) => Some(SigningKey::load(private)?.public()),
+        (None, None) => None,
+    })
+}
+
 pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    // A bundle is verified offline: no database.
+    if let AuditCommand::Verify {
+        json,
+        public_key: key,
+        bundle: Some(dir),
+    } = &cmd
+    {
+        let key = key.as_deref().map(PublicKey::load).transpose()?;
+        let report = crate::audit::bundle::verify(dir, key.as_ref())?;
+        return Ok(print_verify(&report, *json));
+    }
     let store = Store::open(&config.audit.url).await?;
     match cmd {
         AuditCommand::Query(q) => {
@@ -54,19 +76,66 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { json } => {
-            let report = verify::verify(&store).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", render_verify(&report));
-            }
-            Ok(if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        AuditCommand::Verify {
+            json,
+            public_key: key,
+            ..
+        } => {
+            let key = public_key(config, key.as_deref())?;
+            let report = verify::verify_with(&store, key.as_ref()).await?;
+            Ok(print_verify(&report, json))
         }
+        AuditCommand::Export {
+            since,
+            until,
+            out,
+            public_key: key,
+        } => {
+            let now = chrono::Utc::now();
+            let time = |t: &str| query::parse_time(t, now).map_err(|e| anyhow::anyhow!(e));
+            let until_us = until
+                .as_deref()
+                .map(time)
+                .transpose()?
+                .unwrap_or(now.timestamp_micros() + 1);
+            let key = public_key(config, key.as_deref())?;
+            let manifest =
+                crate::audit::bundle::export(&store, time(&since)?, until_us, key.as_ref(), &out)
+                    .await?;
+            let events: i64 = manifest
+                .chains
+                .iter()
+                .map(|c| c.last_seq - c.first_seq + 1)
+                .sum();
+            println!(
+                "exported {events} events of {} chains to {} ({}); verify with: tollgate audit verify --bundle {} --public-key KEY",
+                manifest.chains.len(),
+                out.display(),
+                if key.is_some() {
+                    "with the public key"
+                } else {
+                    "no public key: no signing key is configured"
+                },
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_verify(report: &verify::Report, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render_verify(report));
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -82,9 +151,42 @@ fn render_verify(r: &verify::Report) -> String {
         r.chains
     );
     for b in &r.breaks {
+        let event = if b.event_id.is_empty() {
+            String::new()
+        } else {
+            format!(" (event {})", b.event_id)
+        };
         out.push_str(&format!(
-            "chain {} broken at seq {} (event {}): {}\n",
-            b.chain_id, b.seq, b.event_id, b.reason
+            "chain {} broken at seq {}{event}: {}\n",
+            b.chain_id, b.seq, b.reason
+        ));
+    }
+    if r.checkpoints > 0 {
+        if r.verified_checkpoints == r.checkpoints {
+            out.push_str(&format!(
+                "{}/{} checkpoints verified\n",
+                r.verified_checkpoints, r.checkpoints
+            ));
+        } else if r.verified_checkpoints == 0
+            && r.breaks
+                .iter()
+                .all(|b| !b.reason.contains("does not verify"))
+        {
+            out.push_str(&format!(
+                "{} checkpoints found, not verified (no public key: --public-key FILE)\n",
+                r.checkpoints
+            ));
+        } else {
+            out.push_str(&format!(
+                "{}/{} checkpoints verified\n",
+                r.verified_checkpoints, r.checkpoints
+            ));
+        }
+    }
+    for u in &r.uncovered {
+        out.push_str(&format!(
+            "chain {}: {} event(s) after seq {} not yet covered by a signed checkpoint\n",
+            u.chain_id, u.events, u.after_seq
         ));
     }
     out

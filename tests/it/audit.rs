@@ -576,3 +576,197 @@ async fn a_tenant_that_times_out_leaves_a_failed_outcome(backend: Backend) {
     assert_eq!(rows[0].outcome, "failed");
 }
 }
+
+/// A key pair in `dir`: the private key's path and the public key.
+fn signing_pair(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, tollgate::audit::signing::PublicKey) {
+    let (private, public) = tollgate::audit::signing::new_pair().expect("pair");
+    let path = dir.join("signing.key");
+    std::fs::write(&path, private).expect("write");
+    (
+        path,
+        tollgate::audit::signing::PublicKey::parse(&public).expect("public"),
+    )
+}
+
+/// A gateway signing its chain's head, after three exchanges and a clean
+/// stop (a final checkpoint), and the public key. (The harness keeps a
+/// SQLite store's directory.)
+async fn signed_log(
+    backend: Backend,
+    dir: &std::path::Path,
+) -> (Harness, tollgate::audit::signing::PublicKey) {
+    let (key, public) = signing_pair(dir);
+    let checkpoints = dir.join("checkpoints");
+    let mut h = Harness::setup()
+        .backend(backend)
+        .config(&format!(
+            "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
+            key.display().to_string(),
+            checkpoints.display().to_string()
+        ))
+        .start()
+        .await;
+    for _ in 0..3 {
+        assert_eq!(
+            h.patch(r#"{"show_as_button":true}"#).await.status,
+            StatusCode::OK
+        );
+    }
+    h.shutdown();
+    h.stopped().await;
+    let files: Vec<_> = std::fs::read_dir(&checkpoints)
+        .expect("dir")
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 1, "the final checkpoint, as a file too");
+    (h, public)
+}
+
+on_both_backends! {
+    async fn signed_checkpoints_catch_truncation_and_forged_appends(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (h, public) = signed_log(backend, dir.path()).await;
+        let store = h.store.clone();
+        let report = verify::verify_with(&store, Some(&public)).await.expect("verify");
+        assert!(report.ok(), "{backend:?}: {report:?}");
+        assert_eq!((report.checkpoints, report.verified_checkpoints), (1, 1));
+        assert!(report.uncovered.is_empty(), "{report:?}");
+        // Another key: the checkpoint does not verify.
+        let (_, other) = signing_pair(&dir.path().join("x").tap_mkdir());
+        let report = verify::verify_with(&store, Some(&other)).await.expect("verify");
+        assert!(report.breaks[0].reason.contains("does not verify"), "{report:?}");
+
+        // A forged event appended after the final checkpoint, its hash
+        // computed correctly.
+        exec(&store, drop_triggers(backend)).await;
+        let last = store.chain_rows(&store.event_chains().await.expect("chains")[0], 5, 10).await.expect("rows");
+        let last = last.last().expect("the last event").clone();
+        let mut body: Value = serde_json::from_str(&last.body).expect("body");
+        body["seq"] = json!(last.seq + 1);
+        body["event_id"] = json!("forged");
+        let body = body.to_string();
+        let hash = tollgate::audit::chain_hash(&last.hash, &body);
+        let mut forged = last.clone();
+        forged.seq += 1;
+        forged.event_id = "forged".into();
+        forged.prev_hash = last.hash.clone();
+        forged.hash = hash;
+        forged.body = body;
+        store.append(&[forged]).await.expect("append");
+        let report = verify::verify_with(&store, Some(&public)).await.expect("verify");
+        assert!(!report.ok());
+        assert!(report.breaks[0].reason.contains("appended after it was closed"), "{backend:?}: {report:?}");
+
+        // The last events deleted: truncation, named.
+        exec(&store, &format!("DELETE FROM audit_events WHERE seq >= {}", last.seq - 1)).await;
+        let report = verify::verify_with(&store, Some(&public)).await.expect("verify");
+        assert!(!report.ok());
+        assert!(report.breaks[0].reason.starts_with("truncated"), "{backend:?}: {report:?}");
+    }
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for std::path::PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).expect("mkdir");
+        self
+    }
+}
+
+/// An export bundle verifies elsewhere with the public key alone, and an
+/// altered bundle does not.
+#[tokio::test]
+async fn an_export_bundle_verifies_offline_with_the_public_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (h, public) = signed_log(Backend::Sqlite, dir.path()).await;
+    let url = h.store_url.clone();
+    let pubfile = dir.path().join("signing.pub");
+    std::fs::write(&pubfile, public.to_text()).expect("write");
+    let bundle = dir.path().join("bundle");
+    let config = tempfile::NamedTempFile::new().expect("config");
+    let run = |args: Vec<String>, db: Option<String>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(args)
+            .env_clear()
+            .env("TOLLGATE_CONFIG", config.path());
+        if let Some(db) = db {
+            cmd.env("TOLLGATE_AUDIT_URL", db);
+        }
+        cmd.output().expect("run")
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let out = run(
+        s(&[
+            "audit",
+            "export",
+            "--since",
+            "1h",
+            "--out",
+            &bundle.display().to_string(),
+            "--public-key",
+            &pubfile.display().to_string(),
+        ]),
+        Some(url.clone()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // On "another machine": no database, the bundle and the key only.
+    let elsewhere = tempfile::tempdir().expect("elsewhere");
+    for f in std::fs::read_dir(&bundle).expect("bundle").flatten() {
+        std::fs::copy(f.path(), elsewhere.path().join(f.file_name())).expect("copy");
+    }
+    let verify = |key: &std::path::Path| {
+        run(
+            s(&[
+                "audit",
+                "verify",
+                "--bundle",
+                &elsewhere.path().display().to_string(),
+                "--public-key",
+                &key.display().to_string(),
+            ]),
+            None,
+        )
+    };
+    let out = verify(&pubfile);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("6/6 events valid") && text.contains("1/1 checkpoints verified"),
+        "{text}"
+    );
+    // Another key than the bundle's: refused.
+    let (_, other) = tollgate::audit::signing::new_pair().expect("pair");
+    let otherfile = dir.path().join("other.pub");
+    std::fs::write(&otherfile, other).expect("write");
+    let out = verify(&otherfile);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the one given"));
+    // An edited event: the manifest's hash says so.
+    let events = elsewhere.path().join("events.jsonl");
+    let text = std::fs::read_to_string(&events).expect("events");
+    std::fs::write(
+        &events,
+        text.replacen("show_as_button", "show_as_buttoN", 1),
+    )
+    .expect("write");
+    let out = verify(&pubfile);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("events.jsonl does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,249 @@
+//! Export bundles: the events of a time window as stored, the signed
+//! checkpoints that cover them, the public key and a manifest with the
+//! files' hashes — everything an auditor needs to verify the log on another
+//! machine, without the database.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::signing::{Checkpoint, PublicKey};
+use super::verify::{self, Report};
+use super::{Index, Row, Store, StoreError};
+
+const FORMAT: &str = "tollgate-audit-bundle/1";
+const EVENTS: &str = "events.jsonl";
+const CHECKPOINTS: &str = "checkpoints.json";
+const PUBLIC_KEY: &str = "public.key";
+
+/// A bundle could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One event as stored, every column.
+#[derive(Serialize, Deserialize)]
+struct StoredEvent {
+    chain_id: String,
+    seq: i64,
+    event_id: String,
+    exchange_id: String,
+    kind: String,
+    time_us: i64,
+    index: Index,
+    prev_hash: String,
+    hash: String,
+    /// The canonical event, exactly as hashed.
+    body: String,
+}
+
+impl StoredEvent {
+    fn of(r: &Row) -> StoredEvent {
+        StoredEvent {
+            chain_id: r.chain_id.clone(),
+            seq: r.seq,
+            event_id: r.event_id.clone(),
+            exchange_id: r.exchange_id.clone(),
+            kind: r.kind.clone(),
+            time_us: r.time_us,
+            index: r.index.clone(),
+            prev_hash: r.prev_hash.clone(),
+            hash: r.hash.clone(),
+            body: r.body.clone(),
+        }
+    }
+
+    fn row(self) -> Row {
+        Row {
+            chain_id: self.chain_id,
+            seq: self.seq,
+            event_id: self.event_id,
+            exchange_id: self.exchange_id,
+            kind: self.kind,
+            time_us: self.time_us,
+            index: self.index,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+            body: self.body,
+        }
+    }
+}
+
+/// A chain's part of the bundle.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChainRange {
+    pub chain_id: String,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// The hash the first event links to (the genesis, or an event before
+    /// the window).
+    pub first_prev_hash: String,
+}
+
+/// What the bundle holds, with each file's SHA-256.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub created: String,
+    pub since: String,
+    pub until: String,
+    pub chains: Vec<ChainRange>,
+    pub files: BTreeMap<String, String>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn write(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    files: &mut BTreeMap<String, String>,
+) -> Result<(), BundleError> {
+    std::fs::write(dir.join(name), bytes)
+        .map_err(|e| BundleError::Io(format!("{}: {e}", dir.join(name).display())))?;
+    files.insert(name.to_owned(), sha256(bytes));
+    Ok(())
+}
+
+/// Writes the events in `[since_us, until_us)` — each chain's contiguous
+/// stretch from the first to the last event in the window — with the
+/// checkpoints that fall in it and `key`, into `out`.
+pub async fn export(
+    store: &Store,
+    since_us: i64,
+    until_us: i64,
+    key: Option<&PublicKey>,
+    out: &Path,
+) -> Result<Manifest, BundleError> {
+    std::fs::create_dir_all(out).map_err(|e| BundleError::Io(format!("{}: {e}", out.display())))?;
+    let checkpoints = store.checkpoints().await?;
+    let mut events = String::new();
+    let mut chains = Vec::new();
+    let mut kept = Vec::new();
+    for chain in store.event_chains().await? {
+        let mut rows = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.chain_rows(&chain, after, 5000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            rows.extend(page);
+        }
+        let inside: Vec<usize> = (0..rows.len())
+            .filter(|&i| (since_us..until_us).contains(&rows[i].time_us))
+            .collect();
+        let (Some(&first), Some(&last)) = (inside.first(), inside.last()) else {
+            continue;
+        };
+        for r in &rows[first..=last] {
+            events.push_str(&serde_json::to_string(&StoredEvent::of(r)).unwrap_or_default());
+            events.push('\n');
+        }
+        let range = ChainRange {
+            chain_id: chain.clone(),
+            first_seq: rows[first].seq,
+            last_seq: rows[last].seq,
+            first_prev_hash: rows[first].prev_hash.clone(),
+        };
+        kept.extend(
+            checkpoints
+                .iter()
+                .filter(|c| {
+                    c.chain_id == chain && (range.first_seq..=range.last_seq).contains(&c.seq)
+                })
+                .cloned(),
+        );
+        chains.push(range);
+    }
+    let mut files = BTreeMap::new();
+    write(out, EVENTS, events.as_bytes(), &mut files)?;
+    let signed = serde_json::to_vec_pretty(&kept).unwrap_or_default();
+    write(out, CHECKPOINTS, &signed, &mut files)?;
+    if let Some(k) = key {
+        write(
+            out,
+            PUBLIC_KEY,
+            format!("{}\n", k.to_text()).as_bytes(),
+            &mut files,
+        )?;
+    }
+    let time = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .map(super::format_time)
+            .unwrap_or_default()
+    };
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        created: super::format_time(chrono::Utc::now()),
+        since: time(since_us),
+        until: time(until_us),
+        chains,
+        files,
+    };
+    let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    std::fs::write(out.join("manifest.json"), text)
+        .map_err(|e| BundleError::Io(format!("manifest.json: {e}")))?;
+    Ok(manifest)
+}
+
+/// Verifies a bundle offline: the files against the manifest, each chain's
+/// stretch, and the checkpoints with `pinned` (or the bundle's own key).
+pub fn verify(dir: &Path, pinned: Option<&PublicKey>) -> Result<Report, BundleError> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .map_err(|e| BundleError::Io(format!("{}: {e}", dir.join(name).display())))
+    };
+    let manifest: Manifest = serde_json::from_slice(&read("manifest.json")?)
+        .map_err(|e| BundleError::Invalid(format!("manifest.json: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(BundleError::Invalid(format!("not a {FORMAT} bundle")));
+    }
+    for (name, hash) in &manifest.files {
+        if sha256(&read(name)?) != *hash {
+            return Err(BundleError::Invalid(format!(
+                "{name} does not match its hash in the manifest (altered)"
+            )));
+        }
+    }
+    let bundled = match manifest.files.contains_key(PUBLIC_KEY) {
+        true => Some(
+            PublicKey::parse(&String::from_utf8_lossy(&read(PUBLIC_KEY)?))
+                .map_err(|e| BundleError::Invalid(format!("{PUBLIC_KEY}: {e}")))?,
+        ),
+        false => None,
+    };
+    if let (Some(p), Some(b)) = (pinned, &bundled)
+        && p != b
+    {
+        return Err(BundleError::Invalid(
+            "the bundle's public key is not the one given with --public-key".into(),
+        ));
+    }
+    let key = pinned.or(bundled.as_ref());
+    let checkpoints: Vec<Checkpoint> = serde_json::from_slice(&read(CHECKPOINTS)?)
+        .map_err(|e| BundleError::Invalid(format!("{CHECKPOINTS}: {e}")))?;
+    let mut by_chain: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&read(EVENTS)?).lines() {
+        let e: StoredEvent = serde_json::from_str(line)
+            .map_err(|e| BundleError::Invalid(format!("{EVENTS}: {e}")))?;
+        by_chain
+            .entry(e.chain_id.clone())
+            .or_default()
+            .push(e.row());
+    }
+    let ranges = manifest.chains.iter().map(|c| {
+        let rows = by_chain.remove(&c.chain_id).unwrap_or_default();
+        (c.clone(), rows)
+    });
+    Ok(verify::verify_ranges(ranges, &checkpoints, key))
+}
