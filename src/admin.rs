@@ -31,6 +31,9 @@ pub struct Admin {
     /// The Auth0 log stream's bearer token, and where its events are
     /// recorded.
     log_stream: Option<(Secret, Arc<AuditLog>)>,
+    /// The reviewers' page: its token, the checkpoints' public key, and
+    /// whether the listener serves HTTPS.
+    reviewers: Option<(Secret, Option<crate::audit::signing::PublicKey>, bool)>,
 }
 
 /// How recently the tenant must have answered for `/readyz` not to ask it.
@@ -45,6 +48,81 @@ impl Admin {
             upstream: None,
             metrics: None,
             log_stream: None,
+            reviewers: None,
+        }
+    }
+
+    /// Serves the reviewers' page at `/ui/` to holders of `token`.
+    pub fn with_reviewers(
+        mut self,
+        token: Option<Secret>,
+        key: Option<crate::audit::signing::PublicKey>,
+        secure: bool,
+    ) -> Admin {
+        self.reviewers = token.map(|t| (t, key, secure));
+        self
+    }
+
+    fn ui(&self) -> crate::ui::Ui<'_> {
+        crate::ui::Ui {
+            store: &self.store,
+            token: self.reviewers.as_ref().map(|(t, _, _)| t),
+            key: self.reviewers.as_ref().and_then(|(_, k, _)| k.as_ref()),
+            secure: self.reviewers.as_ref().is_some_and(|(_, _, s)| *s),
+        }
+    }
+
+    /// `/ui/…`: the reviewers' page.
+    async fn pages(&self, req: Request<Incoming>) -> Response<Bytes> {
+        let ui = self.ui();
+        let path = req.uri().path().to_owned();
+        let params = query_params(req.uri().query().unwrap_or_default());
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/ui/login") => return ui.login_page(),
+            (Method::POST, "/ui/login") => {
+                let (parts, body) = req.into_parts();
+                let form = match crate::body::read_limited(&parts.headers, body, 4096).await {
+                    Ok(b) => query_params(&String::from_utf8_lossy(&b)),
+                    Err(e) => {
+                        return crate::ui::page(
+                            StatusCode::BAD_REQUEST,
+                            "Log in",
+                            &crate::ui::esc(&e.to_string()),
+                            false,
+                        );
+                    }
+                };
+                return ui.login(&form);
+            }
+            (Method::POST, "/ui/logout") => return crate::ui::logout(),
+            _ => {}
+        }
+        if !ui.signed_in(req.headers()) {
+            let mut r = Response::new(Bytes::new());
+            *r.status_mut() = StatusCode::SEE_OTHER;
+            r.headers_mut().insert(
+                header::LOCATION,
+                http::HeaderValue::from_static("/ui/login"),
+            );
+            return r;
+        }
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/ui" | "/ui/") => ui.exchanges(&params).await,
+            (Method::GET, "/ui/export.csv") => ui.csv(&params).await,
+            (Method::GET, "/ui/chains") => ui.chains().await,
+            (Method::GET, "/ui/scan") => ui.scan().await,
+            (Method::GET, p) if p.starts_with("/ui/exchanges/") => {
+                let id = percent_decode_str(&p["/ui/exchanges/".len()..])
+                    .decode_utf8_lossy()
+                    .into_owned();
+                ui.exchange(&id).await
+            }
+            _ => crate::ui::page(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "<p>No such page.</p>",
+                true,
+            ),
         }
     }
 
@@ -154,6 +232,7 @@ impl Admin {
                 r
             }
             (Method::POST, "/v1/log-stream") => self.log_stream(req).await,
+            (_, p) if p == "/ui" || p.starts_with("/ui/") => self.pages(req).await,
             (_, p) if p.starts_with("/v1/") || p == "/v1" => {
                 if !self.authorized(&req) {
                     let why = if self.token.is_some() {

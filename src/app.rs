@@ -284,7 +284,15 @@ async fn start_admin(
     let admin = Admin::new(store.clone(), policies.clone(), config.admin.token.clone())
         .with_upstream(gateway.upstream().clone())
         .with_metrics(crate::telemetry::metrics())
-        .with_log_stream(config.scan.log_stream_token.clone(), audit.clone());
+        .with_log_stream(config.scan.log_stream_token.clone(), audit.clone())
+        .with_reviewers(
+            config.admin.reviewer_token.clone(),
+            match &config.audit.signing_key {
+                Some(k) => Some(crate::audit::signing::SigningKey::load(k)?.public()),
+                None => None,
+            },
+            tls.is_some(),
+        );
     let task = tokio::spawn(server::serve_with(
         listener,
         Arc::new(admin),

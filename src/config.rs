@@ -84,6 +84,9 @@ pub struct Admin {
     pub addr: SocketAddr,
     /// Bearer token for `/v1/*`. Unset: the API answers 401 to everyone.
     pub token: Option<Secret>,
+    /// The reviewers' token for the read-only page at `/ui/` (distinct from
+    /// `token`). Unset: no page.
+    pub reviewer_token: Option<Secret>,
     /// PEM certificate chain: serve the admin API over HTTPS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -95,6 +98,7 @@ impl Default for Admin {
         Admin {
             addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
+            reviewer_token: None,
             tls_cert: None,
             tls_key: None,
         }

@@ -48,6 +48,7 @@ pub mod schema;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod ui;
 pub mod upstream;
 
 use bytes::Bytes;

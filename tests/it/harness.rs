@@ -310,7 +310,7 @@ impl Answer {
 }
 
 /// Sends one request on a new client, under a deadline.
-async fn answer_of(req: Request<Full<Bytes>>) -> Answer {
+pub async fn answer_of(req: Request<Full<Bytes>>) -> Answer {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     answer_on(&client, req).await

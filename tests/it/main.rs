@@ -21,4 +21,5 @@ mod scan;
 mod soundness;
 mod tls;
 mod tricks;
+mod ui;
 mod upstream;

@@ -1,0 +1,105 @@
+//! The reviewers' page on the admin listener: its own token, a cookie,
+//! every value escaped.
+
+use http::{Method, StatusCode};
+
+use crate::harness::Harness;
+
+async fn reviewer_harness() -> (Harness, String) {
+    let h = Harness::with_config(
+        "[admin]\ntoken = \"admin-secret\"\nreviewer_token = \"review-secret\"\n",
+    )
+    .await;
+    let admin = h.app.as_ref().expect("running").admin_addr.to_string();
+    (h, admin)
+}
+
+fn form(token: &str) -> String {
+    format!("token={token}")
+}
+
+async fn login(admin: &str, token: &str) -> crate::harness::Answer {
+    let req = http::Request::post(format!("http://{admin}/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(http_body_util::Full::new(bytes::Bytes::from(form(token))))
+        .expect("request");
+    crate::harness::answer_of(req).await
+}
+
+async fn get(admin: &str, path: &str, cookie: &str) -> crate::harness::Answer {
+    let req = http::Request::get(format!("http://{admin}{path}"))
+        .header("cookie", cookie)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    crate::harness::answer_of(req).await
+}
+
+#[tokio::test]
+async fn reviewers_log_in_with_their_own_token_and_see_everything_escaped() {
+    let (h, admin) = reviewer_harness().await;
+    let planted = r#"{"organization_connection_name":"<script>alert(1)</script>"}"#;
+    let a = h.patch(planted).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let id = a.audit_id();
+    h.audit.flush().await;
+
+    // Without a session: to the login form.
+    let a = get(&admin, "/ui/", "").await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(a.headers["location"], "/ui/login");
+    // The admin token is not the reviewer token.
+    assert_eq!(
+        login(&admin, "admin-secret").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let a = login(&admin, "review-secret").await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let cookie = a.headers["set-cookie"].to_str().expect("cookie").to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().expect("pair").to_owned();
+
+    let list = get(&admin, "/ui/?since=1h", &session).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let html = String::from_utf8_lossy(&list.body);
+    assert!(html.contains(&id), "{html}");
+    assert_eq!(list.headers["x-frame-options"], "DENY");
+    assert!(
+        list.headers["content-security-policy"]
+            .to_str()
+            .expect("csp")
+            .contains("default-src 'none'")
+    );
+    // A filter that matches nothing.
+    let none = get(&admin, "/ui/?since=1h&decision=deny", &session).await;
+    assert!(!String::from_utf8_lossy(&none.body).contains(&id));
+
+    let detail = get(&admin, &format!("/ui/exchanges/{id}"), &session).await;
+    let html = String::from_utf8_lossy(&detail.body);
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>"), "nothing runs: {html}");
+    assert!(
+        html.contains("class=\"changed\""),
+        "the changed field is marked"
+    );
+
+    let csv = get(&admin, "/ui/export.csv?since=1h", &session).await;
+    assert!(
+        csv.headers["content-type"]
+            .to_str()
+            .expect("type")
+            .starts_with("text/csv")
+    );
+    assert!(String::from_utf8_lossy(&csv.body).contains(&id));
+    let chains = get(&admin, "/ui/chains", &session).await;
+    assert!(String::from_utf8_lossy(&chains.body).contains("1/1 chains valid"));
+    // A forged cookie opens nothing.
+    let forged = get(&admin, "/ui/", "tollgate_review=0000").await;
+    assert_eq!(forged.status, StatusCode::SEE_OTHER);
+    let _ = Method::GET;
+}
