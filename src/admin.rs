@@ -175,36 +175,57 @@ impl Admin {
         // entry a log event, or `{log_id, data}` around one.
         let entries: Vec<Value> = match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Array(a)) => a,
-            Ok(one) => vec![one],
-            Err(_) => body
-                .split(|b| *b == b'\n')
-                .filter_map(|l| serde_json::from_slice(l).ok())
-                .collect(),
+            Ok(one @ Value::Object(_)) => vec![one],
+            Ok(_) => {
+                return plain_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "expected log events: a JSON array, an object or JSON lines",
+                );
+            }
+            Err(_) => {
+                let lines: Result<Vec<Value>, _> = body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                    .map(serde_json::from_slice)
+                    .collect();
+                match lines {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return plain_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_body",
+                            &format!("not log events: {e}"),
+                        );
+                    }
+                }
+            }
         };
         let log = crate::scan::outside::Log {
             store: &self.store,
             audit,
         };
         let policy = self.policies.current();
-        let mut matched = std::collections::HashSet::new();
-        let mut outside = 0;
-        for entry in &entries {
-            let event = entry
-                .get("data")
-                .filter(|_| entry.get("type").is_none())
-                .unwrap_or(entry);
-            match crate::scan::outside::judge(event, &log, &policy, &mut matched).await {
-                Ok(Some(_)) => outside += 1,
-                Ok(None) => {}
-                Err(e) => {
-                    return plain_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "tollgate_audit_unavailable",
-                        &e.to_string(),
-                    );
-                }
+        let events: Vec<Value> = entries
+            .iter()
+            .map(|entry| {
+                entry
+                    .get("data")
+                    .filter(|_| entry.get("type").is_none())
+                    .unwrap_or(entry)
+                    .clone()
+            })
+            .collect();
+        let outside = match crate::scan::outside::judge_batch(&events, &log, &policy).await {
+            Ok(found) => found.len(),
+            Err(e) => {
+                return plain_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tollgate_audit_unavailable",
+                    &e.to_string(),
+                );
             }
-        }
+        };
         json_response(
             StatusCode::OK,
             &json!({"received": entries.len(), "outside": outside}),
@@ -339,7 +360,17 @@ impl Admin {
             Ok(f) => f,
             Err(e) => return plain_error(StatusCode::BAD_REQUEST, "invalid_query_string", &e),
         };
-        let outside = params.get("outside").map(String::as_str) == Some("true");
+        let outside = match params.get("outside").map(String::as_str) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return plain_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query_string",
+                    &format!("outside is true or false, not {other:?}"),
+                );
+            }
+        };
         let listed = if outside {
             query::outside(&self.store, &filter).await
         } else {
@@ -354,7 +385,8 @@ impl Admin {
 
 /// Whether the request's bearer token is `token` (never, when unset).
 fn bearer_is(req: &Request<Incoming>, token: Option<&Secret>) -> bool {
-    let Some(token) = token else {
+    // An empty token is no token: nobody gets in with an empty header.
+    let Some(token) = token.filter(|t| !t.expose().is_empty()) else {
         return false;
     };
     let given = crate::identity::bearer(req.headers()).unwrap_or_default();

@@ -56,6 +56,10 @@ impl App {
         let sandbox_tenant = if sandbox {
             let url = start_sandbox().await?;
             config.upstream.url = Some(url.clone());
+            // The sandbox accepts any token: its scans need none configured.
+            if config.scan.token.is_none() {
+                config.scan.token = Some(crate::config::Secret::new("sandbox"));
+            }
             Some(url)
         } else {
             None
@@ -241,7 +245,10 @@ fn scan_every(
                         warn!(error = %e, "scan not recorded");
                     }
                 }
-                Err(e) => warn!(error = %e, "scan failed"),
+                Err(e) => {
+                    metrics::counter!("tollgate_scan_failures_total").increment(1);
+                    warn!(error = %e, "scan failed");
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(every) => {},

@@ -184,10 +184,21 @@ impl Rule {
     }
 
     /// Whether a scan judges associations as they stand by it: a rule on
-    /// creating or updating an association (of either family) that does not
-    /// opt out with `scan = false`.
+    /// creating or updating an association through its own routes (either
+    /// family) that does not opt out with `scan = false`. Rules only about
+    /// `organization.create` or `sso_ticket.create` requests judge requests.
     pub fn applies_to_scans(&self) -> bool {
-        self.scan && self.operations.iter().any(|op| !op.is_delete())
+        use Operation::*;
+        self.scan
+            && self.operations.iter().any(|op| {
+                matches!(
+                    op,
+                    OrganizationConnectionCreate
+                        | OrganizationConnectionUpdate
+                        | OrganizationEnabledConnectionCreate
+                        | OrganizationEnabledConnectionUpdate
+                )
+            })
     }
 }
 

@@ -260,14 +260,17 @@ impl Sandbox {
         value: &Value,
     ) {
         let mut st = self.lock();
-        let (path, actor) = if let Some(rest) = path.strip_prefix("/sandbox/dashboard/") {
+        // The tenant routes case-insensitively: so does its log.
+        let lower = path.to_ascii_lowercase();
+        let (path, actor) = if lower.starts_with("/sandbox/dashboard/") {
+            let rest = &path["/sandbox/dashboard/".len()..];
             let actor = state::Actor {
                 client_id: "sandbox-dashboard".into(),
                 client_name: "Auth0 Management Dashboard".into(),
                 user: Some("admin@sandbox.example".into()),
             };
             (format!("/api/v2/{rest}"), actor)
-        } else if path.starts_with("/api/v2/") {
+        } else if lower.starts_with("/api/v2/") {
             let token = headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())

@@ -36,6 +36,9 @@ pub mod outside;
 const PAGE: usize = 100;
 /// How often one call is tried when the tenant answers 429.
 const ATTEMPTS: u32 = 6;
+/// The most pages one list is read in (a guard against a tenant that never
+/// says it is done).
+const MAX_PAGES: usize = 100_000;
 
 /// A scan could not be completed.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +226,8 @@ pub async fn run(
         calls: 0,
         rate_limited: 0,
     };
-    report.outside = outside::read(&mut reader, log, policy).await?;
+    let checkpoint = outside::checkpoint_name(&url);
+    report.outside = outside::read(&mut reader, log, policy, &checkpoint).await?;
     report.tenant_calls += reader.calls;
     report.rate_limited += reader.rate_limited;
     Ok(report)
@@ -341,7 +345,7 @@ impl Reader<'_> {
                 target.push_str(&format!("&from={}", encode_segment(f)));
             }
             let page = self.get(&target).await?.unwrap_or(Value::Null);
-            items.extend(page_items(&page, key));
+            items.extend(page_items(&page, key, &target)?);
             match page.get("next").and_then(Value::as_str) {
                 Some(next) if !next.is_empty() && Some(next) != from.as_deref() => {
                     from = Some(next.to_owned());
@@ -353,12 +357,19 @@ impl Reader<'_> {
 
     /// A list paged by offset (`page`, `per_page`, `include_totals`).
     async fn offset_list(&mut self, path: &str, key: &str) -> Result<Vec<Value>, ScanError> {
-        let mut items = Vec::new();
-        for page_number in 0.. {
+        let mut items: Vec<Value> = Vec::new();
+        for page_number in 0..MAX_PAGES {
             let target = format!("{path}?page={page_number}&per_page={PAGE}&include_totals=true");
             let page = self.get(&target).await?.unwrap_or(Value::Null);
-            let got = page_items(&page, key);
+            let got = page_items(&page, key, &target)?;
             let n = got.len();
+            // A tenant that ignores `page` answers the first page again.
+            if page_number > 0 && n > 0 && got.first() == items.first() {
+                return Err(ScanError::Tenant {
+                    path: target,
+                    message: "the tenant answered the same page again (paging ignored)".into(),
+                });
+            }
             items.extend(got);
             let total = page.get("total").and_then(Value::as_u64);
             let done = n < PAGE || total.is_some_and(|t| items.len() as u64 >= t);
@@ -420,15 +431,20 @@ impl Reader<'_> {
     }
 }
 
-/// The entries of a page: the wrapped list, or a bare array.
-fn page_items(page: &Value, key: &str) -> Vec<Value> {
+/// The entries of a page: the wrapped list, or a bare array. Anything
+/// else is an answer the scan cannot read: it fails rather than report a
+/// tenant with nothing in it.
+fn page_items(page: &Value, key: &str, path: &str) -> Result<Vec<Value>, ScanError> {
     match page {
-        Value::Array(items) => items.clone(),
+        Value::Array(items) => Ok(items.clone()),
         other => other
             .get(key)
             .and_then(Value::as_array)
             .cloned()
-            .unwrap_or_default(),
+            .ok_or_else(|| ScanError::Tenant {
+                path: path.to_owned(),
+                message: format!("the answer holds no `{key}` list"),
+            }),
     }
 }
 
@@ -491,10 +507,13 @@ impl Pacer {
             .get("x-ratelimit-reset")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok());
-        self.paused_until = Some(match retry {
+        // At least a second: a reset in the past (clock skew) must not turn
+        // the retries into a burst.
+        let at = match retry {
             Some(s) => Instant::now() + Duration::from_secs(s.min(60)),
             None => reset_at(reset),
-        });
+        };
+        self.paused_until = Some(at.max(Instant::now() + Duration::from_secs(1)));
     }
 }
 

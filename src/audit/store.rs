@@ -320,6 +320,33 @@ impl Store {
             .collect()
     }
 
+    /// Takes the claim `name` (for `value`); `false`: it was taken before,
+    /// by this process or another.
+    pub async fn claim(&self, name: &str, value: &str) -> Result<bool, StoreError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let done = on_pool!(self, pool => {
+            let mut qb = QueryBuilder::new("INSERT INTO tollgate_claims (name, value, at_us) VALUES (");
+            qb.push_bind(name.to_owned())
+                .push(", ")
+                .push_bind(value.to_owned())
+                .push(", ")
+                .push_bind(now)
+                .push(") ON CONFLICT (name) DO NOTHING");
+            qb.build().execute(pool).await?.rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Gives a claim back (what it was taken for did not happen).
+    pub async fn release_claim(&self, name: &str) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            let mut qb = QueryBuilder::new("DELETE FROM tollgate_claims WHERE name = ");
+            qb.push_bind(name.to_owned());
+            qb.build().execute(pool).await?;
+        });
+        Ok(())
+    }
+
     /// A reader's checkpoint (`None`: it never stopped anywhere yet).
     pub async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
         let value: Option<String> = on_pool!(self, pool => {

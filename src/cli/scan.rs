@@ -7,7 +7,7 @@ use super::{FailOn, ScanArgs};
 use crate::audit::query::Format;
 use crate::audit::{AuditLog, Store};
 use crate::config::Config;
-use crate::policy::{Mode, load_dir};
+use crate::policy::{Decision, Mode, load_dir};
 use crate::scan::{Report, run};
 
 pub(super) async fn scan_command(args: ScanArgs, config: &Config) -> anyhow::Result<ExitCode> {
@@ -27,9 +27,18 @@ pub(super) async fn scan_command(args: ScanArgs, config: &Config) -> anyhow::Res
     audit.record(report.event()).await?;
     audit.flush().await;
     print!("{}", render(&report, args.format));
+    // An outside change the policy forbids fails the scan too, even if it
+    // was undone before the scan read the tenant.
+    let outside = |d: Decision| report.outside.iter().filter(|o| o.decision == d).count();
     let failed = match args.fail_on {
-        FailOn::Violation => report.count(Mode::Enforce) > 0,
-        FailOn::Warn => report.count(Mode::Enforce) + report.count(Mode::Warn) > 0,
+        FailOn::Violation => report.count(Mode::Enforce) + outside(Decision::Deny) > 0,
+        FailOn::Warn => {
+            report.count(Mode::Enforce)
+                + report.count(Mode::Warn)
+                + outside(Decision::Deny)
+                + outside(Decision::Warn)
+                > 0
+        }
         FailOn::Never => false,
     };
     Ok(if failed {

@@ -1,16 +1,17 @@
 //! Changes made outside tollgate. The tenant's log (`GET /api/v2/logs`,
-//! from a checkpoint kept in the store) holds a `sapi` event for every
-//! write; each write to an organization connection is matched to an
-//! exchange tollgate forwarded — by correlation id where the event carries
-//! one, otherwise by method, canonical path, body and time — and what
-//! matches nothing is an outside change: recorded as an `observed` event
-//! (who, what, when), judged by the policy in force.
-
-use std::collections::HashSet;
+//! from a checkpoint kept in the store, one per tenant) holds a `sapi`
+//! event for every write; each write to an organization connection is
+//! matched to an exchange tollgate forwarded and the tenant accepted — by
+//! correlation id where the event carries one, otherwise by method,
+//! canonical path and body, decided at most [`WINDOW_US`] before the event —
+//! and each exchange explains one event only, ever (a claim in the store).
+//! What matches nothing is an outside change: recorded once as an
+//! `observed` event (who, what, when), judged by the policy in force.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::{Reader, ScanError};
 use crate::audit::query::Filter;
@@ -21,12 +22,20 @@ use crate::policy::{ChangeInput, Decision, Needs, PolicySet, RuleInput, evaluate
 use crate::route::{self, Route};
 use crate::schema::{OrgRef, UnknownFields};
 
-/// The checkpoint's name in the store.
-pub const CHECKPOINT: &str = "tenant_logs";
+/// The checkpoint's name in the store, for the tenant at `url`.
+pub fn checkpoint_name(url: &str) -> String {
+    format!(
+        "tenant_logs:{}",
+        url.trim_end_matches('/').to_ascii_lowercase()
+    )
+}
 /// Log events asked for per page (Auth0's most).
 const TAKE: usize = 100;
-/// How far apart a forwarded exchange and its log event may be.
-const WINDOW_US: i64 = 5 * 60 * 1_000_000;
+/// How long before its log event a forwarded exchange may have been
+/// decided (the tenant logs a change after it is made; a little clock skew
+/// the other way is allowed).
+pub const WINDOW_US: i64 = 2 * 60 * 1_000_000;
+const SKEW_US: i64 = 5 * 1_000_000;
 
 /// A change to an organization connection that did not pass through
 /// tollgate.
@@ -50,6 +59,7 @@ pub struct Outside {
     /// What the policy in force says of it.
     pub decision: Decision,
     pub rules: Vec<String>,
+    pub policy_version: String,
 }
 
 /// Where outside changes are matched and recorded.
@@ -58,16 +68,16 @@ pub struct Log<'a> {
     pub audit: &'a AuditLog,
 }
 
-/// Reads the tenant's log from the checkpoint to its end; returns the
+/// Reads the tenant's log from `checkpoint` to its end; returns the
 /// outside changes found (each recorded once).
 pub(crate) async fn read(
     reader: &mut Reader<'_>,
     log: &Log<'_>,
     policy: &PolicySet,
+    checkpoint: &str,
 ) -> Result<Vec<Outside>, ScanError> {
     let store_err = |e: crate::audit::StoreError| ScanError::Audit(e.to_string());
-    let mut from = log.store.checkpoint(CHECKPOINT).await.map_err(store_err)?;
-    let mut matched = HashSet::new();
+    let mut from = log.store.checkpoint(checkpoint).await.map_err(store_err)?;
     let mut found = Vec::new();
     loop {
         let mut path = format!("/api/v2/logs?take={TAKE}");
@@ -76,63 +86,101 @@ pub(crate) async fn read(
         }
         let events = match reader.get(&path).await? {
             Some(Value::Array(events)) => events,
-            _ => Vec::new(),
+            Some(other) => {
+                return Err(ScanError::Tenant {
+                    path,
+                    message: format!(
+                        "not a list of log events: {}",
+                        other.to_string().chars().take(80).collect::<String>()
+                    ),
+                });
+            }
+            None => Vec::new(),
         };
-        for event in &events {
-            if let Some(outside) = judge(event, log, policy, &mut matched).await? {
-                found.push(outside);
-            }
-            if let Some(id) = event.get("log_id").and_then(Value::as_str) {
-                from = Some(id.to_owned());
-            }
+        let before = from.clone();
+        found.extend(judge_batch(&events, log, policy).await?);
+        if let Some(id) = events
+            .iter()
+            .rev()
+            .find_map(|e| e.get("log_id").and_then(Value::as_str))
+        {
+            from = Some(id.to_owned());
         }
         // Moved once the page's events are recorded: a crash reads the page
-        // again, and `observed-LOG_ID` keeps its events from being recorded
-        // twice.
+        // again, and the claims keep its events from being recorded twice.
         if let Some(f) = &from {
             log.store
-                .set_checkpoint(CHECKPOINT, f)
+                .set_checkpoint(checkpoint, f)
                 .await
                 .map_err(store_err)?;
         }
-        if events.len() < TAKE {
+        // A full page that moved the checkpoint: there may be more. (A
+        // tenant ignoring `from` would serve the same page forever.)
+        if events.len() < TAKE || from == before {
             return Ok(found);
         }
     }
 }
 
-/// One log event: `None` unless it is an outside change to an organization
-/// connection (recorded here, once).
-pub async fn judge(
-    event: &Value,
+/// Log events, in the tenant's order: the outside changes among them
+/// (each recorded here, once). Events are first matched to exchanges
+/// decided before them; only the events left are matched allowing for
+/// clock skew, so a change made at the dashboard just before the same change
+/// through tollgate cannot take tollgate's exchange from it.
+pub async fn judge_batch(
+    events: &[Value],
     log: &Log<'_>,
     policy: &PolicySet,
-    matched: &mut HashSet<String>,
+) -> Result<Vec<Outside>, ScanError> {
+    let audit_err = |e: &dyn std::fmt::Display| ScanError::Audit(e.to_string());
+    let mut left = Vec::new();
+    for seen in events.iter().filter_map(Seen::of) {
+        if !forwarded(&seen, log.store, 0)
+            .await
+            .map_err(|e| audit_err(&e))?
+        {
+            left.push(seen);
+        }
+    }
+    let mut found = Vec::new();
+    for seen in left {
+        if let Some(outside) = judge(seen, log, policy).await? {
+            found.push(outside);
+        }
+    }
+    Ok(found)
+}
+
+/// One log event tollgate did not forward as decided before it: `None` if
+/// it is one it forwarded allowing for clock skew, or is recorded already.
+async fn judge(
+    seen: Seen<'_>,
+    log: &Log<'_>,
+    policy: &PolicySet,
 ) -> Result<Option<Outside>, ScanError> {
     let audit_err = |e: &dyn std::fmt::Display| ScanError::Audit(e.to_string());
-    let Some(seen) = Seen::of(event) else {
-        return Ok(None);
-    };
-    if forwarded(&seen, log.store, matched)
+    if forwarded(&seen, log.store, SKEW_US)
         .await
         .map_err(|e| audit_err(&e))?
     {
         return Ok(None);
     }
-    let id = format!("observed-{}", seen.log_id);
-    let recorded = log
+    // The event's id and content: a forged event claiming a real event's
+    // log_id does not keep the real one from being recorded.
+    let id = format!("observed-{}-{}", seen.log_id, &seen.fingerprint[..16]);
+    if !log
         .store
-        .exchange_events(&id)
+        .claim(&id, &seen.log_id)
         .await
-        .map_err(|e| audit_err(&e))?;
-    if !recorded.is_empty() {
+        .map_err(|e| audit_err(&e))?
+    {
         return Ok(None);
     }
-    let outside = seen.judged(policy, id);
-    log.audit
-        .record(outside_event(&outside, &seen))
-        .await
-        .map_err(|e| audit_err(&e))?;
+    let outside = seen.judged(policy, id.clone());
+    if let Err(e) = log.audit.record(outside_event(&outside, &seen)).await {
+        let _ = log.store.release_claim(&id).await;
+        return Err(audit_err(&e));
+    }
     metrics::counter!("tollgate_outside_changes_total", "operation" => outside.operation.clone())
         .increment(1);
     Ok(Some(outside))
@@ -147,6 +195,8 @@ struct Seen<'a> {
     method: String,
     body: Value,
     correlation_id: Option<String>,
+    /// SHA-256 of the event as received, hex.
+    fingerprint: String,
 }
 
 impl<'a> Seen<'a> {
@@ -173,6 +223,7 @@ impl<'a> Seen<'a> {
                 .get("correlation_id")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            fingerprint: hex::encode(Sha256::digest(event.to_string().as_bytes())),
         })
     }
 
@@ -216,8 +267,23 @@ impl<'a> Seen<'a> {
                             name: name.clone(),
                         },
                     };
-                    let connection = Connection::new(c.connection_id.clone(), None, None);
-                    let mut input = ChangeInput::of(c, org, connection, None, Needs::default());
+                    // The tenant's answer names the connection (the log does
+                    // not carry the association as it stood before).
+                    let named = answered.and_then(|a| a.get("connection"));
+                    let text = |k: &str| {
+                        named
+                            .and_then(|n| n.get(k))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    };
+                    let connection =
+                        Connection::new(c.connection_id.clone(), text("name"), text("strategy"));
+                    let fetched = Needs {
+                        org: false,
+                        connection: named.is_some(),
+                        before: false,
+                    };
+                    let mut input = ChangeInput::of(c, org, connection, None, fetched);
                     if let Some(a) = answered {
                         input.after = state::before(Some(a));
                     }
@@ -242,12 +308,18 @@ impl<'a> Seen<'a> {
         );
         let mut rules: Vec<String> = judgement.violations().map(|r| r.id.clone()).collect();
         rules.dedup();
+        let first_org = validated.as_ref().ok().and_then(|v| {
+            v.changes.iter().find_map(|c| match &c.org {
+                OrgRef::Existing(id) => Some(id.clone()),
+                OrgRef::New(_) => None,
+            })
+        });
         Outside {
             exchange_id,
             log_id: self.log_id.clone(),
             date: crate::audit::format_time(self.date),
             operation: op.id().to_owned(),
-            org_id: self.route.id.clone(),
+            org_id: first_org,
             connection_id: self.route.connection_id.clone().or_else(|| {
                 self.body
                     .get("connection_id")
@@ -268,35 +340,39 @@ impl<'a> Seen<'a> {
                 .and_then(Value::as_u64),
             decision: judgement.decision,
             rules,
+            policy_version: judgement.policy_version.clone(),
         }
     }
 }
 
-/// Whether tollgate forwarded this write: an exchange with its correlation
-/// id, or else one not yet matched with the same method, canonical path and
-/// body, decided within the window around the event.
+/// Whether tollgate forwarded this write and the tenant accepted it: an
+/// exchange with its correlation id, or else one with the same method,
+/// canonical path and body, decided within [`WINDOW_US`] before the event
+/// (and up to `skew_us` after it), answered 2xx, and not claimed by another
+/// event before.
 async fn forwarded(
     seen: &Seen<'_>,
     store: &Store,
-    matched: &mut HashSet<String>,
+    skew_us: i64,
 ) -> Result<bool, crate::audit::StoreError> {
     if let Some(id) = &seen.correlation_id
         && !store.exchange_events(id).await?.is_empty()
     {
-        matched.insert(id.clone());
-        return Ok(true);
+        return store.claim(&format!("exchange:{id}"), &seen.log_id).await;
     }
     let at = seen.date.timestamp_micros();
     let filter = Filter {
         since_us: Some(at - WINDOW_US),
-        until_us: Some(at + WINDOW_US),
+        until_us: Some(at + skew_us + 1),
         operation: Some(seen.route.operation.id().to_owned()),
         limit: 10_000,
         ..Filter::default()
     };
-    for row in store.decisions(&filter).await? {
-        if matched.contains(&row.exchange_id) || !row.index.decision.is_some_and(Decision::forwards)
-        {
+    let mut decisions = store.decisions(&filter).await?;
+    // The earliest first: events and exchanges pair up in order.
+    decisions.reverse();
+    for row in decisions {
+        if !row.index.decision.is_some_and(Decision::forwards) {
             continue;
         }
         let Ok(body) = serde_json::from_str::<Value>(&row.body) else {
@@ -306,12 +382,28 @@ async fn forwarded(
         let same = data["method"].as_str() == Some(seen.method.as_str())
             && data["path"].as_str() == Some(seen.route.path.as_str())
             && data["request_body"] == seen.body;
-        if same {
-            matched.insert(row.exchange_id.clone());
+        if !same || !accepted(store, &row.exchange_id).await? {
+            continue;
+        }
+        if store
+            .claim(&format!("exchange:{}", row.exchange_id), &seen.log_id)
+            .await?
+        {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Whether the tenant accepted the exchange (its outcome is a 2xx).
+async fn accepted(store: &Store, exchange_id: &str) -> Result<bool, crate::audit::StoreError> {
+    let outcomes = store.outcomes(&[exchange_id.to_owned()]).await?;
+    Ok(outcomes.iter().any(|o| {
+        serde_json::from_str::<Value>(&o.body)
+            .ok()
+            .and_then(|b| b["data"]["status"].as_u64())
+            .is_some_and(|s| (200..300).contains(&s))
+    }))
 }
 
 /// The `observed` event of an outside change.
@@ -331,7 +423,7 @@ fn outside_event(outside: &Outside, seen: &Seen<'_>) -> NewEvent {
         // Strings, numbers and the log's JSON: it serialises.
         data: serde_json::value::to_raw_value(&ObservedData {
             outside,
-            log: seen.event,
+            log: &redacted(seen.event),
         })
         .expect("an observed event serialises"),
     }
@@ -343,6 +435,17 @@ struct ObservedData<'a> {
     outside: &'a Outside,
     /// The tenant's log event, as read.
     log: &'a Value,
+}
+
+/// The log event as the audit log keeps it: an SSO ticket's URL (a bearer
+/// credential) with its query values redacted, as tollgate's own records
+/// keep it.
+fn redacted(event: &Value) -> Value {
+    let mut event = event.clone();
+    if let Some(Value::String(url)) = event.pointer_mut("/details/response/body/ticket") {
+        *url = route::redact_target(url);
+    }
+    event
 }
 
 /// An `observed` event read back.

@@ -462,3 +462,173 @@ async fn a_log_stream_reports_outside_changes_within_seconds() {
     assert_eq!(rows[0]["caller"], "sandbox-dashboard");
     crate::harness::terminate(served.child).await;
 }
+
+/// The ways an outside change could hide behind tollgate's own exchanges,
+/// each closed: one exchange explains one log event only, ever; an
+/// exchange the tenant refused explains none; an event before an exchange
+/// is not explained by it (and is attributed to whoever made it).
+#[tokio::test]
+async fn an_outside_change_cannot_hide_behind_a_forwarded_one() {
+    let rule =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/access.toml"))
+            .expect("rule");
+    let h = Harness::setup().rule(&rule).start().await;
+    let tenant = h.tenant_addr();
+    let policy = h.policies.current();
+    let log = tollgate::scan::outside::Log {
+        store: &h.store,
+        audit: &h.audit,
+    };
+    let config = scan_config(tenant);
+    let scan = || tollgate::scan::run(&config, &policy, &[], None, &log);
+    let same = r#"{"organization_access_level":"none"}"#;
+
+    // One forwarded change, then the identical change twice at the
+    // dashboard, a scan after each: both dashboard changes are reported.
+    assert_eq!(h.patch(same).await.status, http::StatusCode::OK);
+    assert!(scan().await.expect("scan").outside.is_empty());
+    dashboard_change(tenant, ORG_ACME, CON_SAML, same).await;
+    assert_eq!(scan().await.expect("scan").outside.len(), 1);
+    dashboard_change(tenant, ORG_ACME, CON_SAML, same).await;
+    assert_eq!(scan().await.expect("scan").outside.len(), 1);
+
+    // The dashboard first, then the same change through tollgate: the
+    // dashboard's change is the outside one, and it is the dashboard's.
+    let both = r#"{"organization_access_level":"limited","show_as_button":false}"#;
+    dashboard_change(tenant, ORG_ACME, CON_SAML, both).await;
+    assert_eq!(h.patch(both).await.status, http::StatusCode::OK);
+    let found = scan().await.expect("scan").outside;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].client_id.as_deref(), Some("sandbox-dashboard"));
+
+    // A create made at the tenant directly, then tried through tollgate
+    // (the tenant answers 409): the refused exchange explains nothing.
+    let create = r#"{"connection_id":"con_google","organization_access_level":"limited"}"#;
+    let direct = Harness::client_send_with(
+        &tenant.to_string(),
+        http::Method::POST,
+        &format!("/api/v2/organizations/{ORG_GLOBEX}/connections"),
+        create,
+        "Bearer someone-else",
+    )
+    .await;
+    assert_eq!(direct.status, http::StatusCode::CREATED);
+    let through = h
+        .send(
+            http::Method::POST,
+            &format!("/api/v2/organizations/{ORG_GLOBEX}/connections"),
+            Some(create),
+        )
+        .await;
+    assert_eq!(through.status, http::StatusCode::CONFLICT);
+    let found = scan().await.expect("scan").outside;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].operation, "organization_connection.create");
+    assert_eq!(found[0].client_id.as_deref(), Some("sandbox-api-client"));
+}
+
+/// A log stream cannot keep a real event from being recorded by posting a
+/// forged one with its `log_id` first; an event delivered many times at
+/// once is recorded once.
+#[tokio::test]
+async fn forged_and_redelivered_stream_events_are_recorded_once_each() {
+    let (_tenant, addr) = start_sandbox().await;
+    let (served, _dir, _db) = Served::in_front_of(
+        addr,
+        &[
+            ("TOLLGATE_SCAN_LOG_STREAM_TOKEN", "stream-secret"),
+            ("TOLLGATE_ADMIN_TOKEN", "admin-secret"),
+        ],
+    )
+    .await;
+    let post = |body: String| {
+        let admin = served.admin.clone();
+        async move {
+            Harness::client_send_with(
+                &admin,
+                http::Method::POST,
+                "/v1/log-stream",
+                &body,
+                "Bearer stream-secret",
+            )
+            .await
+        }
+    };
+    dashboard_change(
+        addr,
+        ORG_ACME,
+        CON_SAML,
+        r#"{"organization_access_level":"full"}"#,
+    )
+    .await;
+    let logs = Harness::client_get_with(&addr.to_string(), "/api/v2/logs", "Bearer x")
+        .await
+        .json();
+    let real = logs[0].clone();
+    // A forged event with the real one's log_id, harmless-looking.
+    let mut forged = real.clone();
+    forged["details"]["request"]["body"] = json!({"show_as_button": true});
+    forged["client_id"] = json!("terraform-ci");
+    assert_eq!(post(json!([forged]).to_string()).await.json()["outside"], 1);
+    // The real event, delivered twelve times at once.
+    let deliveries: Vec<_> = (0..12).map(|_| post(json!([real]).to_string())).collect();
+    let answers = futures_util::future::join_all(deliveries).await;
+    let recorded: u64 = answers
+        .iter()
+        .filter_map(|a| a.json()["outside"].as_u64())
+        .sum();
+    assert_eq!(recorded, 1, "recorded once: {answers:?}");
+    let listed = Harness::client_get_with(
+        &served.admin,
+        "/v1/exchanges?outside=true",
+        "Bearer admin-secret",
+    )
+    .await;
+    assert_eq!(listed.json().as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        Harness::client_get_with(
+            &served.admin,
+            "/v1/exchanges?outside=yes",
+            "Bearer admin-secret"
+        )
+        .await
+        .status,
+        http::StatusCode::BAD_REQUEST
+    );
+    crate::harness::terminate(served.child).await;
+}
+
+/// An outside change the policy forbids fails the scan even when it was
+/// undone before the scan read the tenant.
+#[tokio::test]
+async fn a_forbidden_outside_change_fails_the_scan_even_when_undone() {
+    let (_tenant, addr) = start_sandbox().await;
+    let policies = policy_dir();
+    let db = format!("sqlite://{}", policies.path().join("audit.db").display());
+    dashboard_change(
+        addr,
+        ORG_ACME,
+        CON_SAML,
+        r#"{"organization_access_level":"full"}"#,
+    )
+    .await;
+    dashboard_change(
+        addr,
+        ORG_ACME,
+        CON_SAML,
+        r#"{"organization_access_level":"readonly"}"#,
+    )
+    .await;
+    let (code, out) = scan(addr, policies.path(), &db, &["--format", "json"]).await;
+    let report: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        report["violations"],
+        json!([]),
+        "the tenant is clean: {report}"
+    );
+    assert_eq!(report["outside"][0]["decision"], "deny");
+    assert_eq!(
+        code, 1,
+        "a forbidden outside change fails the scan: {report}"
+    );
+}
