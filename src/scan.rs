@@ -249,7 +249,8 @@ async fn credentials(
             .await?
             .ok_or_else(|| anyhow::anyhow!("the broker gave no token")),
         Identity::Passthrough { .. } => anyhow::bail!(
-            "a scan needs a Management API token with read:organizations and read:connections: \
+            "a scan needs a Management API token with read:organizations, \
+             read:organization_connections, read:connections and read:logs: \
              --token, scan.token (TOLLGATE_SCAN_TOKEN), or identity.mode = \"broker\""
         ),
     }

@@ -214,7 +214,7 @@ pub enum Format {
     /// Aligned columns for a terminal.
     #[default]
     Table,
-    /// One JSON array.
+    /// JSON: an array of rows (for `scan`, the whole report).
     Json,
     /// One JSON object per line.
     Jsonl,
