@@ -224,7 +224,7 @@ impl Ui<'_> {
                 true,
             );
         }
-        let mut body = format!("<h2>Exchange <code>{}</code></h2>", esc(id));
+        let mut body = format!("<p>Audit id <code>{}</code></p>", esc(id));
         for row in &rows {
             let event: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
             let data = &event["data"];
