@@ -180,6 +180,9 @@ pub struct Policy {
     /// directory is missing or holds no rule, and a reload that would leave
     /// no rule keeps the last good set.
     pub allow_empty: bool,
+    /// The longest an exception may last, in days (`policy check` refuses
+    /// a longer one).
+    pub max_exception_days: u32,
 }
 
 impl Default for Policy {
@@ -187,6 +190,7 @@ impl Default for Policy {
         Policy {
             dir: PathBuf::from("policies"),
             allow_empty: false,
+            max_exception_days: 90,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! when each is judged by where it leads.
 
 mod eval;
+pub mod exception;
 pub mod input;
 mod load;
 pub mod postcheck;
@@ -38,6 +39,9 @@ pub enum Decision {
     Warn,
     /// Only dry-run rules were violated: forwarded.
     DryRunDeny,
+    /// Enforce rules were violated, every one exempted by an exception in
+    /// force: forwarded, with the exception on record.
+    Exempted,
     /// The request itself was refused (malformed, unauthenticated) before
     /// any rule could judge it.
     Invalid,
@@ -47,11 +51,12 @@ pub enum Decision {
 }
 
 impl Decision {
-    pub const ALL: [Decision; 6] = [
+    pub const ALL: [Decision; 7] = [
         Decision::Allow,
         Decision::Deny,
         Decision::Warn,
         Decision::DryRunDeny,
+        Decision::Exempted,
         Decision::Invalid,
         Decision::Unavailable,
     ];
@@ -62,6 +67,7 @@ impl Decision {
             Decision::Deny => "deny",
             Decision::Warn => "warn",
             Decision::DryRunDeny => "dry_run_deny",
+            Decision::Exempted => "exempted",
             Decision::Invalid => "invalid",
             Decision::Unavailable => "unavailable",
         }
@@ -71,7 +77,7 @@ impl Decision {
     pub fn forwards(self) -> bool {
         matches!(
             self,
-            Decision::Allow | Decision::Warn | Decision::DryRunDeny
+            Decision::Allow | Decision::Warn | Decision::DryRunDeny | Decision::Exempted
         )
     }
 }
@@ -209,6 +215,8 @@ pub struct PolicySet {
     pub version: String,
     /// The files, by name.
     pub files: Vec<String>,
+    /// Exceptions from the rules, scoped and expiring.
+    pub exceptions: Vec<exception::Exception>,
     env: Arc<cel::Env>,
 }
 
@@ -219,16 +227,22 @@ impl PolicySet {
             rules: Vec::new(),
             version: load::version_of(&[]),
             files: Vec::new(),
+            exceptions: Vec::new(),
             env: Arc::new(cel::Env::stdlib()),
         }
     }
 
     /// What the rules that apply to these operations need from the tenant.
     pub fn needs(&self, request_op: Operation, change_op: Operation) -> Needs {
+        // An exception scoped by organization may name it by name.
+        let named_orgs = Needs {
+            org: self.exceptions.iter().any(|e| !e.orgs.is_empty()),
+            ..Needs::default()
+        };
         self.rules
             .iter()
             .filter(|r| r.applies(request_op, change_op))
-            .fold(Needs::default(), |n, r| n.union(r.needs))
+            .fold(named_orgs, |n, r| n.union(r.needs))
     }
 }
 

@@ -31,7 +31,7 @@ use crate::identity::{Caller, Identity, IdentityError};
 use crate::lock::{AssociationLocks, Held};
 use crate::policy::postcheck::{self, PostCheck};
 use crate::policy::reload::Policies;
-use crate::policy::{self, Decision, Judgement, Mode, PolicySet, RuleInput};
+use crate::policy::{self, Decision, Judgement, Mode, PolicySet, RuleInput, Verdict};
 use crate::route::{self, Governed, Route};
 use crate::schema::{self, Validated};
 use crate::upstream::{self, SetupError, Upstream, UpstreamError};
@@ -672,15 +672,23 @@ fn screen(headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// `Warning: 299 tollgate "rule-id: message"` for each violated `warn` rule.
+/// `Warning: 299 tollgate "rule-id: message"` for each violated `warn` rule,
+/// and `"rule-id: exempted by EXCEPTION: message"` for each exempted one.
 fn add_warnings(headers: &mut HeaderMap, decision: &Judgement) {
     let mut seen = Vec::new();
-    for r in decision.violations().filter(|r| r.mode == Mode::Warn) {
+    let warned = decision.results.iter().filter_map(|r| match &r.verdict {
+        Verdict::Exempted(e) => Some((r, format!("{}: exempted by {e}: {}", r.id, r.message))),
+        _ if r.is_violation() && r.mode == Mode::Warn => {
+            Some((r, format!("{}: {}", r.id, r.message)))
+        }
+        _ => None,
+    });
+    for (r, line) in warned {
         if seen.contains(&&r.id) {
             continue;
         }
         seen.push(&r.id);
-        let text: String = format!("{}: {}", r.id, r.message)
+        let text: String = line
             .chars()
             .map(|c| {
                 if c.is_ascii_graphic() || c == ' ' {

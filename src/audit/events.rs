@@ -210,7 +210,10 @@ struct RuleData<'a> {
 
 impl<'a> RuleData<'a> {
     fn of(r: &'a RuleResult) -> RuleData<'a> {
-        let matched = matches!(r.verdict, Verdict::Violated | Verdict::Error(_));
+        let matched = matches!(
+            r.verdict,
+            Verdict::Violated | Verdict::Error(_) | Verdict::Exempted(_)
+        );
         RuleData {
             id: &r.id,
             mode: r.mode,

@@ -84,7 +84,11 @@ fn rejudge(row: &Row, candidate: &PolicySet) -> Option<Option<Change>> {
     // Refused before judging (malformed, context unavailable): never judged.
     if !matches!(
         recorded,
-        Decision::Allow | Decision::Deny | Decision::Warn | Decision::DryRunDeny
+        Decision::Allow
+            | Decision::Deny
+            | Decision::Warn
+            | Decision::DryRunDeny
+            | Decision::Exempted
     ) {
         return None;
     }

@@ -21,8 +21,28 @@ pub(super) async fn policy_command(
             (
                 dir.clone(),
                 policy::load_dir(&dir).map(|set| {
+                    let now = chrono::Utc::now();
+                    let mut failed = false;
+                    for e in &set.exceptions {
+                        let (errors, warnings) = e.problems(now, config.policy.max_exception_days);
+                        for w in warnings {
+                            println!("warning: {}: {w}", e.file);
+                        }
+                        for x in errors {
+                            failed = true;
+                            println!("error: {}: {x}", e.file);
+                        }
+                    }
+                    if failed {
+                        return ExitCode::FAILURE;
+                    }
+                    let exceptions = match set.exceptions.len() {
+                        0 => String::new(),
+                        1 => " and 1 exception".to_owned(),
+                        n => format!(" and {n} exceptions"),
+                    };
                     println!(
-                        "ok: {} rules in {} files, version {}",
+                        "ok: {} rules{exceptions} in {} files, version {}",
                         set.rules.len(),
                         set.files.len(),
                         set.version
@@ -132,12 +152,23 @@ fn explain(set: &policy::PolicySet, args: &ExplainArgs) -> ExitCode {
                 None => r.message.clone(),
             },
             Verdict::Error(e) => format!("error: {e}"),
+            Verdict::Exempted(id) => {
+                let e = set.exceptions.iter().find(|e| &e.id == id);
+                format!(
+                    "{} — exempted by {id} until {} ({})",
+                    r.message,
+                    e.map(|e| crate::audit::format_time(e.expires))
+                        .unwrap_or_default(),
+                    e.map(|e| e.reason.as_str()).unwrap_or_default()
+                )
+            }
         };
         let verdict = match r.verdict {
             Verdict::Pass => "pass",
             Verdict::Skipped => "skipped",
             Verdict::Violated => "violated",
             Verdict::Error(_) => "error",
+            Verdict::Exempted(_) => "exempted",
         };
         println!(
             "  {:<28} {:<8} {:<9} {why}",

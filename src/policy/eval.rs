@@ -17,6 +17,8 @@ pub enum Verdict {
     Violated,
     /// An expression failed or did not give a boolean; counts as a violation.
     Error(String),
+    /// `deny` was true, and the exception named here exempts the change.
+    Exempted(String),
 }
 
 /// A rule's verdict, with what a caller and the audit log are told.
@@ -111,12 +113,27 @@ fn evaluate_by(
             ctx.add_variable_from_value(name, value);
         }
         for rule in applicable {
-            results.push(judge(rule, &ctx, change));
+            let mut result = judge(rule, &ctx, change);
+            if result.verdict == Verdict::Violated
+                && let Some(e) = set
+                    .exceptions
+                    .iter()
+                    .find(|e| e.exempts(&rule.id, input, change))
+            {
+                result.verdict = Verdict::Exempted(e.id.clone());
+            }
+            results.push(result);
         }
     }
     let violated = |mode| results.iter().any(|r| r.is_violation() && r.mode == mode);
+    let exempted = results
+        .iter()
+        .any(|r| r.mode == Mode::Enforce && matches!(r.verdict, Verdict::Exempted(_)));
     let decision = if violated(Mode::Enforce) {
         Decision::Deny
+    } else if exempted {
+        // Only the exceptions stood between this and a denial.
+        Decision::Exempted
     } else if violated(Mode::Warn) {
         Decision::Warn
     } else if violated(Mode::DryRun) {

@@ -36,6 +36,8 @@ impl std::error::Error for LoadError {}
 struct File {
     #[serde(default)]
     rule: Vec<RuleDef>,
+    #[serde(default)]
+    exception: Vec<super::exception::ExceptionDef>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +114,7 @@ pub fn absolute(dir: &Path) -> String {
 pub fn load_sources(files: &[(String, String)]) -> Result<PolicySet, Vec<LoadError>> {
     let env = Arc::new(cel::Env::stdlib());
     let mut rules = Vec::new();
+    let mut exceptions = Vec::new();
     let mut errors = Vec::new();
     let mut ids = HashSet::new();
     for (name, text) in files {
@@ -141,6 +144,35 @@ pub fn load_sources(files: &[(String, String)]) -> Result<PolicySet, Vec<LoadErr
                 Err(message) => errors.push(err(message)),
             }
         }
+        for def in file.exception {
+            match def.compile(name) {
+                Ok(e) => exceptions.push(e),
+                Err(message) => errors.push(LoadError {
+                    file: name.clone(),
+                    rule: None,
+                    message: format!("exception {}: {message}", def.id),
+                }),
+            }
+        }
+    }
+    let mut exception_ids = HashSet::new();
+    for e in &exceptions {
+        if !exception_ids.insert(e.id.clone()) {
+            errors.push(LoadError {
+                file: e.file.clone(),
+                rule: None,
+                message: format!("exception {}: duplicate exception id", e.id),
+            });
+        }
+        for r in &e.rules {
+            if !rules.iter().any(|rule: &Rule| &rule.id == r) {
+                errors.push(LoadError {
+                    file: e.file.clone(),
+                    rule: None,
+                    message: format!("exception {}: no rule {r:?} to exempt", e.id),
+                });
+            }
+        }
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -149,6 +181,7 @@ pub fn load_sources(files: &[(String, String)]) -> Result<PolicySet, Vec<LoadErr
         rules,
         version: version_of(files),
         files: files.iter().map(|(n, _)| n.clone()).collect(),
+        exceptions,
         env,
     })
 }

@@ -354,3 +354,122 @@ fn a_case_gives_the_request() {
     .expect("request");
     assert_eq!(outcome(&rule, &g), Decision::Deny);
 }
+
+const EXEMPT: &str = r#"
+[[rule]]
+id = "no-full-access"
+deny = 'after.organization_access_level == "full"'
+message = "no full access"
+
+[[exception]]
+id = "acme-sso-migration"
+rules = ["no-full-access"]
+orgs = ["org_1"]
+connections = ["con_saml"]
+callers = ["terraform-ci"]
+operations = ["organization_connection.update"]
+expires = "EXPIRES"
+reason = "SSO migration, full access until cut-over"
+ticket = "CHG-1234"
+"#;
+
+fn exempting(expires: &str) -> PolicySet {
+    set(&EXEMPT.replace("EXPIRES", expires))
+}
+
+fn full_access(org: &str, connection: &str, caller: &str, op: &str) -> Given {
+    let mut g = given(
+        op,
+        json!({"organization_access_level": "full", "connection_id": connection}),
+    );
+    if op == UPDATE {
+        g.body = obj(json!({"organization_access_level": "full"}));
+    }
+    g.org = obj(json!({"id": org, "name": "acme"}));
+    g.connection = obj(json!({"id": connection, "strategy": "samlp"}));
+    g.caller = obj(json!({"client_id": caller}));
+    g
+}
+
+/// An exception applies inside its scope and validity only.
+#[test]
+fn an_exception_exempts_inside_its_scope_and_validity_only() {
+    let later = (chrono::Utc::now() + chrono::Duration::days(10)).to_rfc3339();
+    let s = exempting(&later);
+    let inside = judge(
+        &s,
+        &full_access("org_1", "con_saml", "terraform-ci", UPDATE),
+    )
+    .expect("judged");
+    assert_eq!(inside.decision, Decision::Exempted);
+    assert_eq!(
+        inside.results[0].verdict,
+        Verdict::Exempted("acme-sso-migration".into())
+    );
+    for (org, con, caller, op) in [
+        ("org_2", "con_saml", "terraform-ci", UPDATE),
+        ("org_1", "con_oidc", "terraform-ci", UPDATE),
+        ("org_1", "con_saml", "someone-else", UPDATE),
+        ("org_1", "con_saml", "terraform-ci", CREATE),
+    ] {
+        let d = judge(&s, &full_access(org, con, caller, op)).expect("judged");
+        assert_eq!(d.decision, Decision::Deny, "{org} {con} {caller} {op}");
+    }
+    // After `expires`: denied.
+    let earlier = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
+    let d = judge(
+        &exempting(&earlier),
+        &full_access("org_1", "con_saml", "terraform-ci", UPDATE),
+    )
+    .expect("judged");
+    assert_eq!(d.decision, Decision::Deny);
+    // By the organization's name too.
+    let by_name = set(&EXEMPT
+        .replace("EXPIRES", &later)
+        .replace(r#"orgs = ["org_1"]"#, r#"orgs = ["acme"]"#));
+    let d = judge(
+        &by_name,
+        &full_access("org_1", "con_saml", "terraform-ci", UPDATE),
+    )
+    .expect("judged");
+    assert_eq!(d.decision, Decision::Exempted);
+}
+
+/// The instant an exception ends is the same for every judge: what
+/// decides is the input's time (the exchange's, in replay).
+#[test]
+fn an_exception_is_judged_at_the_time_of_what_is_judged() {
+    let expires = chrono::Utc::now() + chrono::Duration::days(1);
+    let s = exempting(&expires.to_rfc3339());
+    let mut input =
+        super::testcases::input(&full_access("org_1", "con_saml", "terraform-ci", UPDATE))
+            .expect("input");
+    input.now = expires - chrono::Duration::seconds(1);
+    assert_eq!(evaluate(&s, &input).decision, Decision::Exempted);
+    input.now = expires;
+    assert_eq!(evaluate(&s, &input).decision, Decision::Deny);
+}
+
+#[test]
+fn exceptions_are_checked_when_loaded_and_by_policy_check() {
+    let later = (chrono::Utc::now() + chrono::Duration::days(10)).to_rfc3339();
+    let e = errors(&EXEMPT.replace("EXPIRES", &later).replace(
+        r#"rules = ["no-full-access"]"#,
+        r#"rules = ["no-such-rule"]"#,
+    ));
+    assert!(e[0].contains("no rule \"no-such-rule\""), "{e:?}");
+    let e = errors(&EXEMPT.replace("expires = \"EXPIRES\"\n", ""));
+    assert!(e[0].contains("expires"), "{e:?}");
+    let e = errors(&EXEMPT.replace("EXPIRES", "next tuesday"));
+    assert!(e[0].contains("RFC 3339"), "{e:?}");
+    let now = chrono::Utc::now();
+    let problems = |days: i64| {
+        exempting(&(now + chrono::Duration::days(days)).to_rfc3339()).exceptions[0]
+            .problems(now, 90)
+    };
+    assert!(problems(-1).0[0].contains("expired"));
+    assert!(problems(120).0[0].contains("max_exception_days"));
+    let (errors, warnings) = problems(3);
+    assert!(errors.is_empty() && warnings[0].contains("within 7 days"));
+    assert_eq!(problems(30), (vec![], vec![]));
+}

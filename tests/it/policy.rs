@@ -332,3 +332,62 @@ async fn reloads_keep_the_last_good_set_and_pick_up_new_files() {
         StatusCode::FORBIDDEN
     );
 }
+
+/// An exception at the gateway: the exempted change is forwarded, its
+/// record names the exception, the caller is told; the same change outside
+/// the exception's scope is denied.
+#[tokio::test]
+async fn an_exception_lets_its_change_through_and_only_it() {
+    let expires = (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339();
+    let rules = format!(
+        r#"
+[[rule]]
+id = "no-full-access"
+deny = 'after.organization_access_level == "full"'
+message = "no full access"
+
+[[exception]]
+id = "acme-sso-migration"
+rules = ["no-full-access"]
+orgs = ["acme"]
+connections = ["con_saml"]
+expires = "{expires}"
+reason = "SSO migration"
+ticket = "CHG-1234"
+"#
+    );
+    let h = Harness::with_policies("", &[("r.toml", &rules)]).await;
+    let a = h.patch(r#"{"organization_access_level":"full"}"#).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let warning = a.headers["warning"].to_str().expect("warning");
+    assert!(
+        warning.contains("no-full-access: exempted by acme-sso-migration"),
+        "{warning}"
+    );
+    // Another organization: no exception there.
+    let other = h
+        .send(
+            Method::POST,
+            &format!("/api/v2/organizations/{ORG_GLOBEX}/connections"),
+            Some(r#"{"connection_id":"con_saml","organization_access_level":"full"}"#),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    h.audit.flush().await;
+    let filter = tollgate::audit::query::Filter {
+        decision: Some(tollgate::policy::Decision::Exempted),
+        limit: 10,
+        ..Default::default()
+    };
+    let rows = tollgate::audit::query::exchanges(&h.store, &filter)
+        .await
+        .expect("query");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].exchange_id, a.audit_id());
+    let events = tollgate::audit::query::show(&h.store, &a.audit_id())
+        .await
+        .expect("show");
+    let verdict = &events[0]["event"]["data"]["rules"][0];
+    assert_eq!(verdict["verdict"], "exempted");
+    assert_eq!(verdict["detail"], "acme-sso-migration");
+}
