@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -194,22 +194,9 @@ impl ContextClient {
             )));
         };
         let auth = cred.header;
-        let uri = self
-            .upstream
-            .uri(path)
-            .map_err(|e| ContextError::Unavailable(e.to_string()))?;
-        let mut req = Request::new(crate::full(Bytes::new()));
-        *req.method_mut() = Method::GET;
-        *req.uri_mut() = uri;
-        if let Some(auth) = auth {
-            req.headers_mut()
-                .insert(header::AUTHORIZATION, auth.clone());
-        }
-        req.headers_mut()
-            .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         let resp = self
             .upstream
-            .send_buffered(req)
+            .get_json(path, auth)
             .await
             .map_err(|e| ContextError::Unavailable(format!("GET {path}: {e}")))?;
         match resp.status() {

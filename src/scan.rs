@@ -15,9 +15,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use chrono::Utc;
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -390,18 +389,9 @@ impl Reader<'_> {
         };
         for _ in 0..ATTEMPTS {
             self.pacer.wait().await;
-            let mut req = Request::new(crate::full(Bytes::new()));
-            *req.method_mut() = Method::GET;
-            *req.uri_mut() = self.upstream.uri(path).map_err(|e| fail(e.to_string()))?;
-            if let Some(auth) = &self.auth {
-                req.headers_mut()
-                    .insert(header::AUTHORIZATION, auth.clone());
-            }
-            req.headers_mut()
-                .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
             let resp = self
                 .upstream
-                .send_buffered(req)
+                .get_json(path, self.auth.as_ref())
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             self.calls += 1;

@@ -216,6 +216,27 @@ impl Upstream {
     }
 
     /// Sends a request and reads the whole answer, all within the deadline.
+    /// GETs `path_and_query` with `auth`, asking for JSON; the answer
+    /// buffered (context lookups, scans).
+    pub async fn get_json(
+        &self,
+        path_and_query: &str,
+        auth: Option<&http::HeaderValue>,
+    ) -> Result<Response<Bytes>, UpstreamError> {
+        let mut req = Request::new(crate::full(Bytes::new()));
+        *req.method_mut() = http::Method::GET;
+        *req.uri_mut() = self.uri(path_and_query)?;
+        if let Some(auth) = auth {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, auth.clone());
+        }
+        req.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
+        self.send_buffered(req).await
+    }
+
     pub async fn send_buffered(
         &self,
         req: Request<BoxBody>,

@@ -10,9 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 HERE=$PWD
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}
-cargo build --locked --quiet
-BIN=$CARGO_TARGET_DIR/debug/tollgate
+source ../sandbox.sh
 
 command -v node >/dev/null || { echo "node (20 or newer) is needed for the client checks" >&2; exit 1; }
 npm ci --silent --no-audit --no-fund >/dev/null
@@ -20,19 +18,9 @@ VENV=${TOLLGATE_CLIENTS_VENV:-$HOME/.cache/tollgate-clients-venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt
 
-WORK=$(mktemp -d)
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
 mkdir "$WORK/policies"
 cp ../../policies/*.toml warn.toml "$WORK/policies/"
-(cd "$WORK" && TOLLGATE_LISTEN_ADDR=127.0.0.1:0 TOLLGATE_ADMIN_ADDR=127.0.0.1:0 RUST_LOG=warn \
-  exec "$BIN" serve --sandbox > out.log 2> err.log) &
-pid=$!
-for _ in $(seq 1 300); do grep -q '^tollgate sandbox:' "$WORK/out.log" 2>/dev/null && break; sleep 0.1; done
-grep -q '^tollgate sandbox:' "$WORK/out.log" || { cat "$WORK/err.log" >&2; echo "serve --sandbox did not start" >&2; exit 1; }
-PORT=$(sed -n 's/^tollgate sandbox: HTTPS and HTTP on 127\.0\.0\.1:\([0-9]*\);.*/\1/p' "$WORK/out.log")
-CA=$(sed -n '2s/^ *//p' "$WORK/out.log")
+start_sandbox
 echo "serve --sandbox on port $PORT, CA $CA"
 
 NODE_EXTRA_CA_CERTS=$CA node "$HERE/check.js" "localhost:$PORT"

@@ -212,6 +212,19 @@ async fn serve_scans_on_its_own_and_shows_the_result() {
     crate::harness::terminate(served.child).await;
 }
 
+/// `serve` in front of `tenant`, accepting its log stream
+/// (`stream-secret`) and the admin API (`admin-secret`).
+async fn with_log_stream(tenant: std::net::SocketAddr) -> (Served, tempfile::TempDir, String) {
+    Served::in_front_of(
+        tenant,
+        &[
+            ("TOLLGATE_SCAN_LOG_STREAM_TOKEN", "stream-secret"),
+            ("TOLLGATE_ADMIN_TOKEN", "admin-secret"),
+        ],
+    )
+    .await
+}
+
 /// A change at the tenant directly, as the dashboard makes it.
 async fn dashboard_change(tenant: std::net::SocketAddr, org: &str, cid: &str, body: &str) {
     let a = Harness::client_send_with(
@@ -395,14 +408,7 @@ async fn the_log_checkpoint_survives_restarts_without_duplicates_or_gaps(backend
 #[tokio::test]
 async fn a_log_stream_reports_outside_changes_within_seconds() {
     let (_tenant, addr) = start_sandbox().await;
-    let (served, _dir, _db) = Served::in_front_of(
-        addr,
-        &[
-            ("TOLLGATE_SCAN_LOG_STREAM_TOKEN", "stream-secret"),
-            ("TOLLGATE_ADMIN_TOKEN", "admin-secret"),
-        ],
-    )
-    .await;
+    let (served, _dir, _db) = with_log_stream(addr).await;
     dashboard_change(
         addr,
         ORG_ACME,
@@ -533,14 +539,7 @@ async fn an_outside_change_cannot_hide_behind_a_forwarded_one() {
 #[tokio::test]
 async fn forged_and_redelivered_stream_events_are_recorded_once_each() {
     let (_tenant, addr) = start_sandbox().await;
-    let (served, _dir, _db) = Served::in_front_of(
-        addr,
-        &[
-            ("TOLLGATE_SCAN_LOG_STREAM_TOKEN", "stream-secret"),
-            ("TOLLGATE_ADMIN_TOKEN", "admin-secret"),
-        ],
-    )
-    .await;
+    let (served, _dir, _db) = with_log_stream(addr).await;
     let post = |body: String| {
         let admin = served.admin.clone();
         async move {

@@ -8,26 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 HERE=$PWD
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}
-cargo build --locked --quiet
-BIN=$CARGO_TARGET_DIR/debug/tollgate
+source ../sandbox.sh
 command -v chromium >/dev/null || { apt-get install -y chromium >/dev/null || { echo "chromium is needed for the page checks" >&2; exit 1; }; }
 npm ci --silent --no-audit --no-fund >/dev/null
 mkdir -p screenshots
 
-WORK=$(mktemp -d)
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
 ADMIN_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-(cd "$WORK" && TOLLGATE_LISTEN_ADDR=127.0.0.1:0 TOLLGATE_ADMIN_ADDR=127.0.0.1:$ADMIN_PORT \
-  TOLLGATE_ADMIN_REVIEWER_TOKEN=review-secret RUST_LOG=warn \
-  exec "$BIN" serve --sandbox > out.log 2> err.log) &
-pid=$!
-for _ in $(seq 1 300); do grep -q '^The simulated tenant' "$WORK/out.log" 2>/dev/null && break; sleep 0.1; done
-PORT=$(sed -n 's/^tollgate sandbox: HTTPS and HTTP on 127\.0\.0\.1:\([0-9]*\);.*/\1/p' "$WORK/out.log")
-TENANT=$(sed -n 's/^The simulated tenant itself is at \(http[^:]*:[^:]*:[0-9]*\):.*/\1/p' "$WORK/out.log")
-[ -n "$PORT" ] || { cat "$WORK/err.log" >&2; exit 1; }
+start_sandbox TOLLGATE_ADMIN_ADDR=127.0.0.1:$ADMIN_PORT TOLLGATE_ADMIN_REVIEWER_TOKEN=review-secret
 patch() {
   curl -s -D - -o /dev/null -X PATCH "http://127.0.0.1:$PORT/api/v2/organizations/org_acme/connections/con_saml" \
     -H 'Authorization: Bearer reviewer-check' -H 'Content-Type: application/json' -d "$1"
