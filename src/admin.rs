@@ -34,6 +34,7 @@ pub struct Admin {
     /// The reviewers' page: its token, the checkpoints' public key, and
     /// whether the listener serves HTTPS.
     reviewers: Option<(Secret, Option<crate::audit::signing::PublicKey>, bool)>,
+    sessions: crate::ui::Sessions,
 }
 
 /// How recently the tenant must have answered for `/readyz` not to ask it.
@@ -49,6 +50,7 @@ impl Admin {
             metrics: None,
             log_stream: None,
             reviewers: None,
+            sessions: crate::ui::Sessions::default(),
         }
     }
 
@@ -69,6 +71,7 @@ impl Admin {
             token: self.reviewers.as_ref().map(|(t, _, _)| t),
             key: self.reviewers.as_ref().and_then(|(_, k, _)| k.as_ref()),
             secure: self.reviewers.as_ref().is_some_and(|(_, _, s)| *s),
+            sessions: &self.sessions,
         }
     }
 
@@ -94,7 +97,7 @@ impl Admin {
                 };
                 return ui.login(&form);
             }
-            (Method::POST, "/ui/logout") => return crate::ui::logout(),
+            (Method::POST, "/ui/logout") => return ui.logout(req.headers()),
             _ => {}
         }
         if !ui.signed_in(req.headers()) {

@@ -164,10 +164,11 @@ impl App {
     /// cancelled), then writes the outcomes still queued.
     pub async fn stopped(mut self) {
         let _ = (&mut self.gateway).await;
+        // The admin listener records too (the log stream): drained first.
+        let _ = (&mut self.admin).await;
         // Outcomes of the last exchanges are still queued: write them, and
         // sign the chain's head as final.
         self.audit.close().await;
-        let _ = (&mut self.admin).await;
         info!("stopped");
     }
 }
@@ -201,7 +202,7 @@ impl Drop for App {
 }
 
 /// The writer's signer, with `audit.signing_key`.
-fn signer(config: &Config) -> anyhow::Result<Option<crate::audit::writer::Signer>> {
+pub fn signer(config: &Config) -> anyhow::Result<Option<crate::audit::writer::Signer>> {
     let Some(path) = &config.audit.signing_key else {
         return Ok(None);
     };

@@ -132,6 +132,10 @@ pub enum AuditCommand {
         /// offline, without the database.
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// Also check the checkpoints kept as files here (default:
+        /// audit.checkpoint_dir, when set).
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
     },
     /// Write the events of a time window, their checkpoints, the public
     /// key and a manifest into a directory an auditor verifies offline.

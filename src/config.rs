@@ -414,6 +414,30 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, token) in [
+            ("admin.token", &self.admin.token),
+            ("admin.reviewer_token", &self.admin.reviewer_token),
+            ("scan.log_stream_token", &self.scan.log_stream_token),
+        ] {
+            if token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must not be empty (unset it instead)".into(),
+                });
+            }
+        }
+        if self.admin.reviewer_token.is_some() && self.admin.reviewer_token == self.admin.token {
+            return Err(ConfigError::Invalid {
+                key: "admin.reviewer_token",
+                message: "must differ from admin.token (reviewers only read)".into(),
+            });
+        }
+        if self.audit.checkpoint_interval.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "audit.checkpoint_interval",
+                message: "must be greater than zero".into(),
+            });
+        }
         if !(self.scan.rate_share > 0.0 && self.scan.rate_share <= 1.0) {
             return Err(ConfigError::Invalid {
                 key: "scan.rate_share",

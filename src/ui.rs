@@ -23,13 +23,44 @@ use crate::config::Secret;
 /// The session cookie's name.
 pub const COOKIE: &str = "tollgate_review";
 
+/// How long a session lasts.
+const SESSION: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
+
+/// The sessions of logged-in reviewers: random ids, kept in memory (a
+/// restart logs everyone out), each for [`SESSION`].
+#[derive(Default)]
+pub struct Sessions(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+
+impl Sessions {
+    fn open(&self) -> String {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).unwrap_or_default();
+        let id = hex::encode(bytes);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, at| at.elapsed() < SESSION);
+        map.insert(id.clone(), std::time::Instant::now());
+        id
+    }
+
+    fn valid(&self, id: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id).is_some_and(|at| at.elapsed() < SESSION)
+    }
+
+    fn close(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
 /// What the page needs.
 pub struct Ui<'a> {
     pub store: &'a Store,
+    /// The reviewer token (an empty one is no token).
     pub token: Option<&'a Secret>,
     pub key: Option<&'a PublicKey>,
     /// The admin listener serves HTTPS: the cookie is `Secure`.
     pub secure: bool,
+    pub sessions: &'a Sessions,
 }
 
 /// Escapes text for HTML (element content and quoted attributes).
@@ -48,35 +79,44 @@ pub fn esc(text: &str) -> String {
     out
 }
 
-fn session(token: &Secret) -> String {
-    hex::encode(Sha256::digest(
-        format!("tollgate-review:{}", token.expose()).as_bytes(),
-    ))
+/// The session id a request's cookie carries.
+fn cookie(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
 }
 
 impl Ui<'_> {
-    /// Whether the request carries a valid session cookie.
+    fn token(&self) -> Option<&Secret> {
+        self.token.filter(|t| !t.expose().is_empty())
+    }
+
+    /// Whether the request carries a live session's cookie.
     pub fn signed_in(&self, headers: &http::HeaderMap) -> bool {
-        let Some(token) = self.token else {
-            return false;
-        };
-        let want = session(token);
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .any(|(name, value)| {
-                name == COOKIE
-                    && Sha256::digest(value.as_bytes()) == Sha256::digest(want.as_bytes())
-            })
+        self.token().is_some() && cookie(headers).is_some_and(|id| self.sessions.valid(&id))
+    }
+
+    /// `POST /ui/logout`: the session ends (only the session's own cookie
+    /// ends it: a cross-site form carries none).
+    pub fn logout(&self, headers: &http::HeaderMap) -> Response<Bytes> {
+        match cookie(headers) {
+            Some(id) => {
+                self.sessions.close(&id);
+                logout()
+            }
+            None => redirect("/ui/login"),
+        }
     }
 
     /// `POST /ui/login` with `token=…` (form-encoded).
     pub fn login(&self, form: &HashMap<String, String>) -> Response<Bytes> {
         let given = form.get("token").map(String::as_str).unwrap_or_default();
-        let ok = self.token.is_some_and(|t| {
+        let ok = self.token().is_some_and(|t| {
             Sha256::digest(given.as_bytes()) == Sha256::digest(t.expose().as_bytes())
         });
         if !ok {
@@ -88,8 +128,9 @@ impl Ui<'_> {
             );
         }
         let cookie = format!(
-            "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=28800{}",
-            self.token.map(session).unwrap_or_default(),
+            "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            self.sessions.open(),
+            SESSION.as_secs(),
             if self.secure { "; Secure" } else { "" }
         );
         let mut r = redirect("/ui/");
@@ -101,7 +142,7 @@ impl Ui<'_> {
 
     /// The login form (or, without a reviewer token, why there is none).
     pub fn login_page(&self) -> Response<Bytes> {
-        if self.token.is_none() {
+        if self.token().is_none() {
             return page(
                 StatusCode::NOT_FOUND,
                 "Reviewers",
@@ -192,6 +233,12 @@ impl Ui<'_> {
                     header::CONTENT_DISPOSITION,
                     HeaderValue::from_static("attachment; filename=\"tollgate-exchanges.csv\""),
                 );
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                r.headers_mut().insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
                 r
             }
             Err(e) => page(
@@ -253,7 +300,7 @@ impl Ui<'_> {
     /// `/ui/chains`: every chain verified, with the checkpoints' key when
     /// one is configured.
     pub async fn chains(&self) -> Response<Bytes> {
-        let report = match verify::verify_with(self.store, self.key).await {
+        let report = match verify::verify_with(self.store, self.key, &[]).await {
             Ok(r) => r,
             Err(e) => {
                 return page(
@@ -330,9 +377,9 @@ impl Ui<'_> {
             "<p>Scan <code>{}</code> at {}: {} organizations, {} associations, {} tenant calls.</p><h3>Violations</h3><table><tr><th>Rule</th><th>Mode</th><th>Organization</th><th>Connection</th><th>Field</th><th>Message</th></tr>",
             s(&r["id"]),
             s(&r["started"]),
-            r["organizations"],
-            r["associations"],
-            r["tenant_calls"]
+            esc(&r["organizations"].to_string()),
+            esc(&r["associations"].to_string()),
+            esc(&r["tenant_calls"].to_string())
         );
         for v in r["violations"].as_array().into_iter().flatten() {
             let _ = write!(
@@ -395,7 +442,7 @@ fn decision_html(body: &mut String, event: &Value, data: &Value) {
         let _ = write!(
             body,
             "<p class=\"error\">Answered by tollgate: {} {} — {}</p>",
-            e.get("status").map(Value::to_string).unwrap_or_default(),
+            esc(&e.get("status").map(Value::to_string).unwrap_or_default()),
             esc(e
                 .get("errorCode")
                 .and_then(Value::as_str)
@@ -456,8 +503,8 @@ fn outcome_html(body: &mut String, data: &Value) {
     let _ = write!(
         body,
         "<p>The tenant answered <b>{}</b> in {} ms{}.</p><pre>{}</pre>",
-        data["status"],
-        data["latency_ms"],
+        esc(&data["status"].to_string()),
+        esc(&data["latency_ms"].to_string()),
         data["post_check"]
             .as_str()
             .map(|p| format!(", post-check {}", esc(p)))
@@ -566,12 +613,16 @@ pub fn page(status: StatusCode, title: &str, body: &str, nav: bool) -> Response<
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     r
 }
 
-/// `POST /ui/logout`: the cookie expires.
-pub fn logout() -> Response<Bytes> {
+/// The answer to a logout: the cookie expires.
+fn logout() -> Response<Bytes> {
     let mut r = redirect("/ui/login");
     r.headers_mut().insert(
         header::SET_COOKIE,

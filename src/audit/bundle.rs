@@ -17,6 +17,9 @@ const FORMAT: &str = "tollgate-audit-bundle/1";
 const EVENTS: &str = "events.jsonl";
 const CHECKPOINTS: &str = "checkpoints.json";
 const PUBLIC_KEY: &str = "public.key";
+const MANIFEST: &str = "manifest.json";
+/// The manifest's Ed25519 signature, hex: the whole bundle, signed.
+const SIGNATURE: &str = "manifest.sig";
 
 /// A bundle could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +126,7 @@ pub async fn export(
     since_us: i64,
     until_us: i64,
     key: Option<&PublicKey>,
+    signer: Option<&super::signing::SigningKey>,
     out: &Path,
 ) -> Result<Manifest, BundleError> {
     std::fs::create_dir_all(out).map_err(|e| BundleError::Io(format!("{}: {e}", out.display())))?;
@@ -191,8 +195,14 @@ pub async fn export(
         files,
     };
     let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-    std::fs::write(out.join("manifest.json"), text)
-        .map_err(|e| BundleError::Io(format!("manifest.json: {e}")))?;
+    std::fs::write(out.join(MANIFEST), &text)
+        .map_err(|e| BundleError::Io(format!("{MANIFEST}: {e}")))?;
+    // Signed, the manifest vouches for every file it hashes: nothing in
+    // the bundle can be changed, added or left out without the key.
+    if let Some(signer) = signer {
+        std::fs::write(out.join(SIGNATURE), format!("{}\n", signer.sign(&text)))
+            .map_err(|e| BundleError::Io(format!("{SIGNATURE}: {e}")))?;
+    }
     Ok(manifest)
 }
 
@@ -203,10 +213,28 @@ pub fn verify(dir: &Path, pinned: Option<&PublicKey>) -> Result<Report, BundleEr
         std::fs::read(dir.join(name))
             .map_err(|e| BundleError::Io(format!("{}: {e}", dir.join(name).display())))
     };
-    let manifest: Manifest = serde_json::from_slice(&read("manifest.json")?)
-        .map_err(|e| BundleError::Invalid(format!("manifest.json: {e}")))?;
+    let manifest_bytes = read(MANIFEST)?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| BundleError::Invalid(format!("{MANIFEST}: {e}")))?;
     if manifest.format != FORMAT {
         return Err(BundleError::Invalid(format!("not a {FORMAT} bundle")));
+    }
+    // Only the bundle's own files, each listed.
+    if let Some(name) = manifest
+        .files
+        .keys()
+        .find(|n| ![EVENTS, CHECKPOINTS, PUBLIC_KEY].contains(&n.as_str()))
+    {
+        return Err(BundleError::Invalid(format!(
+            "{MANIFEST} lists {name:?}, not a bundle file"
+        )));
+    }
+    for name in [EVENTS, CHECKPOINTS] {
+        if !manifest.files.contains_key(name) {
+            return Err(BundleError::Invalid(format!(
+                "{MANIFEST} does not list {name}"
+            )));
+        }
     }
     for (name, hash) in &manifest.files {
         if sha256(&read(name)?) != *hash {
@@ -230,6 +258,20 @@ pub fn verify(dir: &Path, pinned: Option<&PublicKey>) -> Result<Report, BundleEr
         ));
     }
     let key = pinned.or(bundled.as_ref());
+    // With a key, the manifest must be signed by it: otherwise whoever
+    // rewrote the files could have rewritten the manifest too.
+    if let Some(key) = key {
+        let signature = std::fs::read_to_string(dir.join(SIGNATURE)).map_err(|_| {
+            BundleError::Invalid(format!(
+                "{SIGNATURE} is missing: the bundle is not signed (export it where audit.signing_key is set)"
+            ))
+        })?;
+        if !key.verifies(&manifest_bytes, signature.trim()) {
+            return Err(BundleError::Invalid(format!(
+                "{MANIFEST} is not signed by the public key (altered, or signed by another key)"
+            )));
+        }
+    }
     let checkpoints: Vec<Checkpoint> = serde_json::from_slice(&read(CHECKPOINTS)?)
         .map_err(|e| BundleError::Invalid(format!("{CHECKPOINTS}: {e}")))?;
     let mut by_chain: BTreeMap<String, Vec<Row>> = BTreeMap::new();

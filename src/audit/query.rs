@@ -261,11 +261,20 @@ fn fields(e: &Exchange) -> [String; 15] {
     ]
 }
 
-fn csv_field(s: &str) -> String {
+/// A CSV field. A value a spreadsheet would take for a formula (`=`, `+`,
+/// `-`, `@`, a tab or a carriage return first) is prefixed with `'`: a
+/// caller's client id or an organization id from a path is the caller's
+/// text, and must not run in a reviewer's spreadsheet.
+pub fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s
     }
 }
 

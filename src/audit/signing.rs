@@ -211,6 +211,25 @@ impl Checkpoint {
     }
 }
 
+/// The checkpoints kept as files in `dir` (`audit.checkpoint_dir`).
+pub fn checkpoints_in(dir: &Path) -> Result<Vec<Checkpoint>, KeyError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| KeyError(format!("{}: {e}", dir.display())))?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
+            out.push(
+                serde_json::from_str(&text)
+                    .map_err(|e| KeyError(format!("{}: not a checkpoint: {e}", path.display())))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

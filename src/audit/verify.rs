@@ -99,16 +99,31 @@ struct ChainWalk {
 /// to the previous hash), its hash, and that its indexed columns say what
 /// its hashed body says.
 pub async fn verify(store: &Store) -> Result<Report, StoreError> {
-    verify_with(store, None).await
+    verify_with(store, None, &[]).await
 }
 
 /// As [`verify`], and checks the signed checkpoints with `key`: a chain
 /// shorter than a checkpoint says (truncated), an event other than the one
 /// signed (rewritten), events after a final checkpoint (appended after the
 /// chain was closed), a signature that does not verify (forged).
-pub async fn verify_with(store: &Store, key: Option<&PublicKey>) -> Result<Report, StoreError> {
+///
+/// `kept`: checkpoints kept outside the store (`audit.checkpoint_dir`): one
+/// the store lost is reported, and counts as if the store had it, so
+/// deleting checkpoint rows hides nothing the files still hold.
+pub async fn verify_with(
+    store: &Store,
+    key: Option<&PublicKey>,
+    kept: &[Checkpoint],
+) -> Result<Report, StoreError> {
     let registered = store.chains().await?;
-    let checkpoints = store.checkpoints().await?;
+    let mut checkpoints = store.checkpoints().await?;
+    let mut lost = Vec::new();
+    for c in kept {
+        if !checkpoints.contains(c) {
+            lost.push(c.clone());
+            checkpoints.push(c.clone());
+        }
+    }
     let mut report = Report::default();
     let mut chains = store.event_chains().await?;
     for c in &checkpoints {
@@ -143,6 +158,18 @@ pub async fn verify_with(store: &Store, key: Option<&PublicKey>) -> Result<Repor
                 Some(p) => page = p,
                 None => break,
             }
+        }
+        if let Some(c) = lost.iter().find(|c| c.chain_id == chain) {
+            walk.broken = true;
+            report.breaks.push(Break {
+                chain_id: chain.clone(),
+                seq: c.seq,
+                event_id: String::new(),
+                reason: format!(
+                    "the signed checkpoint at seq {} kept in the checkpoint directory is missing from the store (deleted)",
+                    c.seq
+                ),
+            });
         }
         check_checkpoints(&chain, &signed, &mut walk, key, &mut report);
         report.chains += 1;

@@ -25,6 +25,7 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
         json,
         public_key: key,
         bundle: Some(dir),
+        ..
     } = &cmd
     {
         let key = key.as_deref().map(PublicKey::load).transpose()?;
@@ -79,10 +80,15 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
         AuditCommand::Verify {
             json,
             public_key: key,
+            checkpoint_dir,
             ..
         } => {
             let key = public_key(config, key.as_deref())?;
-            let report = verify::verify_with(&store, key.as_ref()).await?;
+            let kept = match checkpoint_dir.or_else(|| config.audit.checkpoint_dir.clone()) {
+                Some(dir) => crate::audit::signing::checkpoints_in(&dir)?,
+                None => Vec::new(),
+            };
+            let report = verify::verify_with(&store, key.as_ref(), &kept).await?;
             Ok(print_verify(&report, json))
         }
         AuditCommand::Export {
@@ -99,9 +105,21 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
                 .transpose()?
                 .unwrap_or(now.timestamp_micros() + 1);
             let key = public_key(config, key.as_deref())?;
-            let manifest =
-                crate::audit::bundle::export(&store, time(&since)?, until_us, key.as_ref(), &out)
-                    .await?;
+            let signer = config
+                .audit
+                .signing_key
+                .as_deref()
+                .map(SigningKey::load)
+                .transpose()?;
+            let manifest = crate::audit::bundle::export(
+                &store,
+                time(&since)?,
+                until_us,
+                key.as_ref(),
+                signer.as_ref(),
+                &out,
+            )
+            .await?;
             let events: i64 = manifest
                 .chains
                 .iter()

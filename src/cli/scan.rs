@@ -18,14 +18,20 @@ pub(super) async fn scan_command(args: ScanArgs, config: &Config) -> anyhow::Res
     };
     let token = args.token.map(crate::config::Secret::new);
     let store = Store::open(&config.audit.url).await?;
-    let audit = AuditLog::start(store.clone()).await?;
+    // A scan's chain is signed like the gateway's (and closed at the end).
+    let audit = AuditLog::start_signed(
+        store.clone(),
+        crate::audit::writer::MAX_BATCH,
+        crate::app::signer(config)?,
+    )
+    .await?;
     let log = crate::scan::outside::Log {
         store: &store,
         audit: &audit,
     };
     let report = run(config, &policy, &args.orgs, token.as_ref(), &log).await?;
     audit.record(report.event()).await?;
-    audit.flush().await;
+    audit.close().await;
     print!("{}", render(&report, args.format));
     // An outside change the policy forbids fails the scan too, even if it
     // was undone before the scan read the tenant.
@@ -75,7 +81,7 @@ pub fn render(report: &Report, format: Format) -> String {
                 ];
                 let quoted: Vec<String> = fields
                     .iter()
-                    .map(|f| format!("\"{}\"", f.replace('"', "\"\"")))
+                    .map(|f| crate::audit::query::csv_field(f))
                     .collect();
                 out.push_str(&quoted.join(","));
                 out.push('\n');

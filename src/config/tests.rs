@@ -143,3 +143,20 @@ fn durations() {
     assert!("5y".parse::<HumanDuration>().is_err());
     assert!("-5s".parse::<HumanDuration>().is_err());
 }
+
+/// An empty token is a mistake, not an open door; reviewers do not share
+/// the admin token.
+#[test]
+fn tokens_are_not_empty_and_not_shared() {
+    let e = error("[admin]\nreviewer_token = \"\"\n", &[]);
+    assert!(e.contains("admin.reviewer_token"), "{e}");
+    let e = error("", &[("TOLLGATE_SCAN_LOG_STREAM_TOKEN", "")]);
+    assert!(e.contains("scan.log_stream_token"), "{e}");
+    let e = error(
+        "[admin]\ntoken = \"same\"\nreviewer_token = \"same\"\n",
+        &[],
+    );
+    assert!(e.contains("must differ"), "{e}");
+    let e = error("[audit]\ncheckpoint_interval = \"0s\"\n", &[]);
+    assert!(e.contains("audit.checkpoint_interval"), "{e}");
+}

@@ -629,13 +629,23 @@ on_both_backends! {
         let dir = tempfile::tempdir().expect("dir");
         let (h, public) = signed_log(backend, dir.path()).await;
         let store = h.store.clone();
-        let report = verify::verify_with(&store, Some(&public)).await.expect("verify");
+        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
         assert!(report.ok(), "{backend:?}: {report:?}");
         assert_eq!((report.checkpoints, report.verified_checkpoints), (1, 1));
         assert!(report.uncovered.is_empty(), "{report:?}");
+        // Checkpoint rows deleted: the copies kept as files still say so.
+        let kept = tollgate::audit::signing::checkpoints_in(&dir.path().join("checkpoints")).expect("files");
+        exec(&store, "DELETE FROM audit_checkpoints").await;
+        let report = verify::verify_with(&store, Some(&public), &kept).await.expect("verify");
+        assert!(report.breaks[0].reason.contains("missing from the store"), "{backend:?}: {report:?}");
+        let body = serde_json::to_string(&kept[0]).expect("json");
+        exec(&store, &format!(
+            "INSERT INTO audit_checkpoints (chain_id, seq, closed, body) VALUES ('{}', {}, {}, '{}')",
+            kept[0].chain_id, kept[0].seq, if backend == Backend::Sqlite { "1" } else { "true" }, body
+        )).await;
         // Another key: the checkpoint does not verify.
         let (_, other) = signing_pair(&dir.path().join("x").tap_mkdir());
-        let report = verify::verify_with(&store, Some(&other)).await.expect("verify");
+        let report = verify::verify_with(&store, Some(&other), &[]).await.expect("verify");
         assert!(report.breaks[0].reason.contains("does not verify"), "{report:?}");
 
         // A forged event appended after the final checkpoint, its hash
@@ -655,13 +665,13 @@ on_both_backends! {
         forged.hash = hash;
         forged.body = body;
         store.append(&[forged]).await.expect("append");
-        let report = verify::verify_with(&store, Some(&public)).await.expect("verify");
+        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
         assert!(!report.ok());
         assert!(report.breaks[0].reason.contains("appended after it was closed"), "{backend:?}: {report:?}");
 
         // The last events deleted: truncation, named.
         exec(&store, &format!("DELETE FROM audit_events WHERE seq >= {}", last.seq - 1)).await;
-        let report = verify::verify_with(&store, Some(&public)).await.expect("verify");
+        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
         assert!(!report.ok());
         assert!(report.breaks[0].reason.starts_with("truncated"), "{backend:?}: {report:?}");
     }
@@ -689,13 +699,16 @@ async fn an_export_bundle_verifies_offline_with_the_public_key() {
     std::fs::write(&pubfile, public.to_text()).expect("write");
     let bundle = dir.path().join("bundle");
     let config = tempfile::NamedTempFile::new().expect("config");
+    let key = dir.path().join("signing.key");
     let run = |args: Vec<String>, db: Option<String>| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
         cmd.args(args)
             .env_clear()
             .env("TOLLGATE_CONFIG", config.path());
         if let Some(db) = db {
+            // Where the log is, the signing key is too: the bundle is signed.
             cmd.env("TOLLGATE_AUDIT_URL", db);
+            cmd.env("TOLLGATE_AUDIT_SIGNING_KEY", &key);
         }
         cmd.output().expect("run")
     };
@@ -757,16 +770,29 @@ async fn an_export_bundle_verifies_offline_with_the_public_key() {
     // An edited event: the manifest's hash says so.
     let events = elsewhere.path().join("events.jsonl");
     let text = std::fs::read_to_string(&events).expect("events");
+    let edited = text.replacen("show_as_button", "show_as_buttoN", 1);
+    std::fs::write(&events, &edited).expect("write");
+    let out = verify(&pubfile);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("events.jsonl does not match"), "{err}");
+    // And with the manifest rewritten to match: its signature says so.
+    let manifest_path = elsewhere.path().join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).expect("manifest"))
+            .expect("json");
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(edited.as_bytes()))
+    };
+    manifest["files"]["events.jsonl"] = json!(digest);
     std::fs::write(
-        &events,
-        text.replacen("show_as_button", "show_as_buttoN", 1),
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).expect("json"),
     )
     .expect("write");
     let out = verify(&pubfile);
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("events.jsonl does not match"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("not signed by the public key"), "{err}");
 }

@@ -98,6 +98,31 @@ async fn reviewers_log_in_with_their_own_token_and_see_everything_escaped() {
     assert!(String::from_utf8_lossy(&csv.body).contains(&id));
     let chains = get(&admin, "/ui/chains", &session).await;
     assert!(String::from_utf8_lossy(&chains.body).contains("1/1 chains valid"));
+    // A value a spreadsheet would run is exported as text.
+    let odd = h
+        .patch_at(
+            "/api/v2/organizations/%3DHYPERLINK(1)/connections/con_saml",
+            "{}",
+        )
+        .await;
+    assert_eq!(odd.status, StatusCode::NOT_FOUND);
+    h.audit.flush().await;
+    let csv = get(&admin, "/ui/export.csv?since=1h", &session).await;
+    let text = String::from_utf8_lossy(&csv.body);
+    assert!(text.contains(",'=HYPERLINK(1),"), "{text}");
+    // Logging out ends the session on the server: the cookie opens nothing.
+    let req = http::Request::post(format!("http://{admin}/ui/logout"))
+        .header("cookie", &session)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    assert_eq!(
+        crate::harness::answer_of(req).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        get(&admin, "/ui/", &session).await.status,
+        StatusCode::SEE_OTHER
+    );
     // A forged cookie opens nothing.
     let forged = get(&admin, "/ui/", "tollgate_review=0000").await;
     assert_eq!(forged.status, StatusCode::SEE_OTHER);
