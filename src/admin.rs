@@ -35,6 +35,8 @@ pub struct Admin {
     /// whether the listener serves HTTPS.
     reviewers: Option<(Secret, Option<crate::audit::signing::PublicKey>, bool)>,
     sessions: crate::ui::Sessions,
+    /// Who may approve a denied request: names and their tokens' hashes.
+    approvers: Vec<crate::config::ApiKey>,
 }
 
 /// How recently the tenant must have answered for `/readyz` not to ask it.
@@ -51,6 +53,82 @@ impl Admin {
             log_stream: None,
             reviewers: None,
             sessions: crate::ui::Sessions::default(),
+            approvers: Vec::new(),
+        }
+    }
+
+    /// Approvers may approve denied requests at `POST /v1/approvals/{id}`.
+    pub fn with_approvers(mut self, approvers: Vec<crate::config::ApiKey>) -> Admin {
+        self.approvers = approvers;
+        self
+    }
+
+    /// The approver presenting the request's bearer token, if any.
+    fn approver(&self, req: &Request<Incoming>) -> Option<String> {
+        let given = crate::identity::bearer(req.headers())?;
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        self.approvers
+            .iter()
+            .find(|a| a.hash.0 == digest)
+            .map(|a| a.name.clone())
+    }
+
+    /// `POST /v1/approvals/{id}` with `{"reason": …}`, by an approver who
+    /// is not the requester.
+    async fn approve(&self, req: Request<Incoming>, id: String) -> Response<Bytes> {
+        let Some(approver) = self.approver(&req) else {
+            return plain_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "an approver's token is required (admin.approver_tokens)",
+            );
+        };
+        let (parts, body) = req.into_parts();
+        let reason = match crate::body::read_limited(&parts.headers, body, 16 * 1024).await {
+            Ok(b) => serde_json::from_slice::<Value>(&b)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned))
+                .filter(|r| !r.trim().is_empty()),
+            Err(_) => None,
+        };
+        let Some(reason) = reason else {
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "a JSON body with a non-empty \"reason\" is required",
+            );
+        };
+        let approval = match self.store.approval(&id).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return plain_error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
+            Err(e) => return store_error(&e),
+        };
+        // Never the requester: the same client id, key name or subject.
+        if approval.caller == approver || approval.subject.as_deref() == Some(approver.as_str()) {
+            return plain_error(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "the requester cannot approve their own request",
+            );
+        }
+        match self.store.approve(&id, &approver, &reason).await {
+            Ok(true) => {
+                tracing::info!(approval = %id, %approver, "request approved");
+                match self.store.approval(&id).await {
+                    Ok(Some(a)) => json_response(StatusCode::OK, &json!(a)),
+                    Ok(None) => plain_error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
+                    Err(e) => store_error(&e),
+                }
+            }
+            Ok(false) => plain_error(
+                StatusCode::CONFLICT,
+                "approval_closed",
+                &format!(
+                    "approval {id} is {} (only a pending, unexpired one can be approved)",
+                    approval.status
+                ),
+            ),
+            Err(e) => store_error(&e),
         }
     }
 
@@ -256,6 +334,18 @@ impl Admin {
                 r
             }
             (Method::POST, "/v1/log-stream") => self.log_stream(req).await,
+            (Method::POST, p) if p.starts_with("/v1/approvals/") => {
+                let id = percent_decode_str(&p["/v1/approvals/".len()..])
+                    .decode_utf8_lossy()
+                    .into_owned();
+                self.approve(req, id).await
+            }
+            (Method::GET, "/v1/approvals") if self.approver(&req).is_some() => {
+                match self.store.approvals(1000).await {
+                    Ok(list) => json_response(StatusCode::OK, &json!(list)),
+                    Err(e) => store_error(&e),
+                }
+            }
             (_, p) if p == "/ui" || p.starts_with("/ui/") => self.pages(req).await,
             (_, p) if p.starts_with("/v1/") || p == "/v1" => {
                 if !self.authorized(&req) {
@@ -333,6 +423,10 @@ impl Admin {
             (Method::GET, "/v1/policy") => {
                 json_response(StatusCode::OK, &policy_json(&self.policies))
             }
+            (Method::GET, "/v1/approvals") => match self.store.approvals(1000).await {
+                Ok(list) => json_response(StatusCode::OK, &json!(list)),
+                Err(e) => store_error(&e),
+            },
             // The newest scan's report, as `tollgate scan --format json`.
             (Method::GET, "/v1/scan") => match self.store.latest("scan").await {
                 Ok(Some(row)) => {

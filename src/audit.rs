@@ -7,6 +7,7 @@
 //! depends on how a database hands JSON back. Replicas each have their own
 //! chain and never serialise on each other.
 
+pub mod approvals;
 pub mod bundle;
 pub mod events;
 pub mod query;

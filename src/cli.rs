@@ -56,6 +56,24 @@ pub enum Command {
     /// Judge the tenant's organization connections as they stand; exit 1
     /// on a violation at the --fail-on level.
     Scan(ScanArgs),
+    /// Approve a request approvable rules denied (its 403 names the
+    /// approval): the requester may then send exactly that request once.
+    Approve {
+        /// The approval's id.
+        id: String,
+        /// Why: recorded with the approval and the exchange it lets through.
+        #[arg(long)]
+        reason: String,
+        /// Your approver token (admin.approver_tokens).
+        #[arg(long, env = "TOLLGATE_APPROVER_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The admin listener (default: http:// and admin.addr).
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// List approvals, pending and past.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Apply the audit store's migrations (serve does it too).
     Migrate,
     /// Manage broker-mode API keys.
@@ -93,6 +111,16 @@ pub enum FailOn {
     Warn,
     /// Never: report only.
     Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// The newest approvals, pending and past.
+    List {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,6 +322,37 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Scan(args) => scan::scan_command(args, &config).await,
+        Command::Approve {
+            id,
+            reason,
+            token,
+            admin,
+        } => approve(&config, &id, &reason, &token, admin).await,
+        Command::Approvals(ApprovalsCommand::List { json }) => {
+            let store = Store::open(&config.audit.url).await?;
+            let list = store.approvals(1000).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<38} {:<9} {:<28} {:<16} {:<16} {:<34} PATH",
+                    "APPROVAL", "STATUS", "EXPIRES", "REQUESTER", "APPROVER", "RULES"
+                );
+                for a in &list {
+                    println!(
+                        "{:<38} {:<9} {:<28} {:<16} {:<16} {:<34} {}",
+                        a.id,
+                        a.status,
+                        a.expires,
+                        a.caller,
+                        a.approver.as_deref().unwrap_or("-"),
+                        a.rules.join(","),
+                        a.path
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate => {
             let store = Store::open(&config.audit.url).await?;
             println!(
@@ -370,4 +429,41 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     file.write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// `tollgate approve`: `POST /v1/approvals/{id}` on the admin listener.
+async fn approve(
+    config: &Config,
+    id: &str,
+    reason: &str,
+    token: &str,
+    admin: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let base = admin.unwrap_or_else(|| format!("http://{}", config.admin.addr));
+    let client = crate::upstream::Upstream::new(&base, std::time::Duration::from_secs(10), None)?;
+    let mut req = http::Request::new(crate::full(bytes::Bytes::from(
+        serde_json::json!({ "reason": reason }).to_string(),
+    )));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = client.uri(&format!(
+        "/v1/approvals/{}",
+        crate::route::encode_segment(id)
+    ))?;
+    req.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    req.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let resp = client.send_buffered(req).await?;
+    let body = String::from_utf8_lossy(resp.body()).into_owned();
+    if resp.status().is_success() {
+        println!("approved {id}: the requester may now send exactly that request, once.");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("not approved ({}): {body}", resp.status());
+        Ok(ExitCode::FAILURE)
+    }
 }

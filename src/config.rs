@@ -46,6 +46,24 @@ pub struct Config {
     pub identity: Identity,
     /// Scans of the tenant's associations as they stand.
     pub scan: Scan,
+    /// Two-person approvals of requests approvable rules deny.
+    pub approvals: Approvals,
+}
+
+/// `[approvals]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Approvals {
+    /// How long an approval may wait, and then be used.
+    pub ttl: HumanDuration,
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Approvals {
+            ttl: HumanDuration(Duration::from_secs(3600)),
+        }
+    }
 }
 
 /// `[scan]`
@@ -87,6 +105,10 @@ pub struct Admin {
     /// The reviewers' token for the read-only page at `/ui/` (distinct from
     /// `token`). Unset: no page.
     pub reviewer_token: Option<Secret>,
+    /// `[[admin.approver_tokens]]`: who may approve a denied request
+    /// (`name`, and the `hash` of their token as `tollgate keys new` prints
+    /// it).
+    pub approver_tokens: Vec<ApiKey>,
     /// PEM certificate chain: serve the admin API over HTTPS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -99,6 +121,7 @@ impl Default for Admin {
             addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
             reviewer_token: None,
+            approver_tokens: Vec::new(),
             tls_cert: None,
             tls_key: None,
         }

@@ -40,7 +40,7 @@ pub enum Refusal {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("{}", denial_message(.0))]
-    PolicyDenied(Judgement),
+    PolicyDenied(Judgement, Option<Box<crate::exchange::ApprovalNote>>),
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error(transparent)]
@@ -129,15 +129,21 @@ impl Refusal {
             Refusal::OtherRouteDenied => {
                 plain(StatusCode::FORBIDDEN, "tollgate_route_denied").decided(Some(Deny))
             }
-            Refusal::PolicyDenied(d) => {
+            Refusal::PolicyDenied(d, approval) => {
                 let rules: Vec<Value> = d
                     .violations()
                     .filter(|r| r.mode == Mode::Enforce)
                     .map(|r| json!({"id": r.id, "message": r.message, "field": r.field}))
                     .collect();
-                plain(StatusCode::FORBIDDEN, "tollgate_policy_denied")
+                let mut a = plain(StatusCode::FORBIDDEN, "tollgate_policy_denied")
                     .with("rules", Value::Array(rules))
-                    .decided(Some(Deny))
+                    .decided(Some(Deny));
+                // Only approvable rules denied it: a second person may approve
+                // exactly this request, once.
+                if let Some(p) = approval.as_deref() {
+                    a = a.with("approval", json!({"id": p.id, "expires": p.expires}));
+                }
+                a
             }
             Refusal::Context(ContextError::Unavailable(_)) => own(
                 StatusCode::SERVICE_UNAVAILABLE,

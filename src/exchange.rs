@@ -62,6 +62,21 @@ pub struct Exchange {
     pub judgement: Option<Judgement>,
     /// What was decided, once it is: the record's `decision`.
     pub decision: Option<Decision>,
+    /// The approval asked for (a denial) or used (`approved`).
+    pub approval: Option<ApprovalNote>,
+}
+
+/// An approval, as an exchange's record names it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ApprovalNote {
+    pub id: String,
+    /// `pending` (asked for by this denial) or `used` (let this through).
+    pub status: &'static str,
+    pub expires: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Exchange {

@@ -42,6 +42,9 @@ pub enum Decision {
     /// Enforce rules were violated, every one exempted by an exception in
     /// force: forwarded, with the exception on record.
     Exempted,
+    /// Denied only by approvable rules, and approved by a second person:
+    /// forwarded once, with the approval on record.
+    Approved,
     /// The request itself was refused (malformed, unauthenticated) before
     /// any rule could judge it.
     Invalid,
@@ -51,12 +54,13 @@ pub enum Decision {
 }
 
 impl Decision {
-    pub const ALL: [Decision; 7] = [
+    pub const ALL: [Decision; 8] = [
         Decision::Allow,
         Decision::Deny,
         Decision::Warn,
         Decision::DryRunDeny,
         Decision::Exempted,
+        Decision::Approved,
         Decision::Invalid,
         Decision::Unavailable,
     ];
@@ -68,6 +72,7 @@ impl Decision {
             Decision::Warn => "warn",
             Decision::DryRunDeny => "dry_run_deny",
             Decision::Exempted => "exempted",
+            Decision::Approved => "approved",
             Decision::Invalid => "invalid",
             Decision::Unavailable => "unavailable",
         }
@@ -77,7 +82,11 @@ impl Decision {
     pub fn forwards(self) -> bool {
         matches!(
             self,
-            Decision::Allow | Decision::Warn | Decision::DryRunDeny | Decision::Exempted
+            Decision::Allow
+                | Decision::Warn
+                | Decision::DryRunDeny
+                | Decision::Exempted
+                | Decision::Approved
         )
     }
 }
@@ -165,6 +174,8 @@ pub struct Rule {
     pub mode: Mode,
     /// Whether scans judge the tenant's associations by it.
     pub scan: bool,
+    /// Whether a request it denies may be approved by a second person.
+    pub approvable: bool,
     /// The file it was read from (its name within the policy directory).
     pub file: String,
     pub needs: Needs,
@@ -221,6 +232,22 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
+    /// The approvable rules a denial rests on, if it rests on approvable
+    /// rules alone (every violated enforce rule is approvable).
+    pub fn approvable(&self, judgement: &Judgement) -> Option<Vec<String>> {
+        let mut ids: Vec<String> = judgement
+            .violations()
+            .filter(|r| r.mode == Mode::Enforce)
+            .map(|r| r.id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let all = ids
+            .iter()
+            .all(|id| self.rules.iter().any(|r| &r.id == id && r.approvable));
+        (all && !ids.is_empty()).then_some(ids)
+    }
+
     /// An empty set (no file yet): everything is allowed.
     pub fn empty() -> PolicySet {
         PolicySet {

@@ -226,7 +226,7 @@ impl Gateway {
                 ex,
             )
             .await?;
-        let decision = self.judge(&policy, ex)?;
+        let decision = self.judge(&policy, ex, judged.text.as_deref()).await?;
         // Durably, before anything leaves: a request the tenant received
         // always has its record.
         self.record_decision(ex).await?;
@@ -451,19 +451,118 @@ impl Gateway {
     }
 
     /// Judges every change by every applicable rule; a denial ends the
-    /// exchange.
-    fn judge(&self, policy: &PolicySet, ex: &mut Exchange) -> Result<Decision, Refusal> {
+    /// exchange, unless only approvable rules denied it and an approval of
+    /// exactly this request is waiting to be used.
+    async fn judge(
+        &self,
+        policy: &PolicySet,
+        ex: &mut Exchange,
+        text: Option<&str>,
+    ) -> Result<Decision, Refusal> {
         let input = ex.input.as_ref().ok_or_else(|| {
             Refusal::Context(context::ContextError::Unavailable("no rule input".into()))
         })?;
         let judgement = tracing::info_span!("policy.evaluate", rules = policy.rules.len())
             .in_scope(|| policy::evaluate(policy, input));
-        if judgement.decision == Decision::Deny {
-            // The record keeps every verdict; the answer lists the rules.
-            ex.judged(judgement.clone());
-            return Err(Refusal::PolicyDenied(judgement));
+        if judgement.decision != Decision::Deny {
+            return Ok(ex.judged(judgement));
         }
-        Ok(ex.judged(judgement))
+        // The record keeps every verdict; the answer lists the rules.
+        ex.judged(judgement.clone());
+        let approval = match policy.approvable(&judgement) {
+            Some(rules) => self.approval(ex, &rules, text).await,
+            None => None,
+        };
+        match approval {
+            Some(note) if note.status == "used" => {
+                ex.decision = Some(Decision::Approved);
+                ex.approval = Some(note);
+                Ok(Decision::Approved)
+            }
+            note => {
+                ex.approval = note.clone();
+                Err(Refusal::PolicyDenied(judgement, note.map(Box::new)))
+            }
+        }
+    }
+
+    /// For a request only approvable rules deny: the approval of exactly
+    /// this request (operation, canonical path, body, caller) if one is
+    /// approved and unused — taken now, once — or else a new one asked for.
+    /// `None`: the caller is anonymous, or the store cannot say (denied).
+    async fn approval(
+        &self,
+        ex: &Exchange,
+        rules: &[String],
+        text: Option<&str>,
+    ) -> Option<crate::exchange::ApprovalNote> {
+        use crate::audit::approvals::Request as Asked;
+        let caller = ex
+            .caller
+            .client_id
+            .clone()
+            .or_else(|| ex.caller.key.clone())?;
+        let body_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            text.unwrap_or_default().as_bytes(),
+        ));
+        let asked = Asked {
+            operation: ex.class.label().unwrap_or_default(),
+            path: &ex.path,
+            body_hash: &body_hash,
+            caller: &caller,
+        };
+        let store = self.audit.store();
+        match store.use_approval(&asked, &ex.id).await {
+            Ok(Some(a)) => {
+                return Some(crate::exchange::ApprovalNote {
+                    id: a.id,
+                    status: "used",
+                    expires: a.expires,
+                    approver: a.approver,
+                    reason: a.reason,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                error!(audit_id = %ex.id, error = %e, "approvals unreadable: denied without one");
+                return None;
+            }
+        }
+        // Asked for already (a client retrying): the same approval.
+        if let Ok(Some(a)) = store.pending_approval(&asked).await {
+            return Some(crate::exchange::ApprovalNote {
+                id: a.id,
+                status: "pending",
+                expires: a.expires,
+                approver: None,
+                reason: None,
+            });
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let ttl = chrono::Duration::from_std(self.config.approvals.ttl.0).unwrap_or_default();
+        let expires = chrono::Utc::now() + ttl;
+        let subject = ex.caller.subject.as_deref();
+        if let Err(e) = store
+            .ask_approval(
+                &id,
+                &asked,
+                subject,
+                rules,
+                &ex.id,
+                expires.timestamp_micros(),
+            )
+            .await
+        {
+            error!(audit_id = %ex.id, error = %e, "approval not asked for: denied without one");
+            return None;
+        }
+        Some(crate::exchange::ApprovalNote {
+            id,
+            status: "pending",
+            expires: crate::audit::format_time(expires),
+            approver: None,
+            reason: None,
+        })
     }
 
     /// Sends a request to the tenant: timed, traced, measured. A transport

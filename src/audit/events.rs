@@ -86,6 +86,7 @@ impl Exchange {
                 error_code: &r.code,
                 message: &r.message,
             }),
+            approval: self.approval.as_ref(),
         };
         NewEvent {
             exchange_id: self.id.clone(),
@@ -191,6 +192,8 @@ struct DecisionData<'a> {
     rules: Vec<RuleData<'a>>,
     policy_version: Option<&'a str>,
     error: Option<ErrorData<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<&'a crate::exchange::ApprovalNote>,
 }
 
 /// A rule's verdict. The message only where the rule matched or failed:

@@ -55,6 +55,10 @@ struct RuleDef {
     /// (default: yes; a rule about changes, not states, says `false`).
     #[serde(default = "yes")]
     scan: bool,
+    /// A request only approvable rules deny may be approved by a second
+    /// person and then go through once.
+    #[serde(default)]
+    approvable: bool,
 }
 
 fn yes() -> bool {
@@ -243,6 +247,7 @@ fn compile_rule(env: &cel::Env, file: &str, def: &RuleDef) -> Result<Rule, Strin
         message: def.message.clone(),
         mode: def.mode,
         scan: def.scan,
+        approvable: def.approvable,
         file: file.to_owned(),
         needs,
         variables,

@@ -5,6 +5,7 @@
 mod harness;
 
 mod admin;
+mod approvals;
 mod audit;
 mod cli;
 

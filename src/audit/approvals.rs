@@ -1,0 +1,232 @@
+//! Two-person approvals, kept in the store so every replica honours an
+//! approval made through any other. An approval binds the exact request
+//! that was judged — operation, canonical path, the body's hash, the
+//! caller — is used at most once (an atomic update), and expires.
+
+use serde::Serialize;
+use sqlx::Row as _;
+
+use super::{Store, StoreError};
+
+/// What an approval is for, and where it stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Approval {
+    pub id: String,
+    pub created: String,
+    pub expires: String,
+    pub operation: String,
+    pub path: String,
+    pub body_hash: String,
+    /// The requester: client id or API key name.
+    pub caller: String,
+    pub subject: Option<String>,
+    /// The approvable rules that denied the request.
+    pub rules: Vec<String>,
+    /// The denied exchange that asked.
+    pub exchange_id: String,
+    /// `pending`, `approved` or `used`.
+    pub status: String,
+    pub approver: Option<String>,
+    pub reason: Option<String>,
+    /// The exchange it let through.
+    pub used_by: Option<String>,
+}
+
+/// The request an approval is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub operation: &'a str,
+    pub path: &'a str,
+    pub body_hash: &'a str,
+    pub caller: &'a str,
+}
+
+const COLUMNS: &str = "id, created_us, expires_us, operation, path, body_hash, caller, subject, rules, exchange_id, status, approver, reason, used_by";
+
+fn time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(super::format_time)
+        .unwrap_or_default()
+}
+
+fn decode<R: sqlx::Row>(r: &R) -> Result<Approval, sqlx::Error>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> Option<String>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    let rules: String = r.try_get("rules")?;
+    Ok(Approval {
+        id: r.try_get("id")?,
+        created: time(r.try_get("created_us")?),
+        expires: time(r.try_get("expires_us")?),
+        operation: r.try_get("operation")?,
+        path: r.try_get("path")?,
+        body_hash: r.try_get("body_hash")?,
+        caller: r.try_get("caller")?,
+        subject: r.try_get("subject")?,
+        rules: rules
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        exchange_id: r.try_get("exchange_id")?,
+        status: r.try_get("status")?,
+        approver: r.try_get("approver")?,
+        reason: r.try_get("reason")?,
+        used_by: r.try_get("used_by")?,
+    })
+}
+
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Asks for an approval of `request` (denied by `rules` in exchange
+    /// `exchange_id`), pending until `expires_us`.
+    pub async fn ask_approval(
+        &self,
+        id: &str,
+        request: &Request<'_>,
+        subject: Option<&str>,
+        rules: &[String],
+        exchange_id: &str,
+        expires_us: i64,
+    ) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        on_pool!(self, pool => {
+            let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO tollgate_approvals ({COLUMNS}) VALUES ("));
+            let mut list = qb.separated(", ");
+            list.push_bind(id.to_owned())
+                .push_bind(now)
+                .push_bind(expires_us)
+                .push_bind(request.operation.to_owned())
+                .push_bind(request.path.to_owned())
+                .push_bind(request.body_hash.to_owned())
+                .push_bind(request.caller.to_owned())
+                .push_bind(subject.map(str::to_owned))
+                .push_bind(rules.join(","))
+                .push_bind(exchange_id.to_owned())
+                .push_bind("pending")
+                .push_bind(None::<String>)
+                .push_bind(None::<String>)
+                .push_bind(None::<String>);
+            qb.push(")");
+            qb.build().execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// A pending, unexpired approval of exactly `request`, if one was
+    /// asked for already (a client that retries gets the same one).
+    pub async fn pending_approval(
+        &self,
+        request: &Request<'_>,
+    ) -> Result<Option<Approval>, StoreError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        on_pool!(self, pool => {
+            let mut qb = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM tollgate_approvals WHERE status = 'pending' AND operation = "));
+            qb.push_bind(request.operation.to_owned())
+                .push(" AND path = ")
+                .push_bind(request.path.to_owned())
+                .push(" AND body_hash = ")
+                .push_bind(request.body_hash.to_owned())
+                .push(" AND caller = ")
+                .push_bind(request.caller.to_owned())
+                .push(" AND expires_us > ")
+                .push_bind(now)
+                .push(" ORDER BY created_us LIMIT 1");
+            let row = qb.build().fetch_optional(pool).await?;
+            row.as_ref().map(decode).transpose().map_err(Into::into)
+        })
+    }
+
+    /// One approval.
+    pub async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        on_pool!(self, pool => {
+            let mut qb = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM tollgate_approvals WHERE id = "));
+            qb.push_bind(id.to_owned());
+            let row = qb.build().fetch_optional(pool).await?;
+            row.as_ref().map(decode).transpose().map_err(Into::into)
+        })
+    }
+
+    /// The newest approvals, pending and past.
+    pub async fn approvals(&self, limit: i64) -> Result<Vec<Approval>, StoreError> {
+        on_pool!(self, pool => {
+            let mut qb = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM tollgate_approvals ORDER BY created_us DESC LIMIT "));
+            qb.push_bind(limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(decode).collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        })
+    }
+
+    /// Approves a pending, unexpired approval; `false`: it is not one.
+    pub async fn approve(
+        &self,
+        id: &str,
+        approver: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let done = on_pool!(self, pool => {
+            let mut qb = sqlx::QueryBuilder::new("UPDATE tollgate_approvals SET status = 'approved', approver = ");
+            qb.push_bind(approver.to_owned())
+                .push(", reason = ")
+                .push_bind(reason.to_owned())
+                .push(", approved_us = ")
+                .push_bind(now)
+                .push(" WHERE id = ")
+                .push_bind(id.to_owned())
+                .push(" AND status = 'pending' AND expires_us > ")
+                .push_bind(now);
+            qb.build().execute(pool).await?.rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Uses an approved, unexpired approval of exactly `request` for
+    /// exchange `used_by`: at most once, whichever replica asks first.
+    pub async fn use_approval(
+        &self,
+        request: &Request<'_>,
+        used_by: &str,
+    ) -> Result<Option<Approval>, StoreError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let ids: Vec<String> = on_pool!(self, pool => {
+            let mut qb = sqlx::QueryBuilder::new("SELECT id FROM tollgate_approvals WHERE status = 'approved' AND operation = ");
+            qb.push_bind(request.operation.to_owned())
+                .push(" AND path = ")
+                .push_bind(request.path.to_owned())
+                .push(" AND body_hash = ")
+                .push_bind(request.body_hash.to_owned())
+                .push(" AND caller = ")
+                .push_bind(request.caller.to_owned())
+                .push(" AND expires_us > ")
+                .push_bind(now)
+                .push(" ORDER BY approved_us");
+            qb.build().fetch_all(pool).await?.iter().map(|r| r.try_get::<String, _>("id")).collect::<Result<_, _>>()?
+        });
+        for id in ids {
+            let taken = on_pool!(self, pool => {
+                let mut qb = sqlx::QueryBuilder::new("UPDATE tollgate_approvals SET status = 'used', used_by = ");
+                qb.push_bind(used_by.to_owned())
+                    .push(" WHERE id = ")
+                    .push_bind(id.clone())
+                    .push(" AND status = 'approved'");
+                qb.build().execute(pool).await?.rows_affected()
+            });
+            if taken == 1 {
+                return self.approval(&id).await;
+            }
+        }
+        Ok(None)
+    }
+}
