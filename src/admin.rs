@@ -37,6 +37,8 @@ pub struct Admin {
     sessions: crate::ui::Sessions,
     /// Who may approve a denied request: names and their tokens' hashes.
     approvers: Vec<crate::config::ApiKey>,
+    /// Where grants are recorded.
+    audit: Option<Arc<AuditLog>>,
 }
 
 /// How recently the tenant must have answered for `/readyz` not to ask it.
@@ -54,7 +56,14 @@ impl Admin {
             reviewers: None,
             sessions: crate::ui::Sessions::default(),
             approvers: Vec::new(),
+            audit: None,
         }
+    }
+
+    /// Records approvals' grants in `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Admin {
+        self.audit = Some(audit);
+        self
     }
 
     /// Approvers may approve denied requests at `POST /v1/approvals/{id}`.
@@ -104,7 +113,8 @@ impl Admin {
             Err(e) => return store_error(&e),
         };
         // Never the requester: the same client id, key name or subject.
-        if approval.caller == approver || approval.subject.as_deref() == Some(approver.as_str()) {
+        let same = |x: &str| x.eq_ignore_ascii_case(&approver);
+        if same(&approval.caller) || approval.subject.as_deref().is_some_and(same) {
             return plain_error(
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
@@ -114,11 +124,30 @@ impl Admin {
         match self.store.approve(&id, &approver, &reason).await {
             Ok(true) => {
                 tracing::info!(approval = %id, %approver, "request approved");
-                match self.store.approval(&id).await {
-                    Ok(Some(a)) => json_response(StatusCode::OK, &json!(a)),
-                    Ok(None) => plain_error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
-                    Err(e) => store_error(&e),
+                let granted = match self.store.approval(&id).await {
+                    Ok(Some(a)) => a,
+                    Ok(None) => {
+                        return plain_error(StatusCode::NOT_FOUND, "not_found", "no such approval");
+                    }
+                    Err(e) => return store_error(&e),
+                };
+                // The grant goes into the chained log; without it the
+                // gateway does not honour the approval.
+                let Some(audit) = &self.audit else {
+                    return plain_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "tollgate_audit_unavailable",
+                        "the grant cannot be recorded",
+                    );
+                };
+                if let Err(e) = audit.record(granted.granted_event()).await {
+                    return plain_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "tollgate_audit_unavailable",
+                        &format!("the grant was not recorded: {e}"),
+                    );
                 }
+                json_response(StatusCode::OK, &json!(granted))
             }
             Ok(false) => plain_error(
                 StatusCode::CONFLICT,

@@ -294,6 +294,7 @@ async fn start_admin(
         .with_metrics(crate::telemetry::metrics())
         .with_log_stream(config.scan.log_stream_token.clone(), audit.clone())
         .with_approvers(config.admin.approver_tokens.clone())
+        .with_audit(audit.clone())
         .with_reviewers(
             config.admin.reviewer_token.clone(),
             match &config.audit.signing_key {

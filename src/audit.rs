@@ -42,6 +42,8 @@ pub enum Kind {
     Scan,
     /// A change the tenant's log shows that did not pass through tollgate.
     Observed,
+    /// An approval granted: who, why, and the request it binds.
+    Approval,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::Outcome => "outcome",
             Kind::Scan => "scan",
             Kind::Observed => "observed",
+            Kind::Approval => "approval",
         }
     }
 }

@@ -399,6 +399,7 @@ const NOT_KEYS: &[&str] = &[
     "TOLLGATE_CONFIG",
     "TOLLGATE_LOG_FORMAT",
     "TOLLGATE_TEST_POSTGRES_URL",
+    "TOLLGATE_APPROVER_TOKEN",
 ];
 
 impl Config {
@@ -453,6 +454,42 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "admin.reviewer_token",
                 message: "must differ from admin.token (reviewers only read)".into(),
+            });
+        }
+        let mut names = std::collections::HashSet::new();
+        for a in &self.admin.approver_tokens {
+            if a.name.trim().is_empty() || !names.insert(a.name.to_ascii_lowercase()) {
+                return Err(ConfigError::Invalid {
+                    key: "admin.approver_tokens",
+                    message: format!(
+                        "approver names must be non-empty and distinct ({:?})",
+                        a.name
+                    ),
+                });
+            }
+            let same = |t: &Option<Secret>| {
+                t.as_ref().is_some_and(|t| {
+                    <sha2::Sha256 as sha2::Digest>::digest(t.expose().as_bytes()).as_slice()
+                        == a.hash.0
+                })
+            };
+            if same(&self.admin.token) || same(&self.admin.reviewer_token) {
+                return Err(ConfigError::Invalid {
+                    key: "admin.approver_tokens",
+                    message: format!("approver {:?} uses the admin or reviewer token", a.name),
+                });
+            }
+            if self.identity.keys.iter().any(|k| k.hash == a.hash) {
+                return Err(ConfigError::Invalid {
+                    key: "admin.approver_tokens",
+                    message: format!("approver {:?} uses a caller's API key", a.name),
+                });
+            }
+        }
+        if self.approvals.ttl.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "approvals.ttl",
+                message: "must be greater than zero".into(),
             });
         }
         if self.audit.checkpoint_interval.0.is_zero() {

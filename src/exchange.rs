@@ -77,6 +77,8 @@ pub struct ApprovalNote {
     pub approver: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The approvable rules it covers.
+    pub rules: Vec<String>,
 }
 
 impl Exchange {

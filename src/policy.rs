@@ -235,6 +235,14 @@ impl PolicySet {
     /// The approvable rules a denial rests on, if it rests on approvable
     /// rules alone (every violated enforce rule is approvable).
     pub fn approvable(&self, judgement: &Judgement) -> Option<Vec<String>> {
+        // A rule that could not be evaluated is not a judgement a person
+        // can overrule: it fails closed.
+        if judgement
+            .violations()
+            .any(|r| r.mode == Mode::Enforce && matches!(r.verdict, Verdict::Error(_)))
+        {
+            return None;
+        }
         let mut ids: Vec<String> = judgement
             .violations()
             .filter(|r| r.mode == Mode::Enforce)
@@ -264,6 +272,7 @@ impl PolicySet {
         // An exception scoped by organization may name it by name.
         let named_orgs = Needs {
             org: self.exceptions.iter().any(|e| !e.orgs.is_empty()),
+            connection: self.exceptions.iter().any(|e| !e.connections.is_empty()),
             ..Needs::default()
         };
         self.rules

@@ -497,6 +497,7 @@ impl Gateway {
         text: Option<&str>,
     ) -> Option<crate::exchange::ApprovalNote> {
         use crate::audit::approvals::Request as Asked;
+        use crate::exchange::ApprovalNote;
         let caller = ex
             .caller
             .client_id
@@ -505,22 +506,37 @@ impl Gateway {
         let body_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
             text.unwrap_or_default().as_bytes(),
         ));
+        let joined = rules.join(",");
         let asked = Asked {
             operation: ex.class.label().unwrap_or_default(),
             path: &ex.path,
             body_hash: &body_hash,
             caller: &caller,
+            rules: &joined,
+        };
+        let note = |a: crate::audit::approvals::Approval, status| ApprovalNote {
+            id: a.id,
+            status,
+            expires: a.expires,
+            approver: a.approver,
+            reason: a.reason,
+            rules: a.rules,
         };
         let store = self.audit.store();
         match store.use_approval(&asked, &ex.id).await {
             Ok(Some(a)) => {
-                return Some(crate::exchange::ApprovalNote {
-                    id: a.id,
-                    status: "used",
-                    expires: a.expires,
-                    approver: a.approver,
-                    reason: a.reason,
+                // Honoured only if the log holds its grant: a row written
+                // into the table by other means releases nothing.
+                let on_record = store.exchange_events(&a.id).await.is_ok_and(|events| {
+                    events
+                        .iter()
+                        .any(|e| e.kind == "approval" && a.granted_by(&e.body))
                 });
+                if !on_record {
+                    error!(audit_id = %ex.id, approval = %a.id, "an approval with no grant in the audit log: not honoured");
+                    return None;
+                }
+                return Some(note(a, "used"));
             }
             Ok(None) => {}
             Err(e) => {
@@ -530,38 +546,26 @@ impl Gateway {
         }
         // Asked for already (a client retrying): the same approval.
         if let Ok(Some(a)) = store.pending_approval(&asked).await {
-            return Some(crate::exchange::ApprovalNote {
-                id: a.id,
-                status: "pending",
-                expires: a.expires,
-                approver: None,
-                reason: None,
-            });
+            return Some(note(a, "pending"));
         }
         let id = uuid::Uuid::now_v7().to_string();
         let ttl = chrono::Duration::from_std(self.config.approvals.ttl.0).unwrap_or_default();
         let expires = chrono::Utc::now() + ttl;
         let subject = ex.caller.subject.as_deref();
         if let Err(e) = store
-            .ask_approval(
-                &id,
-                &asked,
-                subject,
-                rules,
-                &ex.id,
-                expires.timestamp_micros(),
-            )
+            .ask_approval(&id, &asked, subject, &ex.id, expires.timestamp_micros())
             .await
         {
             error!(audit_id = %ex.id, error = %e, "approval not asked for: denied without one");
             return None;
         }
-        Some(crate::exchange::ApprovalNote {
+        Some(ApprovalNote {
             id,
             status: "pending",
             expires: crate::audit::format_time(expires),
             approver: None,
             reason: None,
+            rules: rules.to_vec(),
         })
     }
 
@@ -629,7 +633,15 @@ impl Gateway {
         if !resp.status().is_success() || !postcheck::applies(input) {
             return None;
         }
-        let check = postcheck::check(policy, input, resp.body());
+        let mut check = postcheck::check(policy, input, resp.body());
+        // An approved change leads where its approval said: the rules it
+        // covers are expected to be violated by the result.
+        if let Some(a) = ex.approval.as_ref().filter(|a| a.status == "used") {
+            check.rules.retain(|r| !a.rules.contains(&r.id));
+            if check.rules.is_empty() && check.verdict == postcheck::Verdict::Violated {
+                check.verdict = postcheck::Verdict::Passed;
+            }
+        }
         if check.verdict == postcheck::Verdict::Violated {
             let rules: Vec<&str> = check.rules.iter().map(|r| r.id.as_str()).collect();
             metrics::counter!("tollgate_post_check_violations_total", "operation" => input.operation.id())
@@ -776,7 +788,9 @@ fn screen(headers: &HeaderMap) -> Result<(), Refusal> {
 fn add_warnings(headers: &mut HeaderMap, decision: &Judgement) {
     let mut seen = Vec::new();
     let warned = decision.results.iter().filter_map(|r| match &r.verdict {
-        Verdict::Exempted(e) => Some((r, format!("{}: exempted by {e}: {}", r.id, r.message))),
+        Verdict::Exempted(e) if r.mode == Mode::Enforce => {
+            Some((r, format!("{}: exempted by {e}: {}", r.id, r.message)))
+        }
         _ if r.is_violation() && r.mode == Mode::Warn => {
             Some((r, format!("{}: {}", r.id, r.message)))
         }

@@ -32,6 +32,89 @@ pub struct Approval {
     pub used_by: Option<String>,
 }
 
+impl Approval {
+    /// The chained `approval` event of a grant: an approval is honoured
+    /// only if the log holds this event for it, so a row written straight
+    /// into the approvals table releases nothing.
+    pub fn granted_event(&self) -> super::NewEvent {
+        super::NewEvent {
+            exchange_id: self.id.clone(),
+            kind: super::Kind::Approval,
+            time: chrono::Utc::now(),
+            index: super::Index {
+                operation: Some(self.operation.clone()),
+                caller: self.approver.clone(),
+                rules: self.rules.clone(),
+                ..super::Index::default()
+            },
+            // Strings only: it serialises.
+            data: serde_json::value::to_raw_value(&Granted::of(self))
+                .expect("an approval serialises"),
+        }
+    }
+
+    /// Whether `event` (a stored event's body) records this grant.
+    pub fn granted_by(&self, stored_body: &str) -> bool {
+        serde_json::from_str::<serde_json::Value>(stored_body)
+            .ok()
+            .and_then(|b| serde_json::from_value::<GrantedOwned>(b["data"].clone()).ok())
+            .is_some_and(|g| g.matches(self))
+    }
+}
+
+/// What a grant's event records.
+#[derive(Serialize)]
+struct Granted<'a> {
+    id: &'a str,
+    operation: &'a str,
+    path: &'a str,
+    body_hash: &'a str,
+    caller: &'a str,
+    rules: &'a [String],
+    approver: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+impl<'a> Granted<'a> {
+    fn of(a: &'a Approval) -> Granted<'a> {
+        Granted {
+            id: &a.id,
+            operation: &a.operation,
+            path: &a.path,
+            body_hash: &a.body_hash,
+            caller: &a.caller,
+            rules: &a.rules,
+            approver: a.approver.as_deref(),
+            reason: a.reason.as_deref(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct GrantedOwned {
+    id: String,
+    operation: String,
+    path: String,
+    body_hash: String,
+    caller: String,
+    rules: Vec<String>,
+    approver: Option<String>,
+    reason: Option<String>,
+}
+
+impl GrantedOwned {
+    fn matches(&self, a: &Approval) -> bool {
+        self.id == a.id
+            && self.operation == a.operation
+            && self.path == a.path
+            && self.body_hash == a.body_hash
+            && self.caller == a.caller
+            && self.rules == a.rules
+            && self.approver == a.approver
+            && self.reason == a.reason
+    }
+}
+
 /// The request an approval is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request<'a> {
@@ -39,6 +122,9 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub body_hash: &'a str,
     pub caller: &'a str,
+    /// The approvable rules that deny it, sorted, comma-joined: an approval
+    /// covers only the rules it was asked (and granted) for.
+    pub rules: &'a str,
 }
 
 const COLUMNS: &str = "id, created_us, expires_us, operation, path, body_hash, caller, subject, rules, exchange_id, status, approver, reason, used_by";
@@ -57,6 +143,12 @@ where
     for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
 {
     let rules: String = r.try_get("rules")?;
+    let expires_us: i64 = r.try_get("expires_us")?;
+    let mut status: String = r.try_get("status")?;
+    // Past its time, a pending or approved one is expired.
+    if status != "used" && expires_us <= chrono::Utc::now().timestamp_micros() {
+        status = "expired".into();
+    }
     Ok(Approval {
         id: r.try_get("id")?,
         created: time(r.try_get("created_us")?),
@@ -72,7 +164,7 @@ where
             .map(str::to_owned)
             .collect(),
         exchange_id: r.try_get("exchange_id")?,
-        status: r.try_get("status")?,
+        status,
         approver: r.try_get("approver")?,
         reason: r.try_get("reason")?,
         used_by: r.try_get("used_by")?,
@@ -96,7 +188,6 @@ impl Store {
         id: &str,
         request: &Request<'_>,
         subject: Option<&str>,
-        rules: &[String],
         exchange_id: &str,
         expires_us: i64,
     ) -> Result<(), StoreError> {
@@ -112,7 +203,7 @@ impl Store {
                 .push_bind(request.body_hash.to_owned())
                 .push_bind(request.caller.to_owned())
                 .push_bind(subject.map(str::to_owned))
-                .push_bind(rules.join(","))
+                .push_bind(request.rules.to_owned())
                 .push_bind(exchange_id.to_owned())
                 .push_bind("pending")
                 .push_bind(None::<String>)
@@ -140,6 +231,8 @@ impl Store {
                 .push_bind(request.body_hash.to_owned())
                 .push(" AND caller = ")
                 .push_bind(request.caller.to_owned())
+                .push(" AND rules = ")
+                .push_bind(request.rules.to_owned())
                 .push(" AND expires_us > ")
                 .push_bind(now)
                 .push(" ORDER BY created_us LIMIT 1");
@@ -161,7 +254,8 @@ impl Store {
     /// The newest approvals, pending and past.
     pub async fn approvals(&self, limit: i64) -> Result<Vec<Approval>, StoreError> {
         on_pool!(self, pool => {
-            let mut qb = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM tollgate_approvals ORDER BY created_us DESC LIMIT "));
+            // Pending ones first: they are the ones waiting for someone.
+            let mut qb = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM tollgate_approvals ORDER BY CASE WHEN status = 'pending' THEN 0 ELSE 1 END, created_us DESC LIMIT "));
             qb.push_bind(limit);
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter().map(decode).collect::<Result<Vec<_>, _>>().map_err(Into::into)
@@ -209,6 +303,8 @@ impl Store {
                 .push_bind(request.body_hash.to_owned())
                 .push(" AND caller = ")
                 .push_bind(request.caller.to_owned())
+                .push(" AND rules = ")
+                .push_bind(request.rules.to_owned())
                 .push(" AND expires_us > ")
                 .push_bind(now)
                 .push(" ORDER BY approved_us");

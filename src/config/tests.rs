@@ -160,3 +160,9 @@ fn tokens_are_not_empty_and_not_shared() {
     let e = error("[audit]\ncheckpoint_interval = \"0s\"\n", &[]);
     assert!(e.contains("audit.checkpoint_interval"), "{e}");
 }
+
+/// `TOLLGATE_APPROVER_TOKEN` is `tollgate approve`'s, not a configuration key.
+#[test]
+fn the_approver_token_variable_is_not_a_key() {
+    Config::load("", "t", env(&[("TOLLGATE_APPROVER_TOKEN", "x")])).expect("loads");
+}

@@ -108,9 +108,16 @@ impl Exception {
                     .any(|x| Some(x) == id.as_ref() || Some(x) == name.as_ref())
         };
         let caller = &input.caller;
+        // A new organization (no id yet) is in no organization scope: an
+        // exception for `org_acme` must not cover a new one named so.
+        let org = if change.org.id.is_some() {
+            named(&self.orgs, &change.org.id, &change.org.name)
+        } else {
+            self.orgs.is_empty()
+        };
         input.now < self.expires
             && self.rules.iter().any(|r| r == rule)
-            && named(&self.orgs, &change.org.id, &change.org.name)
+            && org
             && named(
                 &self.connections,
                 &change.connection.id,

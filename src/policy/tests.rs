@@ -473,3 +473,21 @@ fn exceptions_are_checked_when_loaded_and_by_policy_check() {
     assert!(errors.is_empty() && warnings[0].contains("within 7 days"));
     assert_eq!(problems(30), (vec![], vec![]));
 }
+
+/// An exception for an organization does not cover creating a new one with
+/// that name.
+#[test]
+fn a_new_organization_is_in_no_organization_scope() {
+    let later = (chrono::Utc::now() + chrono::Duration::days(10)).to_rfc3339();
+    let s = set(&EXEMPT
+        .replace("EXPIRES", &later)
+        .replace("operations = [\"organization_connection.update\"]\n", "")
+        .replace("connections = [\"con_saml\"]\n", "")
+        .replace("callers = [\"terraform-ci\"]\n", ""));
+    let mut g = given(
+        "organization.create",
+        json!({"name": "org_1", "enabled_connections": [{"connection_id": "con_saml", "organization_access_level": "full"}]}),
+    );
+    g.connection = obj(json!({"strategy": "samlp"}));
+    assert_eq!(judge(&s, &g).expect("judged").decision, Decision::Deny);
+}

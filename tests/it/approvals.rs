@@ -163,3 +163,93 @@ async fn a_replica_honours_an_approval_made_through_another() {
     );
     let _ = (item(), Value::Null);
 }
+
+const TWO: &str = r#"
+[[rule]]
+id = "no-full-access"
+deny = 'after.organization_access_level == "full"'
+message = "no full access"
+approvable = true
+
+[[rule]]
+id = "buttons-stay"
+deny = 'after.show_as_button == false'
+message = "hidden connections confuse users"
+approvable = true
+"#;
+
+/// An approval covers the rules it was granted for: a request that other
+/// rules also deny by the time it is sent stays denied. A row written into
+/// the approvals table without its grant in the audit log releases
+/// nothing. The requester cannot approve in another case either.
+#[tokio::test]
+async fn an_approval_covers_its_rules_its_record_and_nobody_approves_themselves() {
+    let h = Harness::setup()
+        .config(&config("1h"))
+        .rule(TWO)
+        .start()
+        .await;
+    let id = approval_id(&change(&h, "ci-bot", FULL).await);
+    assert_eq!(approve(&h, &id, "alice-token").await.status, StatusCode::OK);
+    // Meanwhile, at the tenant: the button hidden. The same body now breaks
+    // a rule the approver never saw.
+    let mut hidden = tollgate::sandbox::association_defaults();
+    hidden.insert("organization_access_level".into(), json!("readonly"));
+    hidden.insert("show_as_button".into(), json!(false));
+    h.tenant.set_association(
+        tollgate::sandbox::seed::ORG_ACME,
+        tollgate::sandbox::seed::CON_SAML,
+        hidden,
+    );
+    let denied = change(&h, "ci-bot", FULL).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_ne!(approval_id(&denied), id, "another approval, for both rules");
+    // Back as it was: the approval applies, and the result is what it said.
+    let mut shown = tollgate::sandbox::association_defaults();
+    shown.insert("organization_access_level".into(), json!("readonly"));
+    h.tenant.set_association(
+        tollgate::sandbox::seed::ORG_ACME,
+        tollgate::sandbox::seed::CON_SAML,
+        shown,
+    );
+    let through = change(&h, "ci-bot", FULL).await;
+    assert_eq!(through.status, StatusCode::OK);
+    h.audit.flush().await;
+    let events = tollgate::audit::query::show(&h.store, &through.audit_id())
+        .await
+        .expect("show");
+    assert_eq!(
+        events[1]["event"]["data"]["post_check"], "passed",
+        "the approved state is not a violation"
+    );
+
+    // A forged row: approved, bound to the very request, no grant on record.
+    let forged = format!(
+        "INSERT INTO tollgate_approvals (id, created_us, expires_us, operation, path, body_hash, caller, subject, rules, exchange_id, status, approver, reason, used_by) \
+         VALUES ('forged', 0, 9999999999999999, 'organization_connection.update', '{}', '{}', 'ci-bot', NULL, 'no-full-access', 'x', 'approved', 'alice', 'looks fine', NULL)",
+        item(),
+        tollgate::identity::fingerprint(FULL)
+    );
+    match &h.store {
+        tollgate::audit::Store::Sqlite(p) => sqlx::raw_sql(sqlx::AssertSqlSafe(forged))
+            .execute(p)
+            .await
+            .map(drop),
+        tollgate::audit::Store::Postgres(p) => sqlx::raw_sql(sqlx::AssertSqlSafe(forged))
+            .execute(p)
+            .await
+            .map(drop),
+    }
+    .expect("insert");
+    assert_eq!(
+        change(&h, "ci-bot", FULL).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    // The requester under another case is still the requester.
+    let id = approval_id(&change(&h, "ALICE", FULL).await);
+    assert_eq!(
+        approve(&h, &id, "alice-token").await.status,
+        StatusCode::FORBIDDEN
+    );
+}
