@@ -171,6 +171,23 @@ where
     })
 }
 
+/// ` AND` the clauses binding an approval to `request`, unexpired at `now`.
+macro_rules! push_request {
+    ($qb:expr, $request:expr, $now:expr) => {
+        $qb.push_bind($request.operation.to_owned())
+            .push(" AND path = ")
+            .push_bind($request.path.to_owned())
+            .push(" AND body_hash = ")
+            .push_bind($request.body_hash.to_owned())
+            .push(" AND caller = ")
+            .push_bind($request.caller.to_owned())
+            .push(" AND rules = ")
+            .push_bind($request.rules.to_owned())
+            .push(" AND expires_us > ")
+            .push_bind($now)
+    };
+}
+
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
@@ -224,18 +241,7 @@ impl Store {
         let now = chrono::Utc::now().timestamp_micros();
         on_pool!(self, pool => {
             let mut qb = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM tollgate_approvals WHERE status = 'pending' AND operation = "));
-            qb.push_bind(request.operation.to_owned())
-                .push(" AND path = ")
-                .push_bind(request.path.to_owned())
-                .push(" AND body_hash = ")
-                .push_bind(request.body_hash.to_owned())
-                .push(" AND caller = ")
-                .push_bind(request.caller.to_owned())
-                .push(" AND rules = ")
-                .push_bind(request.rules.to_owned())
-                .push(" AND expires_us > ")
-                .push_bind(now)
-                .push(" ORDER BY created_us LIMIT 1");
+            push_request!(qb, request, now).push(" ORDER BY created_us LIMIT 1");
             let row = qb.build().fetch_optional(pool).await?;
             row.as_ref().map(decode).transpose().map_err(Into::into)
         })
@@ -296,18 +302,7 @@ impl Store {
         let now = chrono::Utc::now().timestamp_micros();
         let ids: Vec<String> = on_pool!(self, pool => {
             let mut qb = sqlx::QueryBuilder::new("SELECT id FROM tollgate_approvals WHERE status = 'approved' AND operation = ");
-            qb.push_bind(request.operation.to_owned())
-                .push(" AND path = ")
-                .push_bind(request.path.to_owned())
-                .push(" AND body_hash = ")
-                .push_bind(request.body_hash.to_owned())
-                .push(" AND caller = ")
-                .push_bind(request.caller.to_owned())
-                .push(" AND rules = ")
-                .push_bind(request.rules.to_owned())
-                .push(" AND expires_us > ")
-                .push_bind(now)
-                .push(" ORDER BY approved_us");
+            push_request!(qb, request, now).push(" ORDER BY approved_us");
             qb.build().fetch_all(pool).await?.iter().map(|r| r.try_get::<String, _>("id")).collect::<Result<_, _>>()?
         });
         for id in ids {

@@ -38,6 +38,19 @@ mode = "warn"
     dir
 }
 
+/// Runs `tollgate ARGS` on the log at `db` (no configuration file).
+async fn on_log(db: &str, args: &[&str]) -> std::process::Output {
+    let config = tempfile::NamedTempFile::new().expect("config");
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("TOLLGATE_CONFIG", config.path())
+        .env("TOLLGATE_AUDIT_URL", db)
+        .output()
+        .await
+        .expect("run tollgate")
+}
+
 /// Runs `tollgate scan ARGS` against the tenant at `tenant`.
 async fn scan(
     tenant: std::net::SocketAddr,
@@ -121,17 +134,7 @@ async fn a_scan_finds_what_was_planted_at_the_tenant_and_nothing_on_a_clean_one(
     );
 
     // Every scan is in the log, chained like the rest.
-    let verify = tokio::process::Command::new(BIN)
-        .args(["audit", "verify"])
-        .env_clear()
-        .env(
-            "TOLLGATE_CONFIG",
-            tempfile::NamedTempFile::new().expect("config").path(),
-        )
-        .env("TOLLGATE_AUDIT_URL", &db)
-        .output()
-        .await
-        .expect("verify");
+    let verify = on_log(&db, &["audit", "verify"]).await;
     let text = String::from_utf8_lossy(&verify.stdout);
     assert!(verify.status.success(), "{text}");
     assert!(text.contains("5/5 events valid"), "{text}");
@@ -369,25 +372,11 @@ async fn the_log_checkpoint_survives_restarts_without_duplicates_or_gaps(backend
     let third: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(third["outside"], json!([]));
     // The log lists each once.
-    let listed = tokio::process::Command::new(BIN)
-        .args([
-            "audit",
-            "query",
-            "--outside",
-            "--format",
-            "jsonl",
-            "--limit",
-            "1000",
-        ])
-        .env_clear()
-        .env(
-            "TOLLGATE_CONFIG",
-            tempfile::NamedTempFile::new().expect("config").path(),
-        )
-        .env("TOLLGATE_AUDIT_URL", &db)
-        .output()
-        .await
-        .expect("query");
+    let listed = on_log(
+        &db,
+        &["audit", "query", "--outside", "--format", "jsonl", "--limit", "1000"],
+    )
+    .await;
     let rows: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("jsonl"))
