@@ -82,17 +82,7 @@ impl App {
             chain = audit.chain_id(),
             "audit log open"
         );
-        let l = &config.listen;
-        let mut listen_tls = tls_for("listen", &l.tls_cert, &l.tls_key, &l.client_ca)?;
-        let mut sandbox_ca = None;
-        if sandbox && listen_tls.is_none() {
-            let dir = crate::policy::absolute(std::path::Path::new(crate::sandbox::cert::DIR));
-            let certs = crate::sandbox::cert::ensure(std::path::Path::new(&dir))?;
-            let tls =
-                ServerTls::load(certs.files).map_err(|e| anyhow::anyhow!("sandbox TLS: {e}"))?;
-            listen_tls = Some(Arc::new(tls.with_plaintext_too()));
-            sandbox_ca = Some(certs.ca);
-        }
+        let (listen_tls, sandbox_ca) = listen_tls(&config, sandbox)?;
         let a = &config.admin;
         let admin_tls = tls_for("admin", &a.tls_cert, &a.tls_key, &None)?;
         let shutdown = CancellationToken::new();
@@ -446,4 +436,22 @@ impl Signals {
         let _ = tokio::signal::ctrl_c().await;
         Signal::Stop
     }
+}
+
+/// The gateway listener's TLS: the configured certificate, or in the
+/// sandbox without one, a local CA's certificate (made once, reused) served
+/// beside plain HTTP on the same port; with the sandbox CA's file.
+fn listen_tls(
+    config: &Config,
+    sandbox: bool,
+) -> anyhow::Result<(Option<Arc<ServerTls>>, Option<std::path::PathBuf>)> {
+    let l = &config.listen;
+    let configured = tls_for("listen", &l.tls_cert, &l.tls_key, &l.client_ca)?;
+    if !sandbox || configured.is_some() {
+        return Ok((configured, None));
+    }
+    let dir = crate::policy::absolute(std::path::Path::new(crate::sandbox::cert::DIR));
+    let certs = crate::sandbox::cert::ensure(std::path::Path::new(&dir))?;
+    let tls = ServerTls::load(certs.files).map_err(|e| anyhow::anyhow!("sandbox TLS: {e}"))?;
+    Ok((Some(Arc::new(tls.with_plaintext_too())), Some(certs.ca)))
 }

@@ -79,6 +79,17 @@ struct Answer {
 }
 
 impl Answer {
+    /// An answer recorded as `invalid` unless said otherwise.
+    fn new(status: StatusCode, code: &'static str, message: String) -> Answer {
+        Answer {
+            status,
+            code,
+            message,
+            extra: Map::new(),
+            decision: Some(Decision::Invalid),
+        }
+    }
+
     fn decided(mut self, decision: Option<Decision>) -> Answer {
         self.decision = decision;
         self
@@ -96,18 +107,8 @@ impl Refusal {
     /// configuration refuse is `deny`; one that could not be judged because
     /// something it needed could not be had is `unavailable`.
     fn answer(&self) -> Answer {
-        use Decision::{Deny, Invalid, Unavailable};
-        let plain = |status, code| Answer {
-            status,
-            code,
-            message: self.to_string(),
-            extra: Map::new(),
-            decision: Some(Invalid),
-        };
-        let own = |status, code, message: &str| Answer {
-            message: message.to_owned(),
-            ..plain(status, code)
-        };
+        use Decision::Deny;
+        let plain = |status, code| self.plain(status, code);
         match self {
             Refusal::Route(RouteError::MethodNotAllowed { .. }) => {
                 plain(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
@@ -129,67 +130,9 @@ impl Refusal {
             Refusal::OtherRouteDenied => {
                 plain(StatusCode::FORBIDDEN, "tollgate_route_denied").decided(Some(Deny))
             }
-            Refusal::PolicyDenied(d, approval) => {
-                let rules: Vec<Value> = d
-                    .violations()
-                    .filter(|r| r.mode == Mode::Enforce)
-                    .map(|r| json!({"id": r.id, "message": r.message, "field": r.field}))
-                    .collect();
-                let mut a = plain(StatusCode::FORBIDDEN, "tollgate_policy_denied")
-                    .with("rules", Value::Array(rules))
-                    .decided(Some(Deny));
-                // Only approvable rules denied it: a second person may approve
-                // exactly this request, once.
-                if let Some(p) = approval.as_deref() {
-                    a = a.with("approval", json!({"id": p.id, "expires": p.expires}));
-                }
-                a
-            }
-            Refusal::Context(ContextError::Unavailable(_)) => own(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "tollgate_context_unavailable",
-                "context needed by a rule could not be fetched from the tenant",
-            )
-            .decided(Some(Unavailable)),
-            Refusal::Locked(e) => own(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "tollgate_context_unavailable",
-                &match e {
-                    LockError::Busy { .. } => e.to_string(),
-                    LockError::Store(_) => {
-                        "the association could not be locked for the change".into()
-                    }
-                },
-            )
-            .decided(Some(Unavailable)),
-            // The tenant's own answer is passed back (see `into_response`);
-            // the code names it in the record.
-            Refusal::Context(ContextError::Refused(resp)) => {
-                own(resp.status(), "tenant_refused_credentials", "").decided(Some(Deny))
-            }
-            Refusal::Context(ContextError::RateLimited(resp)) => {
-                own(resp.status(), "tenant_rate_limited", "").decided(Some(Unavailable))
-            }
-            Refusal::Identity(
-                IdentityError::MissingToken
-                | IdentityError::InvalidToken(_)
-                | IdentityError::UnknownKey,
-            ) => plain(StatusCode::UNAUTHORIZED, "invalid_token"),
-            Refusal::Identity(IdentityError::JwksUnavailable(_)) => own(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "tollgate_context_unavailable",
-                "the tenant's signing keys could not be fetched",
-            )
-            .decided(Some(Unavailable)),
-            Refusal::Identity(IdentityError::TokenUnavailable(_)) => own(
-                StatusCode::BAD_GATEWAY,
-                "tollgate_upstream_error",
-                "a Management API token could not be obtained from the tenant",
-            )
-            .decided(Some(Unavailable)),
-            Refusal::Identity(_) => {
-                plain(StatusCode::FORBIDDEN, "insufficient_scope").decided(Some(Deny))
-            }
+            Refusal::PolicyDenied(d, approval) => self.denied(d, approval.as_deref()),
+            Refusal::Context(_) | Refusal::Locked(_) => self.unavailable(),
+            Refusal::Identity(e) => self.unidentified(e),
             Refusal::AuditUnavailable(_) => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "tollgate_audit_unavailable",
@@ -200,8 +143,87 @@ impl Refusal {
                     UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::BAD_GATEWAY,
                 };
-                own(status, "tollgate_upstream_error", &e.public_message()).decided(None)
+                Answer::new(status, "tollgate_upstream_error", e.public_message()).decided(None)
             }
+        }
+    }
+
+    /// An answer whose message is the refusal's own text, recorded as
+    /// `invalid` unless said otherwise.
+    fn plain(&self, status: StatusCode, code: &'static str) -> Answer {
+        Answer::new(status, code, self.to_string())
+    }
+
+    /// The rules denied it: each enforcing rule that was violated, and the
+    /// approval a second person may grant when only approvable rules did.
+    fn denied(&self, d: &Judgement, approval: Option<&crate::exchange::ApprovalNote>) -> Answer {
+        let rules: Vec<Value> = d
+            .violations()
+            .filter(|r| r.mode == Mode::Enforce)
+            .map(|r| json!({"id": r.id, "message": r.message, "field": r.field}))
+            .collect();
+        let mut a = self
+            .plain(StatusCode::FORBIDDEN, "tollgate_policy_denied")
+            .with("rules", Value::Array(rules))
+            .decided(Some(Decision::Deny));
+        if let Some(p) = approval {
+            a = a.with("approval", json!({"id": p.id, "expires": p.expires}));
+        }
+        a
+    }
+
+    /// The tenant's context for judging could not be had (or the
+    /// association could not be locked): nothing was judged.
+    fn unavailable(&self) -> Answer {
+        use Decision::{Deny, Unavailable};
+        const CODE: &str = "tollgate_context_unavailable";
+        let a = match self {
+            Refusal::Context(ContextError::Unavailable(_)) => Answer::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                CODE,
+                "context needed by a rule could not be fetched from the tenant".into(),
+            ),
+            Refusal::Locked(LockError::Store(_)) => Answer::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                CODE,
+                "the association could not be locked for the change".into(),
+            ),
+            // The tenant's own answer is passed back (see `into_response`);
+            // the code names it in the record.
+            Refusal::Context(ContextError::Refused(resp)) => {
+                return Answer::new(resp.status(), "tenant_refused_credentials", String::new())
+                    .decided(Some(Deny));
+            }
+            Refusal::Context(ContextError::RateLimited(resp)) => {
+                Answer::new(resp.status(), "tenant_rate_limited", String::new())
+            }
+            _ => self.plain(StatusCode::SERVICE_UNAVAILABLE, CODE),
+        };
+        a.decided(Some(Unavailable))
+    }
+
+    /// The caller could not be identified, or may not do this.
+    fn unidentified(&self, e: &IdentityError) -> Answer {
+        use Decision::{Deny, Unavailable};
+        match e {
+            IdentityError::MissingToken
+            | IdentityError::InvalidToken(_)
+            | IdentityError::UnknownKey => self.plain(StatusCode::UNAUTHORIZED, "invalid_token"),
+            IdentityError::JwksUnavailable(_) => Answer::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tollgate_context_unavailable",
+                "the tenant's signing keys could not be fetched".into(),
+            )
+            .decided(Some(Unavailable)),
+            IdentityError::TokenUnavailable(_) => Answer::new(
+                StatusCode::BAD_GATEWAY,
+                "tollgate_upstream_error",
+                "a Management API token could not be obtained from the tenant".into(),
+            )
+            .decided(Some(Unavailable)),
+            _ => self
+                .plain(StatusCode::FORBIDDEN, "insufficient_scope")
+                .decided(Some(Deny)),
         }
     }
 

@@ -81,6 +81,20 @@ pub struct ApprovalNote {
     pub rules: Vec<String>,
 }
 
+impl ApprovalNote {
+    /// How an exchange's record names a stored approval.
+    pub fn of(a: crate::audit::approvals::Approval, status: &'static str) -> ApprovalNote {
+        ApprovalNote {
+            id: a.id,
+            status,
+            expires: a.expires,
+            approver: a.approver,
+            reason: a.reason,
+            rules: a.rules,
+        }
+    }
+}
+
 impl Exchange {
     /// What is known of a request before any phase runs.
     pub fn start<B>(req: &Request<B>) -> Exchange {

@@ -10,6 +10,7 @@
 //! the tenant's error shape and its recorded decision.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,11 +23,12 @@ use serde_json::{Map, Value};
 use tracing::{Instrument, error, info, warn};
 
 use crate::audit::AuditLog;
+use crate::audit::approvals::Request as Asked;
 use crate::body::{self, BodyError};
 use crate::config::{AuditFailure, Config, OtherRoutes};
 use crate::context::{self, ContextClient};
 use crate::error::Refusal;
-use crate::exchange::{Class, Exchange};
+use crate::exchange::{ApprovalNote, Class, Exchange};
 use crate::identity::{Caller, Identity, IdentityError};
 use crate::lock::{AssociationLocks, Held};
 use crate::policy::postcheck::{self, PostCheck};
@@ -495,9 +497,7 @@ impl Gateway {
         ex: &Exchange,
         rules: &[String],
         text: Option<&str>,
-    ) -> Option<crate::exchange::ApprovalNote> {
-        use crate::audit::approvals::Request as Asked;
-        use crate::exchange::ApprovalNote;
+    ) -> Option<ApprovalNote> {
         let caller = ex
             .caller
             .client_id
@@ -514,16 +514,27 @@ impl Gateway {
             caller: &caller,
             rules: &joined,
         };
-        let note = |a: crate::audit::approvals::Approval, status| ApprovalNote {
-            id: a.id,
-            status,
-            expires: a.expires,
-            approver: a.approver,
-            reason: a.reason,
-            rules: a.rules,
-        };
+        if let ControlFlow::Break(granted) = self.granted_approval(ex, &asked).await {
+            return granted;
+        }
+        // Asked for already (a client retrying): the same approval.
+        if let Ok(Some(a)) = self.audit.store().pending_approval(&asked).await {
+            return Some(ApprovalNote::of(a, "pending"));
+        }
+        self.ask_approval(ex, &asked, rules).await
+    }
+
+    /// The granted approval of exactly this request, used up by it
+    /// (`Break(Some)`); `Break(None)` when approvals cannot be read or the
+    /// one found has no grant on record (denied, no new approval offered);
+    /// `Continue` when none was granted.
+    async fn granted_approval(
+        &self,
+        ex: &Exchange,
+        asked: &Asked<'_>,
+    ) -> ControlFlow<Option<ApprovalNote>> {
         let store = self.audit.store();
-        match store.use_approval(&asked, &ex.id).await {
+        match store.use_approval(asked, &ex.id).await {
             Ok(Some(a)) => {
                 // Honoured only if the log holds its grant: a row written
                 // into the table by other means releases nothing.
@@ -534,26 +545,33 @@ impl Gateway {
                 });
                 if !on_record {
                     error!(audit_id = %ex.id, approval = %a.id, "an approval with no grant in the audit log: not honoured");
-                    return None;
+                    return ControlFlow::Break(None);
                 }
-                return Some(note(a, "used"));
+                ControlFlow::Break(Some(ApprovalNote::of(a, "used")))
             }
-            Ok(None) => {}
+            Ok(None) => ControlFlow::Continue(()),
             Err(e) => {
                 error!(audit_id = %ex.id, error = %e, "approvals unreadable: denied without one");
-                return None;
+                ControlFlow::Break(None)
             }
         }
-        // Asked for already (a client retrying): the same approval.
-        if let Ok(Some(a)) = store.pending_approval(&asked).await {
-            return Some(note(a, "pending"));
-        }
+    }
+
+    /// A new pending approval for this denied request.
+    async fn ask_approval(
+        &self,
+        ex: &Exchange,
+        asked: &Asked<'_>,
+        rules: &[String],
+    ) -> Option<ApprovalNote> {
         let id = uuid::Uuid::now_v7().to_string();
         let ttl = chrono::Duration::from_std(self.config.approvals.ttl.0).unwrap_or_default();
         let expires = chrono::Utc::now() + ttl;
         let subject = ex.caller.subject.as_deref();
-        if let Err(e) = store
-            .ask_approval(&id, &asked, subject, &ex.id, expires.timestamp_micros())
+        if let Err(e) = self
+            .audit
+            .store()
+            .ask_approval(&id, asked, subject, &ex.id, expires.timestamp_micros())
             .await
         {
             error!(audit_id = %ex.id, error = %e, "approval not asked for: denied without one");

@@ -294,47 +294,29 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
 
 fn classify_v2(method: &Method, rest: &[&str]) -> Result<Option<Governed>, RouteError> {
     use Operation::*;
-    let governed = |operation, path: String, id: Option<String>, cid: Option<String>| {
-        Some(Governed {
-            operation,
-            method: method.clone(),
-            path,
-            id,
-            connection_id: cid,
-        })
+    let governed = |operation, path: String, id: Option<String>, cid: Option<String>| Governed {
+        operation,
+        method: method.clone(),
+        path,
+        id,
+        connection_id: cid,
     };
     match rest {
-        [orgs] if eq(orgs, "organizations") => match *method {
-            Method::POST => Ok(governed(
-                OrganizationCreate,
-                encode_path(&["api", "v2", "organizations"]),
-                None,
-                None,
-            )),
-            Method::GET | Method::HEAD => Ok(None),
-            // `post`, `Post`, PUT…: a method the tenant might read as POST,
-            // or one it has no route for; either way not passed unjudged.
-            _ => Err(RouteError::MethodNotAllowed {
-                method: method.clone(),
-                allow: "GET, HEAD, POST",
-            }),
-        },
+        [orgs] if eq(orgs, "organizations") => {
+            let path = encode_path(&["api", "v2", "organizations"]);
+            Ok(by_method(method, &[(Method::POST, OrganizationCreate)])?
+                .map(|op| governed(op, path, None, None)))
+        }
         [orgs, id, family] if eq(orgs, "organizations") => {
             let Some((create, ..)) = family_ops(family) else {
                 return Ok(None);
             };
             let id = check_len(id, "id", 1, MAX_ORG_ID)?;
-            match *method {
-                Method::POST => {
-                    let path = encode_path(&["api", "v2", "organizations", &id, canonical(family)]);
-                    Ok(governed(create, path, Some(id), None))
-                }
-                Method::GET | Method::HEAD => Ok(None),
-                _ => Err(RouteError::MethodNotAllowed {
-                    method: method.clone(),
-                    allow: "GET, HEAD, POST",
-                }),
-            }
+            let Some(op) = by_method(method, &[(Method::POST, create)])? else {
+                return Ok(None);
+            };
+            let path = encode_path(&["api", "v2", "organizations", &id, canonical(family)]);
+            Ok(Some(governed(op, path, Some(id), None)))
         }
         [orgs, id, family, cid] if eq(orgs, "organizations") => {
             let Some((_, update, delete)) = family_ops(family) else {
@@ -342,36 +324,49 @@ fn classify_v2(method: &Method, rest: &[&str]) -> Result<Option<Governed>, Route
             };
             let id = check_len(id, "id", 1, MAX_ORG_ID)?;
             let cid = check_len(cid, "connection_id", 1, MAX_CONNECTION_ID)?;
+            let table = [(Method::PATCH, update), (Method::DELETE, delete)];
+            let Some(op) = by_method(method, &table)? else {
+                return Ok(None);
+            };
             let path = encode_path(&["api", "v2", "organizations", &id, canonical(family), &cid]);
-            match *method {
-                Method::PATCH => Ok(governed(update, path, Some(id), Some(cid))),
-                Method::DELETE => Ok(governed(delete, path, Some(id), Some(cid))),
-                Method::GET | Method::HEAD => Ok(None),
-                _ => Err(RouteError::MethodNotAllowed {
-                    method: method.clone(),
-                    allow: "GET, HEAD, PATCH, DELETE",
-                }),
-            }
+            Ok(Some(governed(op, path, Some(id), Some(cid))))
         }
         [profiles, id, ticket]
             if eq(profiles, "self-service-profiles") && eq(ticket, "sso-ticket") =>
         {
-            match *method {
-                Method::POST => {}
-                Method::GET | Method::HEAD => return Ok(None),
-                _ => {
-                    return Err(RouteError::MethodNotAllowed {
-                        method: method.clone(),
-                        allow: "POST",
-                    });
-                }
-            }
+            let Some(op) = by_method(method, &[(Method::POST, SsoTicketCreate)])? else {
+                return Ok(None);
+            };
             let id = check_len(id, "id", 1, MAX_ORG_ID)?;
             let path = encode_path(&["api", "v2", "self-service-profiles", &id, "sso-ticket"]);
-            Ok(governed(SsoTicketCreate, path, Some(id), None))
+            Ok(Some(governed(op, path, Some(id), None)))
         }
         _ => Ok(None),
     }
+}
+
+/// The operation a method performs on a governed route: `None` for a read
+/// (GET, HEAD), which passes through; an error for any other method —
+/// `post`, `Post`, PUT…: one the tenant might read as a write, or one it has
+/// no route for; either way not passed unjudged.
+fn by_method(
+    method: &Method,
+    writes: &[(Method, Operation)],
+) -> Result<Option<Operation>, RouteError> {
+    if let Some((_, op)) = writes.iter().find(|(m, _)| m == method) {
+        return Ok(Some(*op));
+    }
+    if *method == Method::GET || *method == Method::HEAD {
+        return Ok(None);
+    }
+    let allow = match writes {
+        [(m, _)] if *m == Method::POST => "GET, HEAD, POST",
+        _ => "GET, HEAD, PATCH, DELETE",
+    };
+    Err(RouteError::MethodNotAllowed {
+        method: method.clone(),
+        allow,
+    })
 }
 
 /// The (create, update, delete) operations of an association family segment.

@@ -120,22 +120,8 @@ pub async fn serve_with<H: Handler>(
             debug!(%peer, "connection refused: too many from this address");
             continue;
         }
-        // A slot for the new client: a free one, or, at the cap, one made by
-        // closing the connection idle the longest (a client that sends
-        // nothing, or reads nothing, must not keep the next one out).
-        // Excess clients wait in the kernel's accept queue meanwhile.
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                open.close_longest_idle();
-                tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
+        let Some(permit) = slot(&permits, open, shutdown.as_mut()).await else {
+            break;
         };
         let Some(conn) = open.admit(peer.ip(), limits.max_per_ip) else {
             debug!(%peer, "connection refused: too many from this address");
@@ -151,6 +137,25 @@ pub async fn serve_with<H: Handler>(
         .is_err()
     {
         warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+}
+
+/// A slot for a new client: a free one, or, at the cap, one made by closing
+/// the connection idle the longest (a client that sends nothing, or reads
+/// nothing, must not keep the next one out). Excess clients wait in the
+/// kernel's accept queue meanwhile. `None`: stopping.
+async fn slot(
+    permits: &Arc<Semaphore>,
+    open: &Open,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(p) = permits.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    open.close_longest_idle();
+    tokio::select! {
+        p = permits.clone().acquire_owned() => p.ok(),
+        () = shutdown => None,
     }
 }
 

@@ -125,11 +125,21 @@ fn evaluate_by(
             results.push(result);
         }
     }
+    let decision = decide(&results);
+    Judgement {
+        decision,
+        results,
+        policy_version: set.version.clone(),
+    }
+}
+
+/// The decision the rules' results add up to.
+fn decide(results: &[RuleResult]) -> Decision {
     let violated = |mode| results.iter().any(|r| r.is_violation() && r.mode == mode);
     let exempted = results
         .iter()
         .any(|r| r.mode == Mode::Enforce && matches!(r.verdict, Verdict::Exempted(_)));
-    let decision = if violated(Mode::Enforce) {
+    if violated(Mode::Enforce) {
         Decision::Deny
     } else if exempted {
         // Only the exceptions stood between this and a denial.
@@ -140,11 +150,6 @@ fn evaluate_by(
         Decision::DryRunDeny
     } else {
         Decision::Allow
-    };
-    Judgement {
-        decision,
-        results,
-        policy_version: set.version.clone(),
     }
 }
 
