@@ -1,6 +1,22 @@
 //! The command line: the commands and `serve`; `audit` and `policy` live in
 //! their own files.
 
+/// `print!`, ending the command quietly when standard output's reader has
+/// gone (`tollgate audit query | head`), as a Unix tool does, instead of
+/// panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!`, ending quietly when the reader has gone (see `out!`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod audit;
 mod policy;
 mod scan;
@@ -301,7 +317,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             }
             write_private(&key, &private)?;
             std::fs::write(&public_path, format!("{public}\n"))?;
-            println!(
+            outln!(
                 "Signing key written to {} (keep it where only tollgate reads it) and its public key to {}.\n\nAdd to tollgate.toml:\n\n[audit]\nsigning_key = {:?}\n# checkpoint_dir = \"/mnt/worm/tollgate\"   # optional: a copy the store's writers cannot rewrite\n\nVerify anywhere with: tollgate audit verify --public-key {}",
                 key.display(),
                 public_path.display(),
@@ -313,10 +329,10 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Keys(KeysCommand::New { name, .. }) => {
             let name = name.unwrap_or_default();
             let (key, hash) = crate::identity::new_key();
-            println!(
+            outln!(
                 "API key for {name} (shown once; give it to the caller, keep no copy):\n\n  {key}\n"
             );
-            println!(
+            outln!(
                 "Add to tollgate.toml:\n\n[[identity.keys]]\nname = {name:?}\nhash = \"{hash}\"\n# operations = [\"organization_connection.update\"]   # optional: only these"
             );
             Ok(ExitCode::SUCCESS)
@@ -332,14 +348,19 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let store = Store::open(&config.audit.url).await?;
             let list = store.approvals(1000).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!(
+                outln!(
                     "{:<38} {:<9} {:<28} {:<16} {:<16} {:<34} PATH",
-                    "APPROVAL", "STATUS", "EXPIRES", "REQUESTER", "APPROVER", "RULES"
+                    "APPROVAL",
+                    "STATUS",
+                    "EXPIRES",
+                    "REQUESTER",
+                    "APPROVER",
+                    "RULES"
                 );
                 for a in &list {
-                    println!(
+                    outln!(
                         "{:<38} {:<9} {:<28} {:<16} {:<16} {:<34} {}",
                         a.id,
                         a.status,
@@ -355,7 +376,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let store = Store::open(&config.audit.url).await?;
-            println!(
+            outln!(
                 "audit store migrated ({}): {}",
                 store.backend(),
                 crate::audit::redact_url(&config.audit.url)
@@ -372,9 +393,13 @@ pub(crate) fn load_errors(errors: &[crate::policy::LoadError]) -> anyhow::Error 
 
 /// Runs `tollgate serve` until SIGTERM or SIGINT.
 pub async fn serve(config: Config, sandbox: bool) -> anyhow::Result<()> {
+    use std::io::Write;
     let app = crate::app::App::start(config, sandbox).await?;
+    // The directions are for whoever reads them; a server whose output
+    // nobody reads goes on serving.
+    let mut stdout = std::io::stdout();
     if let Some(ca) = &app.sandbox_ca {
-        println!("{}", sandbox_recipes(app.addr, ca));
+        let _ = writeln!(stdout, "{}", sandbox_recipes(app.addr, ca));
     }
     if let Some(tenant) = &app.sandbox_tenant {
         let starter = if app.policies.dir().is_none() {
@@ -382,7 +407,8 @@ pub async fn serve(config: Config, sandbox: bool) -> anyhow::Result<()> {
         } else {
             ""
         };
-        println!(
+        let _ = writeln!(
+            stdout,
             "The simulated tenant itself is at {tenant}: scan it with
   TOLLGATE_UPSTREAM_URL={tenant} tollgate scan --token sandbox{starter}
 and change it outside tollgate, as its dashboard would, with
@@ -460,10 +486,25 @@ async fn approve(
     let resp = client.send_buffered(req).await?;
     let body = String::from_utf8_lossy(resp.body()).into_owned();
     if resp.status().is_success() {
-        println!("approved {id}: the requester may now send exactly that request, once.");
+        outln!("approved {id}: the requester may now send exactly that request, once.");
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("not approved ({}): {body}", resp.status());
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Writes to standard output. A closed pipe ends the process with success
+/// (the reader took what it wanted); any other failure to write ends it
+/// with an error.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("cannot write to standard output: {e}");
+        std::process::exit(1);
     }
 }

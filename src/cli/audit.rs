@@ -53,7 +53,7 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
             } else {
                 query::exchanges(&store, &filter).await?
             };
-            print!("{}", query::render(&rows, q.format));
+            out!("{}", query::render(&rows, q.format));
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Show { exchange_id } => {
@@ -65,7 +65,7 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
             let decision = events.iter().find(|e| e["event"]["kind"] == "decision");
             let outcome = events.iter().any(|e| e["event"]["kind"] == "outcome");
             // stdout is the events, as JSON; what is missing is said on stderr.
-            println!("{}", serde_json::to_string_pretty(&events)?);
+            outln!("{}", serde_json::to_string_pretty(&events)?);
             if let Some(d) = decision
                 && !outcome
             {
@@ -125,7 +125,7 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
                 .iter()
                 .map(|c| c.last_seq - c.first_seq + 1)
                 .sum();
-            println!(
+            outln!(
                 "exported {events} events of {} chains to {} ({}); verify with: tollgate audit verify --bundle {} --public-key KEY",
                 manifest.chains.len(),
                 out.display(),
@@ -143,12 +143,12 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
 
 fn print_verify(report: &verify::Report, json: bool) -> ExitCode {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(report).unwrap_or_default()
         );
     } else {
-        print!("{}", render_verify(report));
+        out!("{}", render_verify(report));
     }
     if report.ok() {
         ExitCode::SUCCESS
@@ -220,7 +220,7 @@ pub(super) async fn replay(config: &Config, dir: &Path, since: &str) -> anyhow::
             || "undecidable (context not recorded)".to_owned(),
             |d| d.to_string(),
         );
-        println!(
+        outln!(
             "{}  {}  {}  org={} connection={}  {} -> {}  {}",
             c.exchange_id,
             c.time,
@@ -236,7 +236,7 @@ pub(super) async fn replay(config: &Config, dir: &Path, since: &str) -> anyhow::
             }
         );
     }
-    println!(
+    outln!(
         "{} exchanges re-judged with policy version {}; {} would change",
         result.judged,
         candidate.version,

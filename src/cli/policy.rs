@@ -26,11 +26,11 @@ pub(super) async fn policy_command(
                     for e in &set.exceptions {
                         let (errors, warnings) = e.problems(now, config.policy.max_exception_days);
                         for w in warnings {
-                            println!("warning: {}: {w}", e.file);
+                            outln!("warning: {}: {w}", e.file);
                         }
                         for x in errors {
                             failed = true;
-                            println!("error: {}: {x}", e.file);
+                            outln!("error: {}: {x}", e.file);
                         }
                     }
                     if failed {
@@ -41,7 +41,7 @@ pub(super) async fn policy_command(
                         1 => " and 1 exception".to_owned(),
                         n => format!(" and {n} exceptions"),
                     };
-                    println!(
+                    outln!(
                         "ok: {} rules{exceptions} in {} files, version {}",
                         set.rules.len(),
                         set.files.len(),
@@ -58,9 +58,9 @@ pub(super) async fn policy_command(
                 policy::load_dir(&dir).map(|set| {
                     let report = testcases::run(&set, &dir);
                     for line in &report.lines {
-                        println!("{line}");
+                        outln!("{line}");
                     }
-                    println!("{} passed, {} failed", report.passed, report.failed);
+                    outln!("{} passed, {} failed", report.passed, report.failed);
                     if report.failed == 0 && report.passed > 0 {
                         ExitCode::SUCCESS
                     } else {
@@ -138,9 +138,10 @@ fn explain(set: &policy::PolicySet, args: &ExplainArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!(
+    outln!(
         "decision: {} (policy version {})",
-        decision.decision, decision.policy_version
+        decision.decision,
+        decision.policy_version
     );
     let applicable: Vec<&str> = decision.results.iter().map(|r| r.id.as_str()).collect();
     for r in &decision.results {
@@ -170,7 +171,7 @@ fn explain(set: &policy::PolicySet, args: &ExplainArgs) -> ExitCode {
             Verdict::Error(_) => "error",
             Verdict::Exempted(_) => "exempted",
         };
-        println!(
+        outln!(
             "  {:<28} {:<8} {:<9} {why}",
             r.id,
             r.mode.to_string(),
@@ -179,7 +180,7 @@ fn explain(set: &policy::PolicySet, args: &ExplainArgs) -> ExitCode {
     }
     for rule in &set.rules {
         if !applicable.contains(&rule.id.as_str()) {
-            println!(
+            outln!(
                 "  {:<28} {:<8} {:<9} does not apply to {}",
                 rule.id,
                 rule.mode.to_string(),

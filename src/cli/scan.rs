@@ -32,7 +32,7 @@ pub(super) async fn scan_command(args: ScanArgs, config: &Config) -> anyhow::Res
     let report = run(config, &policy, &args.orgs, token.as_ref(), &log).await?;
     audit.record(report.event()).await?;
     audit.close().await;
-    print!("{}", render(&report, args.format));
+    out!("{}", render(&report, args.format));
     // An outside change the policy forbids fails the scan too, even if it
     // was undone before the scan read the tenant.
     let outside = |d: Decision| report.outside.iter().filter(|o| o.decision == d).count();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::RecursiveMode;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::load::absolute;
 use super::{LoadError, PolicySet, load_dir, load_sources};
@@ -50,6 +50,7 @@ impl Policies {
         if set.rules.is_empty() && !allow_empty {
             return Err(vec![no_rules(dir)]);
         }
+        warn_of_exceptions(&set);
         Ok(Policies {
             dir: Some(dir.to_owned()),
             allow_empty,
@@ -110,6 +111,7 @@ impl Policies {
                     .increment(1);
                 if changed {
                     info!(version = %set.version, rules = set.rules.len(), "policy set loaded");
+                    warn_of_exceptions(&set);
                 }
                 Ok(set)
             }
@@ -164,6 +166,22 @@ fn no_rules(dir: &Path) -> LoadError {
         message: "the policy directory holds no rule; tollgate does not run without rules \
                   (set policy.allow_empty = true to allow it)"
             .into(),
+    }
+}
+
+/// Logs the exceptions of a set just put in force that have expired (they
+/// exempt nothing any more: `policy check` refuses them) or expire within
+/// [`EXPIRING_DAYS`](crate::policy::exception::EXPIRING_DAYS) days.
+fn warn_of_exceptions(set: &PolicySet) {
+    let now = chrono::Utc::now();
+    let soon = chrono::Duration::days(crate::policy::exception::EXPIRING_DAYS);
+    for e in &set.exceptions {
+        let expires = crate::audit::format_time(e.expires);
+        if e.expires <= now {
+            warn!(exception = %e.id, %expires, "an exception in the policy set has expired: it exempts nothing (remove it)");
+        } else if e.expires - now <= soon {
+            warn!(exception = %e.id, %expires, "an exception in the policy set expires soon");
+        }
     }
 }
 

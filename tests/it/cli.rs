@@ -176,6 +176,64 @@ fn policy_commands_report_and_exit_as_documented() {
     );
 }
 
+/// An exception that expired while the set was in force exempts nothing,
+/// and the operator is told when the set is loaded (`policy check` refuses
+/// it; `serve` loads it, warns, and denies as if it were not there).
+#[tokio::test]
+async fn serve_warns_of_an_expired_exception_and_denies() {
+    let dir = tempfile::tempdir().expect("dir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("mkdir");
+    std::fs::write(
+        policies.join("r.toml"),
+        format!(
+            r#"{}
+[[exception]]
+id = "old-migration"
+rules = ["no-full-access"]
+expires = "2020-01-01T00:00:00Z"
+reason = "done long ago"
+"#,
+            crate::harness::NO_FULL_ACCESS
+        ),
+    )
+    .expect("write");
+    let served = crate::harness::Served::start(
+        dir.path(),
+        &["--sandbox"],
+        &[("TOLLGATE_POLICY_DIR", policies.display().to_string())],
+    )
+    .await;
+    let (status, body) = curl(&served.addr, r#"{"organization_access_level":"full"}"#).await;
+    assert_eq!(status, 403, "{body}");
+    let log = served.log();
+    assert!(
+        log.contains("has expired") && log.contains("old-migration"),
+        "{log}"
+    );
+    crate::harness::terminate(served.child).await;
+}
+
+/// `tollgate policy test | head`: a reader that went away ends the command
+/// quietly, with success, instead of a panic on stderr.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let config = tempfile::NamedTempFile::new().expect("config");
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "test"])
+        .current_dir(REPO)
+        .env_clear()
+        .env("TOLLGATE_CONFIG", config.path())
+        .stdout(writer)
+        .output()
+        .expect("run tollgate");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn bad_configuration_is_refused_naming_the_key() {
     let out = tollgate(&["serve"], &[("TOLLGATE_LIMITS_MAX_BODY", "lots")]);

@@ -428,7 +428,6 @@ impl Served {
         (served, dir, db)
     }
 
-    /// What it logged so far.
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.addr
@@ -443,10 +442,19 @@ impl Served {
         Harness::client_send(&self.addr, Method::PATCH, path, body).await
     }
 
+    /// What it logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log").join("\n")
     }
 }
+
+/// The rule most tests judge by, as a policy file spells it.
+pub const NO_FULL_ACCESS: &str = r#"
+[[rule]]
+id = "no-full-access"
+deny = 'after.organization_access_level == "full"'
+message = "no full access"
+"#;
 
 /// `tollgate serve ARGS` in `dir`, with a cleared environment but for `env`
 /// (after ephemeral listen and admin ports and `RUST_LOG=info`, so `env`

@@ -12,7 +12,7 @@ use tollgate::sandbox::Sandbox;
 use tollgate::sandbox::seed::*;
 use tollgate::server::{self, Handler};
 
-use crate::harness::{Answer, Harness, item};
+use crate::harness::{Answer, Harness, NO_FULL_ACCESS, item};
 
 /// The repository's starter policy set.
 fn starter() -> Vec<(&'static str, String)> {
@@ -340,12 +340,7 @@ async fn reloads_keep_the_last_good_set_and_pick_up_new_files() {
 async fn an_exception_lets_its_change_through_and_only_it() {
     let expires = (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339();
     let rules = format!(
-        r#"
-[[rule]]
-id = "no-full-access"
-deny = 'after.organization_access_level == "full"'
-message = "no full access"
-
+        r#"{NO_FULL_ACCESS}
 [[exception]]
 id = "acme-sso-migration"
 rules = ["no-full-access"]
