@@ -31,9 +31,8 @@ pub struct Admin {
     /// The Auth0 log stream's bearer token, and where its events are
     /// recorded.
     log_stream: Option<(Secret, Arc<AuditLog>)>,
-    /// The reviewers' page: its token, the checkpoints' public key, and
-    /// whether the listener serves HTTPS.
-    reviewers: Option<(Secret, Option<crate::audit::signing::PublicKey>, bool)>,
+    /// The reviewers' page.
+    reviewers: Option<crate::ui::Reviewers>,
     sessions: crate::ui::Sessions,
     /// Who may approve a denied request: names and their tokens' hashes.
     approvers: Vec<crate::config::ApiKey>,
@@ -161,23 +160,20 @@ impl Admin {
         }
     }
 
-    /// Serves the reviewers' page at `/ui/` to holders of `token`.
-    pub fn with_reviewers(
-        mut self,
-        token: Option<Secret>,
-        key: Option<crate::audit::signing::PublicKey>,
-        secure: bool,
-    ) -> Admin {
-        self.reviewers = token.map(|t| (t, key, secure));
+    /// Serves the reviewers' page at `/ui/` to holders of their token.
+    pub fn with_reviewers(mut self, reviewers: Option<crate::ui::Reviewers>) -> Admin {
+        self.reviewers = reviewers;
         self
     }
 
     fn ui(&self) -> crate::ui::Ui<'_> {
+        let r = self.reviewers.as_ref();
         crate::ui::Ui {
             store: &self.store,
-            token: self.reviewers.as_ref().map(|(t, _, _)| t),
-            key: self.reviewers.as_ref().and_then(|(_, k, _)| k.as_ref()),
-            secure: self.reviewers.as_ref().is_some_and(|(_, _, s)| *s),
+            token: r.map(|r| &r.token),
+            key: r.and_then(|r| r.key.as_ref()),
+            checkpoint_dir: r.and_then(|r| r.checkpoint_dir.as_deref()),
+            secure: r.is_some_and(|r| r.secure),
             sessions: &self.sessions,
         }
     }

@@ -285,14 +285,7 @@ async fn start_admin(
         .with_log_stream(config.scan.log_stream_token.clone(), audit.clone())
         .with_approvers(config.admin.approver_tokens.clone())
         .with_audit(audit.clone())
-        .with_reviewers(
-            config.admin.reviewer_token.clone(),
-            match &config.audit.signing_key {
-                Some(k) => Some(crate::audit::signing::SigningKey::load(k)?.public()),
-                None => None,
-            },
-            tls.is_some(),
-        );
+        .with_reviewers(reviewers(config, tls.is_some())?);
     let task = tokio::spawn(server::serve_with(
         listener,
         Arc::new(admin),
@@ -334,6 +327,23 @@ async fn start_gateway(
         tls,
     ));
     Ok((addr, task))
+}
+
+/// The reviewers' page, when `admin.reviewer_token` is set.
+fn reviewers(config: &Config, secure: bool) -> anyhow::Result<Option<crate::ui::Reviewers>> {
+    let Some(token) = config.admin.reviewer_token.clone() else {
+        return Ok(None);
+    };
+    let key = match &config.audit.signing_key {
+        Some(k) => Some(crate::audit::signing::SigningKey::load(k)?.public()),
+        None => None,
+    };
+    Ok(Some(crate::ui::Reviewers {
+        token,
+        key,
+        checkpoint_dir: config.audit.checkpoint_dir.clone(),
+        secure,
+    }))
 }
 
 /// The policy set `serve` enforces: `policy.dir`, which must hold rules

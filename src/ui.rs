@@ -53,11 +53,24 @@ impl Sessions {
 }
 
 /// What the page needs.
+/// Who may read the reviewers' page, and what it verifies with.
+pub struct Reviewers {
+    pub token: Secret,
+    /// The checkpoints' public key (`audit.signing_key`'s).
+    pub key: Option<PublicKey>,
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// The admin listener serves HTTPS: the cookie is `Secure`.
+    pub secure: bool,
+}
+
 pub struct Ui<'a> {
     pub store: &'a Store,
     /// The reviewer token (an empty one is no token).
     pub token: Option<&'a Secret>,
     pub key: Option<&'a PublicKey>,
+    /// Checkpoints kept outside the store (`audit.checkpoint_dir`): the
+    /// chains are verified against them too, as `audit verify` does.
+    pub checkpoint_dir: Option<&'a std::path::Path>,
     /// The admin listener serves HTTPS: the cookie is `Secure`.
     pub secure: bool,
     pub sessions: &'a Sessions,
@@ -298,18 +311,21 @@ impl Ui<'_> {
     }
 
     /// `/ui/chains`: every chain verified, with the checkpoints' key when
-    /// one is configured.
+    /// one is configured, and against the checkpoints kept as files.
     pub async fn chains(&self) -> Response<Bytes> {
-        let report = match verify::verify_with(self.store, self.key, &[]).await {
+        let unavailable =
+            |e: String| page(StatusCode::SERVICE_UNAVAILABLE, "Chains", &esc(&e), true);
+        let kept = match self
+            .checkpoint_dir
+            .map(crate::audit::signing::checkpoints_in)
+        {
+            None => Vec::new(),
+            Some(Ok(kept)) => kept,
+            Some(Err(e)) => return unavailable(e.to_string()),
+        };
+        let report = match verify::verify_with(self.store, self.key, &kept).await {
             Ok(r) => r,
-            Err(e) => {
-                return page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Chains",
-                    &esc(&e.to_string()),
-                    true,
-                );
-            }
+            Err(e) => return unavailable(e.to_string()),
         };
         let mut body = format!(
             "<p class=\"{}\">{}/{} events valid, {}/{} chains valid, {}/{} checkpoints verified{}.</p>",

@@ -40,7 +40,7 @@ fn jwt() -> String {
 
 const NO_FULL: &str = "[[rule]]\nid = \"no-full-access\"\ndeny = 'after.organization_access_level == \"full\"'\nmessage = \"no full access\"\n";
 
-async fn exec(store: &Store, sql: &str) {
+pub(crate) async fn exec(store: &Store, sql: &str) {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
     match store {
         Store::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
@@ -593,7 +593,7 @@ fn signing_pair(
 /// A gateway signing its chain's head, after three exchanges and a clean
 /// stop (a final checkpoint), and the public key. (The harness keeps a
 /// SQLite store's directory.)
-async fn signed_log(
+pub(crate) async fn signed_log(
     backend: Backend,
     dir: &std::path::Path,
 ) -> (Harness, tollgate::audit::signing::PublicKey) {

@@ -128,3 +128,31 @@ async fn reviewers_log_in_with_their_own_token_and_see_everything_escaped() {
     assert_eq!(forged.status, StatusCode::SEE_OTHER);
     let _ = Method::GET;
 }
+
+/// The chains page verifies as `audit verify --checkpoint-dir` does:
+/// checkpoint rows deleted from the store are caught through the files kept
+/// outside it.
+#[tokio::test]
+async fn the_chains_page_checks_the_checkpoints_kept_as_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (signed, _) = crate::audit::signed_log(crate::harness::Backend::Sqlite, dir.path()).await;
+    crate::audit::exec(&signed.store, "DELETE FROM audit_checkpoints").await;
+    let h = Harness::setup()
+        .store_url(&signed.store_url)
+        .config(&format!(
+            "[admin]\ntoken = \"admin-secret\"\nreviewer_token = \"review-secret\"\n[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
+            dir.path().join("signing.key").display().to_string(),
+            dir.path().join("checkpoints").display().to_string(),
+        ))
+        .start()
+        .await;
+    let admin = h.app.as_ref().expect("running").admin_addr.to_string();
+    let a = login(&admin, "review-secret").await;
+    let cookie = a.headers["set-cookie"].to_str().expect("cookie").to_owned();
+    let session = cookie.split(';').next().expect("pair").to_owned();
+    let chains = get(&admin, "/ui/chains", &session).await;
+    assert_eq!(chains.status, StatusCode::OK);
+    let page = String::from_utf8_lossy(&chains.body);
+    assert!(page.contains("missing from the store"), "{page}");
+    assert!(page.contains("class=\"broken\""), "{page}");
+}
