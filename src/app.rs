@@ -193,6 +193,9 @@ impl Drop for App {
 
 /// The writer's signer, with `audit.signing_key`.
 pub fn signer(config: &Config) -> anyhow::Result<Option<crate::audit::writer::Signer>> {
+    // A key file that does not read is a mistake found now, not when an
+    // auditor verifies.
+    crate::audit::signing::Keys::configured(&config.audit)?;
     let Some(path) = &config.audit.signing_key else {
         return Ok(None);
     };
@@ -334,10 +337,7 @@ fn reviewers(config: &Config, secure: bool) -> anyhow::Result<Option<crate::ui::
     let Some(token) = config.admin.reviewer_token.clone() else {
         return Ok(None);
     };
-    let key = match &config.audit.signing_key {
-        Some(k) => Some(crate::audit::signing::SigningKey::load(k)?.public()),
-        None => None,
-    };
+    let key = crate::audit::signing::Keys::configured(&config.audit)?;
     Ok(Some(crate::ui::Reviewers {
         token,
         key,

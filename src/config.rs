@@ -169,6 +169,9 @@ pub struct Audit {
     /// Also write each checkpoint as a file here: a place the store's
     /// writers cannot rewrite (a WORM bucket mount, another host).
     pub checkpoint_dir: Option<PathBuf>,
+    /// A file of the public keys of signing keys since retired (one
+    /// `ed25519:<hex>` per line): checkpoints they signed still verify.
+    pub retired_keys: Option<PathBuf>,
 }
 
 impl Default for Audit {
@@ -180,6 +183,7 @@ impl Default for Audit {
             signing_key: None,
             checkpoint_interval: HumanDuration(Duration::from_secs(60)),
             checkpoint_dir: None,
+            retired_keys: None,
         }
     }
 }

@@ -16,7 +16,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::audit::signing::PublicKey;
+use crate::audit::signing::Keys;
 use crate::audit::{Store, query, verify};
 use crate::config::Secret;
 
@@ -56,8 +56,9 @@ impl Sessions {
 /// Who may read the reviewers' page, and what it verifies with.
 pub struct Reviewers {
     pub token: Secret,
-    /// The checkpoints' public key (`audit.signing_key`'s).
-    pub key: Option<PublicKey>,
+    /// The checkpoints' public keys (`audit.signing_key`'s and
+    /// `audit.retired_keys`).
+    pub key: Option<Keys>,
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// The admin listener serves HTTPS: the cookie is `Secure`.
     pub secure: bool,
@@ -67,7 +68,7 @@ pub struct Ui<'a> {
     pub store: &'a Store,
     /// The reviewer token (an empty one is no token).
     pub token: Option<&'a Secret>,
-    pub key: Option<&'a PublicKey>,
+    pub key: Option<&'a Keys>,
     /// Checkpoints kept outside the store (`audit.checkpoint_dir`): the
     /// chains are verified against them too, as `audit verify` does.
     pub checkpoint_dir: Option<&'a std::path::Path>,

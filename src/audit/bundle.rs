@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::signing::{Checkpoint, PublicKey};
+use super::signing::{Checkpoint, Keys};
 use super::verify::{self, Report};
 use super::{Index, Row, Store, StoreError};
 
@@ -125,7 +125,7 @@ pub async fn export(
     store: &Store,
     since_us: i64,
     until_us: i64,
-    key: Option<&PublicKey>,
+    key: Option<&Keys>,
     signer: Option<&super::signing::SigningKey>,
     out: &Path,
 ) -> Result<Manifest, BundleError> {
@@ -174,12 +174,7 @@ pub async fn export(
     let signed = serde_json::to_vec_pretty(&kept).unwrap_or_default();
     write(out, CHECKPOINTS, &signed, &mut files)?;
     if let Some(k) = key {
-        write(
-            out,
-            PUBLIC_KEY,
-            format!("{}\n", k.to_text()).as_bytes(),
-            &mut files,
-        )?;
+        write(out, PUBLIC_KEY, k.to_text().as_bytes(), &mut files)?;
     }
     let time = |us: i64| {
         chrono::DateTime::from_timestamp_micros(us)
@@ -208,7 +203,7 @@ pub async fn export(
 
 /// Verifies a bundle offline: the files against the manifest, each chain's
 /// stretch, and the checkpoints with `pinned` (or the bundle's own key).
-pub fn verify(dir: &Path, pinned: Option<&PublicKey>) -> Result<Report, BundleError> {
+pub fn verify(dir: &Path, pinned: Option<&Keys>) -> Result<Report, BundleError> {
     let read = |name: &str| {
         std::fs::read(dir.join(name))
             .map_err(|e| BundleError::Io(format!("{}: {e}", dir.join(name).display())))
@@ -245,17 +240,19 @@ pub fn verify(dir: &Path, pinned: Option<&PublicKey>) -> Result<Report, BundleEr
     }
     let bundled = match manifest.files.contains_key(PUBLIC_KEY) {
         true => Some(
-            PublicKey::parse(&String::from_utf8_lossy(&read(PUBLIC_KEY)?))
+            Keys::parse(&String::from_utf8_lossy(&read(PUBLIC_KEY)?))
                 .map_err(|e| BundleError::Invalid(format!("{PUBLIC_KEY}: {e}")))?,
         ),
         false => None,
     };
+    // Given keys are the ones trusted: the bundle may not bring others.
     if let (Some(p), Some(b)) = (pinned, &bundled)
-        && p != b
+        && let Some(k) = b.iter().find(|k| !p.contains(k))
     {
-        return Err(BundleError::Invalid(
-            "the bundle's public key is not the one given with --public-key".into(),
-        ));
+        return Err(BundleError::Invalid(format!(
+            "the bundle's public key {} is not one given with --public-key",
+            k.key_id()
+        )));
     }
     let key = pinned.or(bundled.as_ref());
     // With a key, the manifest must be signed by it: otherwise whoever
@@ -266,7 +263,10 @@ pub fn verify(dir: &Path, pinned: Option<&PublicKey>) -> Result<Report, BundleEr
                 "{SIGNATURE} is missing: the bundle is not signed (export it where audit.signing_key is set)"
             ))
         })?;
-        if !key.verifies(&manifest_bytes, signature.trim()) {
+        if !key
+            .iter()
+            .any(|k| k.verifies(&manifest_bytes, signature.trim()))
+        {
             return Err(BundleError::Invalid(format!(
                 "{MANIFEST} is not signed by the public key (altered, or signed by another key)"
             )));

@@ -138,6 +138,97 @@ impl PublicKey {
     }
 }
 
+/// The public keys checkpoints are verified with: the signing key's, and
+/// those of signing keys since retired, so a chain signed before a rotation
+/// still verifies. A checkpoint names its key (`key_id`); it verifies only
+/// with that key, and only if that key is one of these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys(Vec<PublicKey>);
+
+impl From<PublicKey> for Keys {
+    fn from(key: PublicKey) -> Keys {
+        Keys(vec![key])
+    }
+}
+
+impl Keys {
+    /// One `ed25519:<hex>` per line; blank lines and `#` comments skipped.
+    pub fn parse(text: &str) -> Result<Keys, KeyError> {
+        let keys = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(PublicKey::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(KeyError("no public key (ed25519:<64 hex digits>)".into()));
+        }
+        Ok(Keys(keys))
+    }
+
+    /// Reads a public key file: one key, or several, one per line.
+    pub fn load(path: &Path) -> Result<Keys, KeyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
+        Keys::parse(&text).map_err(|e| KeyError(format!("{}: {e}", path.display())))
+    }
+
+    /// The keys a configuration verifies with: `audit.signing_key`'s and
+    /// those in `audit.retired_keys`; `None` when neither is set.
+    pub fn configured(audit: &crate::config::Audit) -> Result<Option<Keys>, KeyError> {
+        let current = match &audit.signing_key {
+            Some(private) => Some(Keys::from(SigningKey::load(private)?.public())),
+            None => None,
+        };
+        let retired = match &audit.retired_keys {
+            Some(path) => {
+                Some(Keys::load(path).map_err(|e| KeyError(format!("audit.retired_keys {e}")))?)
+            }
+            None => None,
+        };
+        Ok(match (current, retired) {
+            (Some(c), Some(r)) => Some(c.and(r)),
+            (c, r) => c.or(r),
+        })
+    }
+
+    /// These keys and `more`, each once.
+    pub fn and(mut self, more: Keys) -> Keys {
+        for k in more.0 {
+            if !self.0.contains(&k) {
+                self.0.push(k);
+            }
+        }
+        self
+    }
+
+    pub fn contains(&self, key: &PublicKey) -> bool {
+        self.0.contains(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &PublicKey> {
+        self.0.iter()
+    }
+
+    /// One key per line.
+    pub fn to_text(&self) -> String {
+        self.0.iter().map(|k| k.to_text() + "\n").collect()
+    }
+
+    /// Whether `c` was signed by the key it names, one of these; the
+    /// reason when not, to follow "the checkpoint … does not verify".
+    pub fn check(&self, c: &Checkpoint) -> Result<(), String> {
+        match self.0.iter().find(|k| k.key_id() == c.key_id) {
+            None => Err(format!(
+                ": it names key {}, not one of the public keys given",
+                c.key_id
+            )),
+            Some(k) if c.verified_by(k) => Ok(()),
+            Some(_) => Err(" with its public key (forged or altered)".into()),
+        }
+    }
+}
+
 /// A signed chain head.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -251,5 +342,35 @@ mod tests {
         assert!(!moved.verified_by(&public));
         let (_, other) = new_pair().expect("pair");
         assert!(!c.verified_by(&PublicKey::parse(&other).expect("other")));
+    }
+
+    /// A key file lists keys one per line; a checkpoint verifies only with
+    /// the key it names, which must be one of them.
+    #[test]
+    fn keys_verify_by_the_key_a_checkpoint_names() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (private, current) = new_pair().expect("pair");
+        let (_, retired) = new_pair().expect("pair");
+        std::fs::write(dir.path().join("k"), private).expect("write");
+        let key = SigningKey::load(&dir.path().join("k")).expect("load");
+        let c = Checkpoint::sign(&key, "c1", 7, "ab", false);
+        let keys = Keys::parse(&format!("# current\n{current}\n\n{retired}\n")).expect("keys");
+        assert_eq!(keys.iter().count(), 2);
+        assert_eq!(keys.check(&c), Ok(()));
+        let only_retired = Keys::parse(&retired).expect("keys");
+        assert!(
+            only_retired
+                .check(&c)
+                .expect_err("unknown")
+                .contains("names key")
+        );
+        // Naming another listed key does not help a signature made by none.
+        let renamed = Checkpoint {
+            key_id: only_retired.iter().next().expect("key").key_id(),
+            ..c
+        };
+        assert!(keys.check(&renamed).expect_err("forged").contains("forged"));
+        assert!(Keys::parse("# nothing\n").is_err());
+        assert!(Keys::parse("ed25519:zz").is_err());
     }
 }

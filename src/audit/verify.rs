@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::signing::{Checkpoint, PublicKey};
+use super::signing::{Checkpoint, Keys};
 use super::{GENESIS, Row, Store, StoreError, chain_hash, rules_column};
 use crate::policy::Decision;
 
@@ -112,7 +112,7 @@ pub async fn verify(store: &Store) -> Result<Report, StoreError> {
 /// deleting checkpoint rows hides nothing the files still hold.
 pub async fn verify_with(
     store: &Store,
-    key: Option<&PublicKey>,
+    key: Option<&Keys>,
     kept: &[Checkpoint],
 ) -> Result<Report, StoreError> {
     let registered = store.chains().await?;
@@ -185,7 +185,7 @@ pub async fn verify_with(
 pub fn verify_ranges(
     ranges: impl Iterator<Item = (super::bundle::ChainRange, Vec<Row>)>,
     checkpoints: &[Checkpoint],
-    key: Option<&PublicKey>,
+    key: Option<&Keys>,
 ) -> Report {
     let mut report = Report::default();
     for (range, rows) in ranges {
@@ -228,7 +228,7 @@ fn check_checkpoints(
     chain: &str,
     signed: &[&Checkpoint],
     walk: &mut ChainWalk,
-    key: Option<&PublicKey>,
+    key: Option<&Keys>,
     report: &mut Report,
 ) {
     let mut brk = |seq: i64, reason: String, walk: &mut ChainWalk| {
@@ -245,14 +245,11 @@ fn check_checkpoints(
     let mut covered = 0;
     for c in signed {
         report.checkpoints += 1;
-        if let Some(key) = key {
-            if !c.verified_by(key) {
+        if let Some(keys) = key {
+            if let Err(why) = keys.check(c) {
                 brk(
                     c.seq,
-                    format!(
-                        "the checkpoint at seq {} does not verify with the public key (forged or altered)",
-                        c.seq
-                    ),
+                    format!("the checkpoint at seq {} does not verify{why}", c.seq),
                     walk,
                 );
                 continue;

@@ -4,18 +4,17 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::{AuditCommand, load_errors};
-use crate::audit::signing::{PublicKey, SigningKey};
+use crate::audit::signing::{Keys, SigningKey};
 use crate::audit::{Store, query, verify};
 use crate::config::Config;
 use crate::policy;
 
-/// The public key checkpoints are verified with: given, or derived from
-/// `audit.signing_key`.
-fn public_key(config: &Config, given: Option<&Path>) -> anyhow::Result<Option<PublicKey>> {
-    Ok(match (given, &config.audit.signing_key) {
-        (Some(path), _) => Some(PublicKey::load(path)?),
-        (None, Some(private)) => Some(SigningKey::load(private)?.public()),
-        (None, None) => None,
+/// The public keys checkpoints are verified with: the file given, or the
+/// configured ones.
+fn public_keys(config: &Config, given: Option<&Path>) -> anyhow::Result<Option<Keys>> {
+    Ok(match given {
+        Some(path) => Some(Keys::load(path)?),
+        None => Keys::configured(&config.audit)?,
     })
 }
 
@@ -28,7 +27,7 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
         ..
     } = &cmd
     {
-        let key = key.as_deref().map(PublicKey::load).transpose()?;
+        let key = key.as_deref().map(Keys::load).transpose()?;
         let report = crate::audit::bundle::verify(dir, key.as_ref())?;
         return Ok(print_verify(&report, *json));
     }
@@ -83,7 +82,7 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
             checkpoint_dir,
             ..
         } => {
-            let key = public_key(config, key.as_deref())?;
+            let key = public_keys(config, key.as_deref())?;
             let kept = match checkpoint_dir.or_else(|| config.audit.checkpoint_dir.clone()) {
                 Some(dir) => crate::audit::signing::checkpoints_in(&dir)?,
                 None => Vec::new(),
@@ -104,7 +103,7 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
                 .map(time)
                 .transpose()?
                 .unwrap_or(now.timestamp_micros() + 1);
-            let key = public_key(config, key.as_deref())?;
+            let key = public_keys(config, key.as_deref())?;
             let signer = config
                 .audit
                 .signing_key

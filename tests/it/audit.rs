@@ -578,15 +578,13 @@ async fn a_tenant_that_times_out_leaves_a_failed_outcome(backend: Backend) {
 }
 
 /// A key pair in `dir`: the private key's path and the public key.
-fn signing_pair(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, tollgate::audit::signing::PublicKey) {
+fn signing_pair(dir: &std::path::Path) -> (std::path::PathBuf, tollgate::audit::signing::Keys) {
     let (private, public) = tollgate::audit::signing::new_pair().expect("pair");
     let path = dir.join("signing.key");
     std::fs::write(&path, private).expect("write");
     (
         path,
-        tollgate::audit::signing::PublicKey::parse(&public).expect("public"),
+        tollgate::audit::signing::Keys::parse(&public).expect("public"),
     )
 }
 
@@ -596,7 +594,7 @@ fn signing_pair(
 pub(crate) async fn signed_log(
     backend: Backend,
     dir: &std::path::Path,
-) -> (Harness, tollgate::audit::signing::PublicKey) {
+) -> (Harness, tollgate::audit::signing::Keys) {
     let (key, public) = signing_pair(dir);
     let checkpoints = dir.join("checkpoints");
     let mut h = Harness::setup()
@@ -674,6 +672,61 @@ on_both_backends! {
         let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
         assert!(!report.ok());
         assert!(report.breaks[0].reason.starts_with("truncated"), "{backend:?}: {report:?}");
+    }
+}
+
+on_both_backends! {
+    /// After the signing key is replaced, the checkpoints the old key signed
+    /// still verify with its public key listed in `audit.retired_keys` (or
+    /// in the `--public-key` file); without it they are reported, naming
+    /// the key.
+    async fn checkpoints_signed_before_a_key_rotation_still_verify(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (old_log, old) = signed_log(backend, dir.path()).await;
+        let (new_key, new) = signing_pair(&dir.path().join("new").tap_mkdir());
+        let mut h = Harness::setup()
+            .store_url(&old_log.store_url)
+            .config(&format!(
+                "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\n",
+                new_key.display().to_string()
+            ))
+            .start()
+            .await;
+        assert_eq!(h.patch(r#"{"show_as_button":true}"#).await.status, StatusCode::OK);
+        h.shutdown();
+        h.stopped().await;
+
+        let old_id = old.iter().next().expect("key").key_id();
+        let report = verify::verify_with(&h.store, Some(&new), &[]).await.expect("verify");
+        assert!(!report.ok());
+        let reason = &report.breaks[0].reason;
+        assert!(reason.contains(&format!("names key {old_id}, not one of the public keys given")), "{backend:?}: {reason}");
+        let both = new.clone().and(old.clone());
+        let report = verify::verify_with(&h.store, Some(&both), &[]).await.expect("verify");
+        assert!(report.ok(), "{backend:?}: {report:?}");
+        assert_eq!((report.checkpoints, report.verified_checkpoints), (2, 2));
+
+        // As an operator runs it: the new signing key, the old public key retired.
+        let retired = dir.path().join("retired.pub");
+        std::fs::write(&retired, format!("# retired 2026-11\n{}", old.to_text())).expect("write");
+        let config = tempfile::NamedTempFile::new().expect("config");
+        let verify = |retired_keys: Option<&std::path::Path>| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+            cmd.args(["audit", "verify"])
+                .env_clear()
+                .env("TOLLGATE_CONFIG", config.path())
+                .env("TOLLGATE_AUDIT_URL", &old_log.store_url)
+                .env("TOLLGATE_AUDIT_SIGNING_KEY", &new_key);
+            if let Some(path) = retired_keys {
+                cmd.env("TOLLGATE_AUDIT_RETIRED_KEYS", path);
+            }
+            let out = cmd.output().expect("run");
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let (ok, text) = verify(None);
+        assert!(!ok && text.contains(&old_id), "{text}");
+        let (ok, text) = verify(Some(&retired));
+        assert!(ok && text.contains("2/2 checkpoints verified"), "{text}");
     }
 }
 
@@ -766,7 +819,7 @@ async fn an_export_bundle_verifies_offline_with_the_public_key() {
     std::fs::write(&otherfile, other).expect("write");
     let out = verify(&otherfile);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not the one given"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not one given"));
     // An edited event: the manifest's hash says so.
     let events = elsewhere.path().join("events.jsonl");
     let text = std::fs::read_to_string(&events).expect("events");

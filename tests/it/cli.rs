@@ -259,6 +259,20 @@ fn bad_configuration_is_refused_naming_the_key() {
     let out = tollgate(&["serve", "--config", "/nonexistent/tollgate.toml"], &[]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("/nonexistent/tollgate.toml"));
+    // A retired-keys file that does not read stops serve, named.
+    let out = tollgate(
+        &["serve", "--sandbox"],
+        &[
+            ("TOLLGATE_AUDIT_URL", "sqlite://:memory:"),
+            ("TOLLGATE_AUDIT_RETIRED_KEYS", "/nonexistent/retired.pub"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("audit.retired_keys /nonexistent/retired.pub"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 // `migrate`, `audit verify` (text, `--json`, exit 1 on a break) and
