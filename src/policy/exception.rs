@@ -21,9 +21,9 @@ pub struct Exception {
     /// The rules it exempts.
     pub rules: Vec<String>,
     /// Organizations (ids or names); empty: any.
-    pub orgs: Vec<String>,
+    pub orgs: Vec<Scope>,
     /// Connections (ids or names); empty: any.
-    pub connections: Vec<String>,
+    pub connections: Vec<Scope>,
     /// Callers (client ids, or API key names); empty: any.
     pub callers: Vec<String>,
     /// Operations; empty: any the rules apply to.
@@ -33,6 +33,32 @@ pub struct Exception {
     pub ticket: Option<String>,
     /// The file it was read from.
     pub file: String,
+}
+
+/// An organization or connection an exception is scoped to. An entry
+/// shaped like the tenant's ids (`org_…`, `con_…`) is an id and matches
+/// only the id: an organization someone creates with the *name*
+/// `org_acme` is not `org_acme`. Any other entry is a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Id(String),
+    Name(String),
+}
+
+impl Scope {
+    fn of(entry: &str, id_prefix: &str) -> Scope {
+        match entry.starts_with(id_prefix) {
+            true => Scope::Id(entry.to_owned()),
+            false => Scope::Name(entry.to_owned()),
+        }
+    }
+
+    fn matches(&self, id: Option<&String>, name: Option<&String>) -> bool {
+        match self {
+            Scope::Id(x) => id == Some(x),
+            Scope::Name(x) => name == Some(x),
+        }
+    }
 }
 
 /// `[[exception]]` as written.
@@ -83,8 +109,12 @@ impl ExceptionDef {
         Ok(Exception {
             id: self.id.clone(),
             rules: self.rules.clone(),
-            orgs: self.orgs.clone(),
-            connections: self.connections.clone(),
+            orgs: self.orgs.iter().map(|o| Scope::of(o, "org_")).collect(),
+            connections: self
+                .connections
+                .iter()
+                .map(|c| Scope::of(c, "con_"))
+                .collect(),
             callers: self.callers.clone(),
             operations,
             expires,
@@ -101,29 +131,31 @@ impl Exception {
     /// (organization, connection, caller, operation) and it has not
     /// expired. The one place this is decided.
     pub fn exempts(&self, rule: &str, input: &RuleInput, change: &ChangeInput) -> bool {
-        let named = |list: &[String], id: &Option<String>, name: &Option<String>| {
-            list.is_empty()
-                || list
-                    .iter()
-                    .any(|x| Some(x) == id.as_ref() || Some(x) == name.as_ref())
+        let scoped = |list: &[Scope], id: &Option<String>, name: &Option<String>| {
+            list.is_empty() || list.iter().any(|x| x.matches(id.as_ref(), name.as_ref()))
         };
         let caller = &input.caller;
-        // A new organization (no id yet) is in no organization scope: an
-        // exception for `org_acme` must not cover a new one named so.
+        let by_caller = self.callers.is_empty()
+            || self
+                .callers
+                .iter()
+                .any(|c| Some(c) == caller.client_id.as_ref() || Some(c) == caller.key.as_ref());
+        // A new organization (no id yet) is in no organization scope, even
+        // one naming it: its name is the caller's to choose.
         let org = if change.org.id.is_some() {
-            named(&self.orgs, &change.org.id, &change.org.name)
+            scoped(&self.orgs, &change.org.id, &change.org.name)
         } else {
             self.orgs.is_empty()
         };
         input.now < self.expires
             && self.rules.iter().any(|r| r == rule)
             && org
-            && named(
+            && scoped(
                 &self.connections,
                 &change.connection.id,
                 &change.connection.name,
             )
-            && named(&self.callers, &caller.client_id, &caller.key)
+            && by_caller
             && (self.operations.is_empty()
                 || self.operations.contains(&input.operation)
                 || self.operations.contains(&change.operation))
@@ -152,6 +184,15 @@ impl Exception {
                 "exception {} expires at {}, within {EXPIRING_DAYS} days",
                 self.id,
                 crate::audit::format_time(self.expires)
+            ));
+        }
+        for name in self.orgs.iter().filter_map(|o| match o {
+            Scope::Name(n) => Some(n),
+            Scope::Id(_) => None,
+        }) {
+            warnings.push(format!(
+                "exception {} names organization {name:?} by name: whoever may rename organizations can move it to another; prefer its org_ id",
+                self.id
             ));
         }
         (errors, warnings)

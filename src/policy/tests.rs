@@ -433,6 +433,21 @@ fn an_exception_exempts_inside_its_scope_and_validity_only() {
     )
     .expect("judged");
     assert_eq!(d.decision, Decision::Exempted);
+    // An entry shaped like an id is an id: an organization whose *name* is
+    // `org_1` (anyone creating or renaming one may choose it) is not org_1.
+    let mut named_like_the_id = full_access("org_9", "con_saml", "terraform-ci", UPDATE);
+    named_like_the_id.org = obj(json!({"id": "org_9", "name": "org_1"}));
+    let d = judge(&s, &named_like_the_id).expect("judged");
+    assert_eq!(d.decision, Decision::Deny);
+    // A name entry matches only the name, never an id.
+    let mut id_like_the_name = full_access("acme", "con_saml", "terraform-ci", UPDATE);
+    id_like_the_name.org = obj(json!({"id": "acme", "name": "other"}));
+    let d = judge(&by_name, &id_like_the_name).expect("judged");
+    assert_eq!(d.decision, Decision::Deny);
+    // `policy check` says a name can be moved by a rename.
+    let now = chrono::Utc::now();
+    let (_, warnings) = by_name.exceptions[0].problems(now, 90);
+    assert!(warnings[0].contains("by name"), "{warnings:?}");
 }
 
 /// The instant an exception ends is the same for every judge: what

@@ -386,3 +386,45 @@ ticket = "CHG-1234"
     assert_eq!(verdict["verdict"], "exempted");
     assert_eq!(verdict["detail"], "acme-sso-migration");
 }
+
+/// An exception for `org_acme` (an id) does not reach an organization
+/// someone created with the *name* `org_acme`: the forbidden change is
+/// denied and the tenant keeps nothing of it.
+#[tokio::test]
+async fn an_exception_by_id_is_not_taken_by_an_organization_named_like_it() {
+    let expires = (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339();
+    let rules = format!(
+        r#"{NO_FULL_ACCESS}
+[[exception]]
+id = "acme-sso-migration"
+rules = ["no-full-access"]
+orgs = ["org_acme"]
+expires = "{expires}"
+reason = "SSO migration"
+"#
+    );
+    let h = Harness::with_policies("", &[("r.toml", &rules)]).await;
+    let created = h
+        .send(
+            Method::POST,
+            "/api/v2/organizations",
+            Some(r#"{"name":"org_acme"}"#),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    assert_ne!(id, "org_acme");
+    let a = h
+        .send(
+            Method::POST,
+            &format!("/api/v2/organizations/{id}/connections"),
+            Some(r#"{"connection_id":"con_saml","organization_access_level":"full"}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    assert_eq!(
+        h.forwarded(Method::POST),
+        1,
+        "only the organization was created"
+    );
+}
