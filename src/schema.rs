@@ -404,6 +404,15 @@ fn err(pointer: &str, message: impl Into<String>) -> SchemaError {
     }
 }
 
+/// Whether `key` names an association field, in any case or with spaces
+/// around it.
+fn governed_elsewhere(key: &str) -> bool {
+    let key = key.trim();
+    association::FIELDS
+        .iter()
+        .any(|f| f.name.eq_ignore_ascii_case(key))
+}
+
 /// Escapes a key for a JSON pointer (RFC 6901).
 fn pointer_token(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
@@ -439,7 +448,11 @@ impl Validator {
             } else if let Some(field) = association::settable(legacy).find(|f| f.name == key) {
                 check_field(field.ty, value, create, &pointer)?;
                 fields.insert(key.clone(), value.clone());
-            } else if self.unknown == UnknownFields::Reject {
+            } else if self.unknown == UnknownFields::Reject || governed_elsewhere(key) {
+                // A field of the association is governed whatever the
+                // setting: sent where this route does not take it (the other
+                // family's field, or spelled in another case), it is refused,
+                // never forwarded unjudged.
                 return Err(err(
                     &pointer,
                     format!("Additional properties not allowed: {key}"),

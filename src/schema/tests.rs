@@ -206,6 +206,34 @@ fn unknown_fields_are_refused_or_recorded() {
     )
     .expect("forward");
     assert_eq!(v.unknown_fields, vec!["/is_admin".to_owned()]);
+    // An association field is never "unknown": the other family's field, or
+    // one spelled in another case, is refused even when forwarding unknown
+    // fields (it would reach the tenant unjudged).
+    let legacy = (
+        "PATCH",
+        "/api/v2/organizations/org_1/enabled_connections/con_1",
+    );
+    for (at, body, field) in [
+        (
+            legacy,
+            json!({"organization_access_level": "full"}),
+            "/organization_access_level",
+        ),
+        (
+            UPDATE,
+            json!({"Organization_Access_Level": "full"}),
+            "/Organization_Access_Level",
+        ),
+        (
+            UPDATE,
+            json!({" organization_access_level": "full"}),
+            "/ organization_access_level",
+        ),
+    ] {
+        let e = validate(&route(at.0, at.1), Some(obj(body)), UnknownFields::Forward)
+            .expect_err("refused");
+        assert_eq!(e.pointer, field);
+    }
 }
 
 #[test]
