@@ -74,10 +74,11 @@ async fn postgres(schema: &str) -> Option<Store> {
 async fn large(store: Store, n: usize, name: &str) {
     let started = Instant::now();
     let mut head = tollgate::audit::ChainHead::new(uuid::Uuid::now_v7().to_string());
-    store
-        .register_chain(&head.chain_id, 0, "bench")
-        .await
-        .expect("chain");
+    let opening = tollgate::audit::store::Opening {
+        chain_id: head.chain_id.clone(),
+        started_us: 0,
+        host: "bench".into(),
+    };
     let base = chrono::Utc::now() - chrono::Duration::hours(48);
     let mut i = 0;
     while i < n {
@@ -89,7 +90,8 @@ async fn large(store: Store, n: usize, name: &str) {
                 head.link(&e)
             })
             .collect();
-        store.append(&rows).await.expect("append");
+        let first = (i == 0).then_some(&opening);
+        store.append_opening(&rows, first).await.expect("append");
         i += 5000;
     }
     let filled = started.elapsed();

@@ -197,6 +197,9 @@ pub fn signer(config: &Config) -> anyhow::Result<Option<crate::audit::writer::Si
     // auditor verifies.
     crate::audit::signing::Keys::configured(&config.audit)?;
     let Some(path) = &config.audit.signing_key else {
+        warn!(
+            "audit.signing_key is not set: the chains' heads are not signed, so one who can write the store and recomputes the hashes can rewrite or shorten the log unseen (tollgate keys new --signing)"
+        );
         return Ok(None);
     };
     let key = crate::audit::signing::SigningKey::load(path)?;

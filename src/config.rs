@@ -490,10 +490,13 @@ impl Config {
                 });
             }
         }
-        if self.approvals.ttl.0.is_zero() {
+        // An approval is for a request someone is waiting on: minutes to
+        // days, never forever (and never past what a time can hold).
+        let ttl = self.approvals.ttl.0;
+        if ttl.is_zero() || ttl > Duration::from_secs(30 * 24 * 3600) {
             return Err(ConfigError::Invalid {
                 key: "approvals.ttl",
-                message: "must be greater than zero".into(),
+                message: "must be greater than zero and at most 30d".into(),
             });
         }
         if self.audit.checkpoint_interval.0.is_zero() {

@@ -32,8 +32,11 @@ pub fn parse_time(text: &str, now: DateTime<Utc>) -> Result<i64, String> {
     let d: HumanDuration = text
         .parse()
         .map_err(|_| format!("{text:?} is neither a duration (24h, 30d) nor an RFC 3339 time"))?;
-    let back = chrono::Duration::from_std(d.0).map_err(|e| e.to_string())?;
-    Ok((now - back).timestamp_micros())
+    chrono::Duration::from_std(d.0)
+        .ok()
+        .and_then(|back| now.checked_sub_signed(back))
+        .map(|t| t.timestamp_micros())
+        .ok_or_else(|| format!("{text:?} reaches back further than times go"))
 }
 
 /// One exchange: its decision and, if recorded, its outcome.

@@ -240,13 +240,30 @@ pub struct Checkpoint {
     /// Written when the writer stopped: nothing may follow it.
     #[serde(rename = "final")]
     pub closed: bool,
+    /// Signed by another instance as it started, not by the chain's own
+    /// writer, which had not signed that far: it stopped without closing
+    /// its chain (a crash), or was still running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
     pub key_id: String,
     pub signature: String,
 }
 
+/// What a checkpoint says of the head it signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The writer's own, while it runs.
+    Running,
+    /// The writer's last word: nothing may follow.
+    Final,
+    /// Another instance's, at its start (see [`Checkpoint::adopted`]).
+    Adopted,
+}
+
 impl Checkpoint {
-    /// The bytes signed: the head, in a fixed order.
-    pub fn message(chain_id: &str, seq: i64, hash: &str, time: &str, closed: bool) -> Vec<u8> {
+    /// The bytes signed: the head, in a fixed order (`adopted` only when
+    /// set, so checkpoints signed before it existed verify as they were).
+    fn message(&self) -> Vec<u8> {
         #[derive(Serialize)]
         struct Signed<'a> {
             chain_id: &'a str,
@@ -255,50 +272,39 @@ impl Checkpoint {
             time: &'a str,
             #[serde(rename = "final")]
             closed: bool,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            adopted: bool,
         }
         serde_json::to_vec(&Signed {
-            chain_id,
-            seq,
-            hash,
-            time,
-            closed,
+            chain_id: &self.chain_id,
+            seq: self.seq,
+            hash: &self.hash,
+            time: &self.time,
+            closed: self.closed,
+            adopted: self.adopted,
         })
         .unwrap_or_default()
     }
 
     /// Signs a chain's head.
-    pub fn sign(
-        key: &SigningKey,
-        chain_id: &str,
-        seq: i64,
-        hash: &str,
-        closed: bool,
-    ) -> Checkpoint {
-        let time = super::format_time(chrono::Utc::now());
-        let signature = key.sign(&Checkpoint::message(chain_id, seq, hash, &time, closed));
-        Checkpoint {
-            chain_id: chain_id.to_owned(),
-            seq,
-            hash: hash.to_owned(),
-            time,
-            closed,
+    pub fn sign(key: &SigningKey, head: &super::ChainHead, kind: Kind) -> Checkpoint {
+        let mut c = Checkpoint {
+            chain_id: head.chain_id.clone(),
+            seq: head.seq,
+            hash: head.hash.clone(),
+            time: super::format_time(chrono::Utc::now()),
+            closed: kind == Kind::Final,
+            adopted: kind == Kind::Adopted,
             key_id: key.public().key_id(),
-            signature,
-        }
+            signature: String::new(),
+        };
+        c.signature = key.sign(&c.message());
+        c
     }
 
     /// Whether `key` signed exactly this head.
     pub fn verified_by(&self, key: &PublicKey) -> bool {
-        key.verifies(
-            &Checkpoint::message(
-                &self.chain_id,
-                self.seq,
-                &self.hash,
-                &self.time,
-                self.closed,
-            ),
-            &self.signature,
-        )
+        key.verifies(&self.message(), &self.signature)
     }
 }
 
@@ -333,7 +339,12 @@ mod tests {
         let key = SigningKey::load(&dir.path().join("k")).expect("load");
         let public = PublicKey::parse(&public).expect("public");
         assert_eq!(key.public(), public);
-        let c = Checkpoint::sign(&key, "c1", 7, "ab", false);
+        let head = crate::audit::ChainHead {
+            chain_id: "c1".into(),
+            seq: 7,
+            hash: "ab".into(),
+        };
+        let c = Checkpoint::sign(&key, &head, Kind::Running);
         assert!(c.verified_by(&public));
         let moved = Checkpoint {
             seq: 6,
@@ -353,7 +364,12 @@ mod tests {
         let (_, retired) = new_pair().expect("pair");
         std::fs::write(dir.path().join("k"), private).expect("write");
         let key = SigningKey::load(&dir.path().join("k")).expect("load");
-        let c = Checkpoint::sign(&key, "c1", 7, "ab", false);
+        let head = crate::audit::ChainHead {
+            chain_id: "c1".into(),
+            seq: 7,
+            hash: "ab".into(),
+        };
+        let c = Checkpoint::sign(&key, &head, Kind::Running);
         let keys = Keys::parse(&format!("# current\n{current}\n\n{retired}\n")).expect("keys");
         assert_eq!(keys.iter().count(), 2);
         assert_eq!(keys.check(&c), Ok(()));
@@ -370,6 +386,14 @@ mod tests {
             ..c
         };
         assert!(keys.check(&renamed).expect_err("forged").contains("forged"));
+        // Whether another instance signed it is signed too.
+        let adopted = Checkpoint::sign(&key, &head, Kind::Adopted);
+        assert_eq!(keys.check(&adopted), Ok(()));
+        let disowned = Checkpoint {
+            adopted: false,
+            ..adopted
+        };
+        assert!(keys.check(&disowned).is_err());
         assert!(Keys::parse("# nothing\n").is_err());
         assert!(Keys::parse("ed25519:zz").is_err());
     }

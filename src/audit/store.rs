@@ -97,6 +97,14 @@ const COLUMNS: &str = "chain_id, seq, event_id, exchange_id, kind, time_us, oper
 /// How long a connection may be waited for before the store counts as down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A writer's chain, registered with its first events.
+#[derive(Clone, Debug)]
+pub struct Opening {
+    pub chain_id: String,
+    pub started_us: i64,
+    pub host: String,
+}
+
 impl Store {
     /// Connects to `sqlite://PATH` (created if missing, WAL) or
     /// `postgres://…`, without migrating.
@@ -162,28 +170,22 @@ impl Store {
         Ok(())
     }
 
-    /// Registers a writer's chain.
-    pub async fn register_chain(
-        &self,
-        chain_id: &str,
-        started_us: i64,
-        host: &str,
-    ) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query("INSERT INTO audit_chains (chain_id, started_us, host) VALUES ($1, $2, $3)")
-                .bind(chain_id)
-                .bind(started_us)
-                .bind(host)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
-    }
-
     /// The registered chains.
     pub async fn chains(&self) -> Result<Vec<String>, StoreError> {
         let rows: Vec<String> = on_pool!(self, pool => {
             sqlx::query_scalar("SELECT chain_id FROM audit_chains ORDER BY chain_id")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// The chains registered together with their first events: each must
+    /// still hold events.
+    pub async fn chains_with_events(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<String> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT chain_id FROM audit_chains WHERE with_events = $1 ORDER BY chain_id")
+                .bind(true)
                 .fetch_all(pool)
                 .await?
         });
@@ -204,12 +206,32 @@ impl Store {
 
     /// Appends rows in one transaction: all are durable, or none.
     pub async fn append(&self, rows: &[Row]) -> Result<(), StoreError> {
+        self.append_opening(rows, None).await
+    }
+
+    /// As [`Store::append`]; with `opening`, also registers the chain, in
+    /// the same transaction as its first events (again after a commit whose
+    /// fate was unknown: registered once).
+    pub async fn append_opening(
+        &self,
+        rows: &[Row],
+        opening: Option<&Opening>,
+    ) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
         let chunks = chunks(rows, self.max_statement_bytes());
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            if let Some(o) = opening {
+                sqlx::query("INSERT INTO audit_chains (chain_id, started_us, host, with_events) VALUES ($1, $2, $3, $4) ON CONFLICT (chain_id) DO NOTHING")
+                    .bind(&o.chain_id)
+                    .bind(o.started_us)
+                    .bind(&o.host)
+                    .bind(true)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for chunk in chunks {
                 let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
                 qb.push_values(chunk, |mut b, r| {
@@ -302,6 +324,20 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Per chain with checkpoints: the highest signed seq, and whether the
+    /// chain was closed (a final checkpoint).
+    pub async fn checkpoint_marks(&self) -> Result<Vec<(String, i64, bool)>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT chain_id, CAST(MAX(seq) AS BIGINT), CAST(SUM(CASE WHEN closed THEN 1 ELSE 0 END) AS BIGINT) FROM audit_checkpoints GROUP BY chain_id")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(c, seq, closed)| (c, seq, closed > 0))
+            .collect())
     }
 
     /// Every signed checkpoint, by chain and position.

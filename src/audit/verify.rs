@@ -67,6 +67,18 @@ pub struct Report {
     /// Events of each chain beyond its last checkpoint: not yet covered by
     /// a signature.
     pub uncovered: Vec<Uncovered>,
+    /// Events of each chain covered only by a checkpoint another instance
+    /// signed as it started (the chain's writer crashed, or was running).
+    pub adopted: Vec<Adopted>,
+}
+
+/// Events signed by another instance than the chain's writer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Adopted {
+    pub chain_id: String,
+    /// The highest seq the chain's own writer signed (0: none).
+    pub own_seq: i64,
+    pub seq: i64,
 }
 
 /// Events a signature does not cover yet.
@@ -131,7 +143,8 @@ pub async fn verify_with(
             chains.push(c.chain_id.clone());
         }
     }
-    for chain in chains {
+    for chain in &chains {
+        let chain = chain.clone();
         let signed: Vec<&Checkpoint> = checkpoints.iter().filter(|c| c.chain_id == chain).collect();
         let mut walk = ChainWalk {
             expected_seq: 1,
@@ -176,6 +189,19 @@ pub async fn verify_with(
         report.valid_chains += usize::from(!walk.broken);
         report.events += walk.events;
         report.valid_events += walk.valid;
+    }
+    // A chain is registered with its first events: one left with none had
+    // them all deleted.
+    for chain in store.chains_with_events().await? {
+        if !chains.contains(&chain) {
+            report.chains += 1;
+            report.breaks.push(Break {
+                chain_id: chain,
+                seq: 1,
+                event_id: String::new(),
+                reason: "the chain holds no events, though it was registered with its first ones (deleted)".into(),
+            });
+        }
     }
     Ok(report)
 }
@@ -242,7 +268,7 @@ fn check_checkpoints(
             });
         }
     };
-    let mut covered = 0;
+    let (mut covered, mut own) = (0, 0);
     for c in signed {
         report.checkpoints += 1;
         if let Some(keys) = key {
@@ -288,6 +314,16 @@ fn check_checkpoints(
             );
         }
         covered = covered.max(c.seq);
+        if !c.adopted {
+            own = own.max(c.seq);
+        }
+    }
+    if covered > own {
+        report.adopted.push(Adopted {
+            chain_id: chain.to_owned(),
+            own_seq: own,
+            seq: covered,
+        });
     }
     if (key.is_some() || !signed.is_empty()) && walk.last_seq > covered {
         report.uncovered.push(Uncovered {

@@ -9,8 +9,10 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
+use super::signing::{Checkpoint, Kind};
+use super::store::Opening;
 use super::{ChainHead, NewEvent, Store, StoreError};
 
 /// Most events committed in one transaction.
@@ -77,14 +79,22 @@ impl AuditLog {
         signer: Option<Signer>,
     ) -> Result<AuditLog, StoreError> {
         let chain_id = uuid::Uuid::now_v7().to_string();
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into());
-        store
-            .register_chain(&chain_id, chrono::Utc::now().timestamp_micros(), &host)
-            .await?;
+        // Registered with its first events (a writer that records nothing
+        // leaves no chain): a registered chain without events lost them.
+        let opening = Opening {
+            chain_id: chain_id.clone(),
+            started_us: chrono::Utc::now().timestamp_micros(),
+            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into()),
+        };
+        // The store answers now, or the instance does not start.
+        store.ping().await?;
+        if let Some(signer) = &signer {
+            adopt_unsigned_heads(&store, signer).await?;
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(
             store.clone(),
-            ChainHead::new(chain_id.clone()),
+            (ChainHead::new(chain_id.clone()), opening),
             rx,
             max_batch.max(1),
             signer,
@@ -161,7 +171,7 @@ impl AuditLog {
 
 async fn write_loop(
     store: Store,
-    mut head: ChainHead,
+    (mut head, opening): (ChainHead, Opening),
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
     signer: Option<Signer>,
@@ -205,7 +215,7 @@ async fn write_loop(
             }
         }
         if !events.is_empty() {
-            let result = commit(&store, &mut head, &events, &mut resync).await;
+            let result = commit(&store, &mut head, &opening, &events, &mut resync).await;
             for ack in acks.into_iter().flatten() {
                 let _ = ack.send(result.clone());
             }
@@ -235,25 +245,67 @@ async fn sign(
     if head.seq == 0 || (!closed && head.seq == *signed) {
         return;
     }
-    let c =
-        super::signing::Checkpoint::sign(&signer.key, &head.chain_id, head.seq, &head.hash, closed);
-    if let Err(e) = store.add_checkpoint(&c).await {
+    let kind = if closed { Kind::Final } else { Kind::Running };
+    if keep(store, signer, &Checkpoint::sign(&signer.key, head, kind)).await {
+        *signed = head.seq;
+    }
+}
+
+/// Stores a checkpoint and writes its file; whether it was stored.
+async fn keep(store: &Store, signer: &Signer, c: &Checkpoint) -> bool {
+    if let Err(e) = store.add_checkpoint(c).await {
         warn!(error = %e, "checkpoint not stored");
-        return;
+        return false;
     }
     if let Some(dir) = &signer.dir {
-        let name = format!(
-            "{}-{:012}{}.json",
-            c.chain_id,
-            c.seq,
-            if closed { "-final" } else { "" }
-        );
-        let text = serde_json::to_string_pretty(&c).unwrap_or_default();
+        let suffix = match (c.closed, c.adopted) {
+            (true, _) => "-final",
+            (_, true) => "-adopted",
+            _ => "",
+        };
+        let name = format!("{}-{:012}{suffix}.json", c.chain_id, c.seq);
+        let text = serde_json::to_string_pretty(c).unwrap_or_default();
         if let Err(e) = std::fs::write(dir.join(&name), text) {
             warn!(error = %e, file = %name, "checkpoint file not written");
         }
     }
-    *signed = head.seq;
+    true
+}
+
+/// At start, signs the head of every other chain its own writer left
+/// unsigned past its last checkpoint and did not close (it crashed, or is
+/// another replica still running): those events are covered from now on,
+/// marked as signed by another instance.
+async fn adopt_unsigned_heads(store: &Store, signer: &Signer) -> Result<(), StoreError> {
+    let marks = store.checkpoint_marks().await?;
+    // Every chain with events is registered (with its first events).
+    for chain in store.chains().await? {
+        let mark = marks.iter().find(|(c, ..)| *c == chain);
+        if mark.is_some_and(|(_, _, closed)| *closed) {
+            continue;
+        }
+        let signed = mark.map_or(0, |(_, seq, _)| *seq);
+        let Some((seq, hash)) = store.chain_head(&chain).await? else {
+            continue;
+        };
+        if seq > signed {
+            let head = ChainHead {
+                chain_id: chain.clone(),
+                seq,
+                hash,
+            };
+            if keep(
+                store,
+                signer,
+                &Checkpoint::sign(&signer.key, &head, Kind::Adopted),
+            )
+            .await
+            {
+                info!(chain = %chain, seq, after = signed, "signed the head of a chain its writer left unsigned");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Links the events to the chain and commits them; the head moves only if
@@ -261,6 +313,7 @@ async fn sign(
 async fn commit(
     store: &Store,
     head: &mut ChainHead,
+    opening: &Opening,
     events: &[NewEvent],
     resync: &mut bool,
 ) -> Result<(), AuditError> {
@@ -280,7 +333,8 @@ async fn commit(
     let mut next = head.clone();
     let rows: Vec<_> = events.iter().map(|e| next.link(e)).collect();
     let started = Instant::now();
-    match store.append(&rows).await {
+    let first = rows.first().is_some_and(|r| r.seq == 1);
+    match store.append_opening(&rows, first.then_some(opening)).await {
         Ok(()) => {
             metrics::histogram!("tollgate_audit_write_duration_seconds")
                 .record(started.elapsed().as_secs_f64());

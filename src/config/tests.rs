@@ -159,6 +159,10 @@ fn tokens_are_not_empty_and_not_shared() {
     assert!(e.contains("must differ"), "{e}");
     let e = error("[audit]\ncheckpoint_interval = \"0s\"\n", &[]);
     assert!(e.contains("audit.checkpoint_interval"), "{e}");
+    for ttl in ["0s", "31d", "99999999d"] {
+        let e = error(&format!("[approvals]\nttl = \"{ttl}\"\n"), &[]);
+        assert!(e.contains("approvals.ttl"), "{ttl}: {e}");
+    }
 }
 
 /// `TOLLGATE_APPROVER_TOKEN` is `tollgate approve`'s, not a configuration key.

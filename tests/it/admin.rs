@@ -103,6 +103,10 @@ on_both_backends! {
         assert_eq!(list[0]["status"], 200);
         let bad = call(addr, Method::GET, "/v1/exchanges?colour=red", Some(TOKEN)).await;
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        // A window reaching back past the calendar: a 400, not a panic.
+        let far = call(addr, Method::GET, "/v1/exchanges?since=99999999d", Some(TOKEN)).await;
+        assert_eq!(far.status, StatusCode::BAD_REQUEST);
+        assert_eq!(far.json()["errorCode"], "invalid_query_string");
 
         let one = call(
             addr,

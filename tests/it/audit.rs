@@ -295,6 +295,19 @@ async fn two_gateways_on_one_postgres_write_two_valid_chains() {
     );
 }
 
+on_both_backends! {
+    /// An instance that recorded nothing leaves no chain behind: nothing
+    /// for `audit verify` to mistake for a chain whose events were deleted.
+    async fn a_writer_that_records_nothing_leaves_no_chain(backend: Backend) {
+        let mut h = Harness::setup().backend(backend).start().await;
+        h.shutdown();
+        h.stopped().await;
+        let r = verify::verify(&h.store).await.expect("verify");
+        assert!(r.ok(), "{backend:?}: {r:?}");
+        assert_eq!(r.chains, 0, "{r:?}");
+    }
+}
+
 /// Runs `tamper` on a store holding 3 exchanges (6 events) and returns the
 /// verification report.
 async fn tampered(backend: Backend, tamper: &str) -> verify::Report {
@@ -331,6 +344,12 @@ on_both_backends! {
         let r = tampered(backend, "DELETE FROM audit_events WHERE seq = 2").await;
         assert_eq!(r.breaks[0].seq, 3, "{backend:?} delete: {r:?}");
         assert!(r.breaks[0].reason.contains("deleted"));
+
+        // Every event of the chain deleted: its registration remains.
+        let r = tampered(backend, "DELETE FROM audit_events").await;
+        assert!(!r.ok(), "{backend:?} emptied: {r:?}");
+        assert_eq!((r.chains, r.valid_chains), (1, 0), "{r:?}");
+        assert!(r.breaks[0].reason.contains("holds no events"), "{r:?}");
 
         // A forged event slipped in after seq 2: later events renumbered.
         let insert = "UPDATE audit_events SET seq = seq + 100 WHERE seq > 2; \
@@ -727,6 +746,63 @@ on_both_backends! {
         assert!(!ok && text.contains(&old_id), "{text}");
         let (ok, text) = verify(Some(&retired));
         assert!(ok && text.contains("2/2 checkpoints verified"), "{text}");
+    }
+}
+
+on_both_backends! {
+    /// A chain whose writer stopped without closing it (a crash) is not
+    /// left uncovered for ever: the next instance to start signs its head,
+    /// marked as signed by another instance, and a later rewrite of those
+    /// events is caught.
+    async fn the_next_instance_signs_the_head_a_crashed_writer_left(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (key, public) = signing_pair(dir.path());
+        let db = crate::harness::fresh_store_url(backend, dir.path()).await;
+        let env = vec![
+            ("TOLLGATE_AUDIT_URL", db.clone()),
+            ("TOLLGATE_AUDIT_SIGNING_KEY", key.display().to_string()),
+            ("TOLLGATE_AUDIT_CHECKPOINT_INTERVAL", "1h".to_owned()),
+        ];
+        let mut crashed = crate::harness::Served::start(dir.path(), &["--sandbox"], &env).await;
+        for _ in 0..3 {
+            let a = crashed.patch(&crate::harness::item(), r#"{"show_as_button":true}"#).await;
+            assert_eq!(a.status, StatusCode::OK);
+        }
+        // Killed: no final checkpoint, nothing signed (the interval is an
+        // hour away).
+        crashed.child.kill().await.expect("kill");
+        let store = tollgate::audit::Store::open(&db).await.expect("store");
+        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
+        assert_eq!(report.uncovered.len(), 1, "{backend:?}: {report:?}");
+        let chain = report.uncovered[0].chain_id.clone();
+        let head = report.uncovered[0].after_seq + report.uncovered[0].events;
+
+        let next = crate::harness::Served::start(dir.path(), &["--sandbox"], &env).await;
+        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
+        assert!(report.ok(), "{backend:?}: {report:?}");
+        assert!(report.uncovered.is_empty(), "{backend:?}: {report:?}");
+        assert_eq!(report.adopted.len(), 1, "{report:?}");
+        assert_eq!(report.adopted[0].chain_id, chain);
+        assert_eq!((report.adopted[0].own_seq, report.adopted[0].seq), (0, head));
+        crate::harness::terminate(next.child).await;
+
+        // The adopted head holds: an event rewritten with its hashes
+        // recomputed is caught.
+        exec(&store, drop_triggers(backend)).await;
+        let rows = store.chain_rows(&chain, 0, 10).await.expect("rows");
+        let mut prev = rows[3].prev_hash.clone();
+        for r in &rows[3..] {
+            let body = r.body.replace("\"show_as_button\":true", "\"show_as_button\":false");
+            let hash = tollgate::audit::chain_hash(&prev, &body);
+            exec(&store, &format!(
+                "UPDATE audit_events SET body = '{}', prev_hash = '{prev}', hash = '{hash}' WHERE chain_id = '{chain}' AND seq = {}",
+                body.replace('\'', "''"), r.seq
+            )).await;
+            prev = hash;
+        }
+        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
+        assert!(!report.ok(), "{backend:?}: {report:?}");
+        assert!(report.breaks[0].reason.contains("not the one signed"), "{backend:?}: {report:?}");
     }
 }
 
