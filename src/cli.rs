@@ -394,12 +394,13 @@ pub(crate) fn load_errors(errors: &[crate::policy::LoadError]) -> anyhow::Error 
 /// Runs `tollgate serve` until SIGTERM or SIGINT.
 pub async fn serve(config: Config, sandbox: bool) -> anyhow::Result<()> {
     use std::io::Write;
+    let broker = config.identity.mode == crate::config::IdentityMode::Broker;
     let app = crate::app::App::start(config, sandbox).await?;
     // The directions are for whoever reads them; a server whose output
     // nobody reads goes on serving.
     let mut stdout = std::io::stdout();
     if let Some(ca) = &app.sandbox_ca {
-        let _ = writeln!(stdout, "{}", sandbox_recipes(app.addr, ca));
+        let _ = writeln!(stdout, "{}", sandbox_recipes(app.addr, ca, broker));
     }
     if let Some(tenant) = &app.sandbox_tenant {
         let starter = if app.policies.dir().is_none() {
@@ -424,19 +425,24 @@ and change it outside tollgate, as its dashboard would, with
 }
 
 /// How to point each client at the sandbox, over HTTPS.
-fn sandbox_recipes(addr: std::net::SocketAddr, ca: &Path) -> String {
+fn sandbox_recipes(addr: std::net::SocketAddr, ca: &Path, broker: bool) -> String {
     let port = addr.port();
     let ca = ca.display();
+    let tokens = if broker {
+        "broker mode: only tollgate API keys (tg_…) from identity.keys are accepted"
+    } else {
+        "any bearer token is accepted; client id `sandbox-client` with any\nsecret gets one"
+    };
+    let bearer = if broker { "tg_…" } else { "sandbox" };
     format!(
         "\
 tollgate sandbox: HTTPS and HTTP on {addr}; the certificate authority to trust is
   {ca}
-Point a client at it (any bearer token is accepted; client id `sandbox-client` with any
-secret gets one):
+Point a client at it ({tokens}):
   node-auth0:   NODE_EXTRA_CA_CERTS={ca}   domain: \"localhost:{port}\"
   auth0-python: REQUESTS_CA_BUNDLE={ca} SSL_CERT_FILE={ca}   domain=\"localhost:{port}\"
   Deploy CLI:   NODE_EXTRA_CA_CERTS={ca}   AUTH0_DOMAIN=localhost:{port}
-  curl:         curl --cacert {ca} https://localhost:{port}/api/v2/organizations -H 'Authorization: Bearer sandbox'"
+  curl:         curl --cacert {ca} https://localhost:{port}/api/v2/organizations -H 'Authorization: Bearer {bearer}'"
     )
 }
 
@@ -506,5 +512,26 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
         }
         eprintln!("cannot write to standard output: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The sandbox's directions name the credentials it takes: any bearer
+    /// token, or in broker mode only tollgate API keys.
+    #[test]
+    fn sandbox_directions_follow_the_identity_mode() {
+        let addr = "127.0.0.1:8080".parse().expect("addr");
+        let ca = std::path::Path::new("ca.pem");
+        let passthrough = super::sandbox_recipes(addr, ca, false);
+        assert!(
+            passthrough.contains("any bearer token is accepted"),
+            "{passthrough}"
+        );
+        assert!(passthrough.contains("Bearer sandbox"), "{passthrough}");
+        let broker = super::sandbox_recipes(addr, ca, true);
+        assert!(!broker.contains("any bearer token"), "{broker}");
+        assert!(broker.contains("only tollgate API keys"), "{broker}");
+        assert!(broker.contains("Bearer tg_"), "{broker}");
     }
 }

@@ -49,7 +49,10 @@ impl Drop for Guard {
 /// Installs the global subscriber: logs to stderr (so commands that print
 /// results keep stdout clean) and, when configured, OTLP traces.
 pub fn init(format: LogFormat) -> Guard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Postgres' notices ("relation … already exists, skipping" on every
+    // migration check) are not the operator's news.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let ansi = std::io::stderr().is_terminal();
     let fmt = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()

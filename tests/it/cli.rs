@@ -294,6 +294,14 @@ async fn store_commands_migrate_verify_and_replay(backend: Backend) {
         "{}",
         text(&out.stdout)
     );
+    // Again: nothing to do, and no database notice about it on stderr.
+    let out = tollgate(&["migrate"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let served = crate::harness::Served::start(
         dir.path(),
