@@ -180,7 +180,7 @@ impl<H: Handler> Accepting<H> {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let _ = stream.set_nodelay(true);
-        let service = service(self.handler.clone(), peer, conn.clone());
+        let service = service(self.handler.clone(), peer, conn.clone(), self.open.clone());
         let builder = self.builder.clone();
         let tls = self.tls.clone();
         let open = self.open.clone();
@@ -249,6 +249,7 @@ fn service<H: Handler>(
     handler: Arc<H>,
     peer: std::net::SocketAddr,
     conn: Arc<Conn>,
+    open: Arc<Open>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<BoxBody>,
@@ -258,6 +259,7 @@ fn service<H: Handler>(
     hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let handler = handler.clone();
         let busy = conn.busy();
+        let running = open.running();
         req.extensions_mut().insert(Peer(peer));
         // A caller that hangs up must not cancel the exchange halfway
         // (a change judged and forwarded still gets its outcome
@@ -268,6 +270,7 @@ fn service<H: Handler>(
         let exchange = AssertUnwindSafe(async move {
             let resp = handler.handle(req).await;
             drop(busy);
+            drop(running);
             // While the answer is being written, each part the client takes
             // counts as activity: an honest slow reader is not idle, a
             // client that stops reading soon is.
@@ -350,6 +353,28 @@ struct OpenInner {
     next: u64,
     by_id: std::collections::HashMap<u64, Arc<Conn>>,
     per_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+    /// Exchanges running, on a connection or, their caller gone, on their
+    /// own: shutdown waits for them too.
+    exchanges: usize,
+}
+
+impl OpenInner {
+    fn idle(&self) -> bool {
+        self.by_id.is_empty() && self.exchanges == 0
+    }
+}
+
+/// An exchange running, counted until it completes.
+struct Running(Arc<Open>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut inner = self.0.inner();
+        inner.exchanges -= 1;
+        if inner.idle() {
+            self.0.drained.notify_waiters();
+        }
+    }
 }
 
 /// One open connection.
@@ -481,9 +506,15 @@ impl Open {
                 inner.per_ip.remove(&conn.ip);
             }
         }
-        if inner.by_id.is_empty() {
+        if inner.idle() {
             self.drained.notify_waiters();
         }
+    }
+
+    /// Counts an exchange until the returned guard is dropped.
+    fn running(self: &Arc<Self>) -> Running {
+        self.inner().exchanges += 1;
+        Running(self.clone())
     }
 
     /// Asks the connection idle the longest (no exchange running) to close.
@@ -502,11 +533,11 @@ impl Open {
         }
     }
 
-    /// Completes once no connection is open.
+    /// Completes once no connection is open and no exchange runs.
     async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
-            if self.inner().by_id.is_empty() {
+            if self.inner().idle() {
                 return;
             }
             notified.await;

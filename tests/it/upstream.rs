@@ -254,6 +254,16 @@ async fn shutdown_drains_in_flight_exchanges(backend: Backend) {
 }
 }
 
+/// The seed PATCH with `body`, as bytes on the wire.
+fn raw_patch(body: &str) -> String {
+    format!(
+        "PATCH {} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        item(),
+        crate::harness::TOKEN,
+        body.len()
+    )
+}
+
 on_both_backends! {
 async fn a_caller_that_hangs_up_does_not_cancel_the_exchange(backend: Backend) {
     use tokio::io::AsyncWriteExt;
@@ -269,12 +279,7 @@ async fn a_caller_that_hangs_up_does_not_cancel_the_exchange(backend: Backend) {
 
     // The caller sends a change and hangs up before the tenant answers.
     let body = r#"{"show_as_button":false}"#;
-    let request = format!(
-        "PATCH {} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        item(),
-        crate::harness::TOKEN,
-        body.len()
-    );
+    let request = raw_patch(body);
     let mut stream = tokio::net::TcpStream::connect(h.addr)
         .await
         .expect("connect");
@@ -301,6 +306,45 @@ async fn a_caller_that_hangs_up_does_not_cancel_the_exchange(backend: Backend) {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].outcome, "completed", "{rows:?}");
     assert_eq!(rows[0].status, Some(200));
+}
+}
+
+on_both_backends! {
+/// A caller hangs up mid-exchange and the gateway is stopped at once: the
+/// stop waits for the exchange, so its outcome is in the log, not
+/// `unknown`.
+async fn shutdown_waits_for_an_exchange_whose_caller_hung_up(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+    use tollgate::audit::query;
+
+    // The tenant takes the change on arrival and answers 500 ms later.
+    let mut h = Harness::setup().backend(backend).start().await;
+    h.tenant.set_stall(Duration::from_millis(500));
+    let body = r#"{"show_as_button":false}"#;
+    let request = raw_patch(body);
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !h.received().iter().any(|r| r.method == Method::PATCH) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the change reached the tenant");
+    drop(stream);
+    // Let the connection close before the stop, so only the exchange is left.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), h.stopped())
+        .await
+        .expect("stopped");
+    let filter = query::Filter {
+        limit: 10,
+        ..Default::default()
+    };
+    let rows = query::exchanges(&h.store, &filter).await.expect("query");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].outcome, "completed", "{backend:?}: {rows:?}");
 }
 }
 
