@@ -1,6 +1,9 @@
 //! The audit log through the gateway, on SQLite and Postgres both.
 
+use std::str::FromStr;
+
 use http::{Method, StatusCode};
+
 use serde_json::{Value, json};
 use tollgate::audit::{Store, query, verify};
 use tollgate::sandbox::seed::*;
@@ -67,12 +70,20 @@ async fn events(h: &Harness, id: &str) -> Vec<Value> {
     query::show(&h.store, id).await.expect("show")
 }
 
-fn drop_triggers(backend: Backend) -> &'static str {
+/// SQL that drops the append-only triggers, as someone with write access
+/// to the store could.
+pub(crate) fn drop_triggers(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => {
-            "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;"
+            "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete; \
+             DROP TRIGGER audit_chains_no_update; DROP TRIGGER audit_chains_no_delete; \
+             DROP TRIGGER audit_checkpoints_no_update; DROP TRIGGER audit_checkpoints_no_delete;"
         }
-        Backend::Postgres => "DROP TRIGGER audit_events_no_change ON audit_events;",
+        Backend::Postgres => {
+            "DROP TRIGGER audit_events_no_change ON audit_events; \
+             DROP TRIGGER audit_chains_no_change ON audit_chains; \
+             DROP TRIGGER audit_checkpoints_no_change ON audit_checkpoints;"
+        }
     }
 }
 
@@ -305,6 +316,48 @@ on_both_backends! {
         let r = verify::verify(&h.store).await.expect("verify");
         assert!(r.ok(), "{backend:?}: {r:?}");
         assert_eq!(r.chains, 0, "{r:?}");
+    }
+}
+
+on_both_backends! {
+    /// A store the previous release wrote (chains registered at their
+    /// writer's start): after the upgrade, a chain that held events is
+    /// marked, so deleting them all is reported, while a chain that never
+    /// held any is not; and chains and checkpoints are append-only too.
+    async fn an_upgraded_store_knows_which_chains_held_events(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = crate::harness::fresh_store_url(backend, dir.path()).await;
+        let legacy = "INSERT INTO audit_chains (chain_id, started_us, host) VALUES ('legacy', 0, 'x'), ('idle', 0, 'x'); \
+                      INSERT INTO audit_events (chain_id, seq, event_id, exchange_id, kind, time_us, prev_hash, hash, body) \
+                      VALUES ('legacy', 1, 'e1', 'x1', 'decision', 0, 'p', 'h', '{}')";
+        match backend {
+            Backend::Sqlite => {
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url).expect("url").create_if_missing(true);
+                let pool = sqlx::SqlitePool::connect_with(options).await.expect("open");
+                sqlx::migrate!("migrations/sqlite").run_to(7, &pool).await.expect("migrate to 7");
+                sqlx::raw_sql(legacy).execute(&pool).await.expect("legacy rows");
+                pool.close().await;
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&url).await.expect("open");
+                sqlx::migrate!("migrations/postgres").run_to(7, &pool).await.expect("migrate to 7");
+                sqlx::raw_sql(legacy).execute(&pool).await.expect("legacy rows");
+                pool.close().await;
+            }
+        }
+        let store = Store::open(&url).await.expect("upgraded");
+        let unmark = sqlx::AssertSqlSafe("UPDATE audit_chains SET with_events = false".to_owned());
+        let refused = match &store {
+            Store::Sqlite(p) => sqlx::raw_sql(unmark).execute(p).await.is_err(),
+            Store::Postgres(p) => sqlx::raw_sql(unmark).execute(p).await.is_err(),
+        };
+        assert!(refused, "{backend:?}: chains are append-only");
+        exec(&store, drop_triggers(backend)).await;
+        exec(&store, "DELETE FROM audit_events").await;
+        let r = verify::verify(&store).await.expect("verify");
+        assert_eq!(r.breaks.len(), 1, "{backend:?}: {r:?}");
+        assert_eq!(r.breaks[0].chain_id, "legacy");
+        assert!(r.breaks[0].reason.contains("holds no events"), "{r:?}");
     }
 }
 
@@ -652,6 +705,7 @@ on_both_backends! {
         assert!(report.uncovered.is_empty(), "{report:?}");
         // Checkpoint rows deleted: the copies kept as files still say so.
         let kept = tollgate::audit::signing::checkpoints_in(&dir.path().join("checkpoints")).expect("files");
+        exec(&store, drop_triggers(backend)).await;
         exec(&store, "DELETE FROM audit_checkpoints").await;
         let report = verify::verify_with(&store, Some(&public), &kept).await.expect("verify");
         assert!(report.breaks[0].reason.contains("missing from the store"), "{backend:?}: {report:?}");
@@ -666,8 +720,7 @@ on_both_backends! {
         assert!(report.breaks[0].reason.contains("does not verify"), "{report:?}");
 
         // A forged event appended after the final checkpoint, its hash
-        // computed correctly.
-        exec(&store, drop_triggers(backend)).await;
+        // computed correctly (the triggers are already dropped).
         let last = store.chain_rows(&store.event_chains().await.expect("chains")[0], 5, 10).await.expect("rows");
         let last = last.last().expect("the last event").clone();
         let mut body: Value = serde_json::from_str(&last.body).expect("body");
