@@ -195,7 +195,7 @@ impl Drop for App {
 pub fn signer(config: &Config) -> anyhow::Result<Option<crate::audit::writer::Signer>> {
     // A key file that does not read is a mistake found now, not when an
     // auditor verifies.
-    crate::audit::signing::Keys::configured(&config.audit)?;
+    let configured = crate::audit::signing::Keys::configured(&config.audit)?;
     let Some(path) = &config.audit.signing_key else {
         warn!(
             "audit.signing_key is not set: the chains' heads are not signed, so one who can write the store and recomputes the hashes can rewrite or shorten the log unseen (tollgate keys new --signing)"
@@ -208,10 +208,16 @@ pub fn signer(config: &Config) -> anyhow::Result<Option<crate::audit::writer::Si
             .map_err(|e| anyhow::anyhow!("audit.checkpoint_dir {}: {e}", dir.display()))?;
     }
     info!(key = %key.public().key_id(), "the chain's head is signed");
+    let keys = crate::audit::signing::Keys::from(key.public());
+    let keys = match configured {
+        Some(configured) => keys.and(configured),
+        None => keys,
+    };
     Ok(Some(crate::audit::writer::Signer {
         key,
         interval: config.audit.checkpoint_interval.0,
         dir: config.audit.checkpoint_dir.clone(),
+        keys,
     }))
 }
 

@@ -315,6 +315,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             if key.exists() {
                 anyhow::bail!("{} exists: not overwritten", key.display());
             }
+            std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
             write_private(&key, &private)?;
             std::fs::write(&public_path, format!("{public}\n"))?;
             outln!(

@@ -481,6 +481,18 @@ impl Validator {
         id_key: &str,
         place: impl Fn(String) -> (OrgRef, Option<String>),
     ) -> Result<Vec<Change>, SchemaError> {
+        // Another spelling of the array's key (`Enabled_Connections`,
+        // `enabled_connections `) is refused: the tenant might read it as
+        // the array, and it would reach it unjudged.
+        if let Some(other) = body
+            .keys()
+            .find(|k| k.as_str() != key && k.trim().eq_ignore_ascii_case(key))
+        {
+            return Err(err(
+                &format!("/{}", pointer_token(other)),
+                format!("Additional properties not allowed: {other}"),
+            ));
+        }
         let items = match body.get(key) {
             None => return Ok(Vec::new()),
             Some(Value::Array(items)) => items,

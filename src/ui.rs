@@ -354,14 +354,8 @@ impl Ui<'_> {
             );
         }
         body.push_str("</table>");
-        for u in &report.uncovered {
-            let _ = write!(
-                body,
-                "<p>Chain <code>{}</code>: {} event(s) after seq {} not yet covered by a signed checkpoint.</p>",
-                esc(&u.chain_id),
-                u.events,
-                u.after_seq
-            );
+        for note in report.notes() {
+            let _ = write!(body, "<p>{}.</p>", esc(&note));
         }
         page(StatusCode::OK, "Chains", &body, true)
     }

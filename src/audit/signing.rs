@@ -152,12 +152,13 @@ impl From<PublicKey> for Keys {
 }
 
 impl Keys {
-    /// One `ed25519:<hex>` per line; blank lines and `#` comments skipped.
+    /// One `ed25519:<hex>` per line (the prefix may be left out); blank
+    /// lines and `#` comments, whole-line or after a key, skipped.
     pub fn parse(text: &str) -> Result<Keys, KeyError> {
         let keys = text
             .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.split('#').next().unwrap_or_default().trim())
+            .filter(|l| !l.is_empty())
             .map(PublicKey::parse)
             .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
@@ -370,7 +371,10 @@ mod tests {
             hash: "ab".into(),
         };
         let c = Checkpoint::sign(&key, &head, Kind::Running);
-        let keys = Keys::parse(&format!("# current\n{current}\n\n{retired}\n")).expect("keys");
+        let keys = Keys::parse(&format!(
+            "# current\n{current}\n\n{retired}  # until 2026-12\n"
+        ))
+        .expect("keys");
         assert_eq!(keys.iter().count(), 2);
         assert_eq!(keys.check(&c), Ok(()));
         let only_retired = Keys::parse(&retired).expect("keys");

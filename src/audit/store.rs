@@ -301,9 +301,11 @@ impl Store {
     }
 
     /// Stores a signed checkpoint.
-    pub async fn add_checkpoint(&self, c: &super::signing::Checkpoint) -> Result<(), StoreError> {
+    /// Stores a checkpoint; `false` when one at the same place was there
+    /// already (another instance signed that head first).
+    pub async fn add_checkpoint(&self, c: &super::signing::Checkpoint) -> Result<bool, StoreError> {
         let body = serde_json::to_string(c).unwrap_or_default();
-        match self {
+        let stored = match self {
             Store::Sqlite(pool) => {
                 sqlx::query("INSERT INTO audit_checkpoints (chain_id, seq, closed, body) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
                     .bind(&c.chain_id)
@@ -311,7 +313,8 @@ impl Store {
                     .bind(i64::from(c.closed))
                     .bind(body)
                     .execute(pool)
-                    .await?;
+                    .await?
+                    .rows_affected()
             }
             Store::Postgres(pool) => {
                 sqlx::query("INSERT INTO audit_checkpoints (chain_id, seq, closed, body) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
@@ -320,10 +323,25 @@ impl Store {
                     .bind(c.closed)
                     .bind(body)
                     .execute(pool)
-                    .await?;
+                    .await?
+                    .rows_affected()
             }
-        }
-        Ok(())
+        };
+        Ok(stored > 0)
+    }
+
+    /// A chain's checkpoints, by position.
+    pub async fn chain_checkpoints(
+        &self,
+        chain_id: &str,
+    ) -> Result<Vec<super::signing::Checkpoint>, StoreError> {
+        let bodies: Vec<String> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT body FROM audit_checkpoints WHERE chain_id = $1 ORDER BY seq")
+                .bind(chain_id)
+                .fetch_all(pool)
+                .await?
+        });
+        parse_checkpoints(&bodies)
     }
 
     /// Per chain with checkpoints: the highest signed seq, and whether the
@@ -347,13 +365,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        bodies
-            .iter()
-            .map(|b| {
-                serde_json::from_str(b)
-                    .map_err(|e| StoreError::Url(format!("a stored checkpoint is not one: {e}")))
-            })
-            .collect()
+        parse_checkpoints(&bodies)
     }
 
     /// Takes the claim `name` (for `value`); `false`: it was taken before,
@@ -512,6 +524,17 @@ const MAX_ROWS_PER_STATEMENT: usize = 2000;
 
 /// Splits rows into runs of at most `max_bytes` and
 /// [`MAX_ROWS_PER_STATEMENT`] rows (at least one row each).
+/// Stored checkpoints, read back.
+fn parse_checkpoints(bodies: &[String]) -> Result<Vec<super::signing::Checkpoint>, StoreError> {
+    bodies
+        .iter()
+        .map(|b| {
+            serde_json::from_str(b)
+                .map_err(|e| StoreError::Url(format!("a stored checkpoint is not one: {e}")))
+        })
+        .collect()
+}
+
 fn chunks(rows: &[Row], max_bytes: usize) -> Vec<&[Row]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);

@@ -93,6 +93,37 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.breaks.is_empty()
     }
+
+    /// What a reader should know beyond the breaks, one sentence each:
+    /// events no signature covers yet, stretches another instance signed,
+    /// and what a log without signed checkpoints cannot show.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes: Vec<String> = self
+            .uncovered
+            .iter()
+            .map(|u| {
+                format!(
+                    "chain {}: {} event(s) after seq {} not yet covered by a signed checkpoint",
+                    u.chain_id, u.events, u.after_seq
+                )
+            })
+            .collect();
+        notes.extend(self.adopted.iter().map(|a| {
+            format!(
+                "chain {}: seq {}..={} signed by another instance as it started (the chain's writer had signed up to seq {} and not closed the chain: it crashed, or was still running); they are vouched for from then on, not from when they were written",
+                a.chain_id,
+                a.own_seq + 1,
+                a.seq,
+                a.own_seq
+            )
+        }));
+        if self.checkpoints == 0 && self.events > 0 {
+            notes.push(
+                "no signed checkpoints: the chains show no edit made without recomputing hashes; one who can write the store and recomputes them is caught only with audit.signing_key".into(),
+            );
+        }
+        notes
+    }
 }
 
 #[derive(Default)]

@@ -51,6 +51,10 @@ pub struct Signer {
     pub interval: Duration,
     /// Also written here, one file per checkpoint.
     pub dir: Option<std::path::PathBuf>,
+    /// The keys other chains' checkpoints verify with (this one's and the
+    /// retired ones): a head is signed for another chain only where its
+    /// last checkpoint verifies.
+    pub keys: super::signing::Keys,
 }
 
 /// This instance's audit log: its chain and its writer task.
@@ -216,6 +220,12 @@ async fn write_loop(
         }
         if !events.is_empty() {
             let result = commit(&store, &mut head, &opening, &events, &mut resync).await;
+            // The chain's start is signed at once: a writer that dies before
+            // its first interval still leaves a checkpoint the next
+            // instance can carry on from.
+            if result.is_ok() && signed == 0 {
+                sign(&store, &head, signer.as_ref(), false, &mut signed).await;
+            }
             for ack in acks.into_iter().flatten() {
                 let _ = ack.send(result.clone());
             }
@@ -251,11 +261,17 @@ async fn sign(
     }
 }
 
-/// Stores a checkpoint and writes its file; whether it was stored.
+/// Stores a checkpoint and, when it was stored, writes its file; whether
+/// the head is signed (by this checkpoint, or one at the same place that
+/// another instance stored first).
 async fn keep(store: &Store, signer: &Signer, c: &Checkpoint) -> bool {
-    if let Err(e) = store.add_checkpoint(c).await {
-        warn!(error = %e, "checkpoint not stored");
-        return false;
+    match store.add_checkpoint(c).await {
+        Ok(true) => {}
+        Ok(false) => return true,
+        Err(e) => {
+            warn!(error = %e, "checkpoint not stored");
+            return false;
+        }
     }
     if let Some(dir) = &signer.dir {
         let suffix = match (c.closed, c.adopted) {
@@ -272,40 +288,107 @@ async fn keep(store: &Store, signer: &Signer, c: &Checkpoint) -> bool {
     true
 }
 
-/// At start, signs the head of every other chain its own writer left
-/// unsigned past its last checkpoint and did not close (it crashed, or is
+/// At start, signs the head of every other chain whose own writer signed
+/// part of it, did not close it, and wrote more since (it crashed, or is
 /// another replica still running): those events are covered from now on,
-/// marked as signed by another instance.
+/// marked as signed by another instance. Only where the chain holds up: its
+/// last checkpoint verifies, the events since link to it, and the store
+/// still has every checkpoint kept as a file. A chain no writer ever
+/// signed is left as it is (nothing here could vouch for its start).
 async fn adopt_unsigned_heads(store: &Store, signer: &Signer) -> Result<(), StoreError> {
+    let kept = match &signer.dir {
+        Some(dir) => super::signing::checkpoints_in(dir).unwrap_or_else(|e| {
+            warn!(error = %e, "checkpoint files unreadable: no chain's head is signed for it");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     let marks = store.checkpoint_marks().await?;
-    // Every chain with events is registered (with its first events).
-    for chain in store.chains().await? {
-        let mark = marks.iter().find(|(c, ..)| *c == chain);
-        if mark.is_some_and(|(_, _, closed)| *closed) {
+    for (chain, signed, closed) in marks {
+        if closed {
             continue;
         }
-        let signed = mark.map_or(0, |(_, seq, _)| *seq);
-        let Some((seq, hash)) = store.chain_head(&chain).await? else {
-            continue;
-        };
-        if seq > signed {
-            let head = ChainHead {
-                chain_id: chain.clone(),
-                seq,
-                hash,
-            };
-            if keep(
-                store,
-                signer,
-                &Checkpoint::sign(&signer.key, &head, Kind::Adopted),
-            )
-            .await
-            {
-                info!(chain = %chain, seq, after = signed, "signed the head of a chain its writer left unsigned");
+        match adoptable(store, signer, &chain, &kept).await? {
+            Ok(head) if head.seq > signed => {
+                let c = Checkpoint::sign(&signer.key, &head, Kind::Adopted);
+                if keep(store, signer, &c).await {
+                    info!(chain = %chain, seq = head.seq, after = signed, "signed the head of a chain its writer left unsigned");
+                }
+            }
+            Ok(_) => {}
+            Err(why) => {
+                warn!(chain = %chain, "{why}: its head is not signed for it (run tollgate audit verify)");
             }
         }
     }
     Ok(())
+}
+
+/// The head of `chain` if it holds up from its last checkpoint, or why not.
+async fn adoptable(
+    store: &Store,
+    signer: &Signer,
+    chain: &str,
+    kept: &[Checkpoint],
+) -> Result<Result<ChainHead, String>, StoreError> {
+    let stored = store.chain_checkpoints(chain).await?;
+    let files: Vec<&Checkpoint> = kept.iter().filter(|c| c.chain_id == chain).collect();
+    if files.iter().any(|c| c.closed) {
+        return Ok(Err(
+            "the chain was closed, as its checkpoint files show".into()
+        ));
+    }
+    if files.iter().any(|c| !stored.contains(c)) {
+        return Ok(Err(
+            "checkpoints kept as files are missing from the store".into()
+        ));
+    }
+    let Some(last) = stored.last() else {
+        return Ok(Err("the chain has no checkpoint".into()));
+    };
+    if let Err(why) = signer.keys.check(last) {
+        return Ok(Err(format!(
+            "its checkpoint at seq {} does not verify{why}",
+            last.seq
+        )));
+    }
+    let mut head = ChainHead {
+        chain_id: chain.to_owned(),
+        seq: last.seq,
+        hash: last.hash.clone(),
+    };
+    let mut after = last.seq - 1;
+    loop {
+        let rows = store.chain_rows(chain, after, 1000).await?;
+        let Some(end) = rows.last().map(|r| r.seq) else {
+            break;
+        };
+        for r in &rows {
+            let links = if r.seq == last.seq {
+                r.hash == last.hash
+            } else {
+                r.seq == head.seq + 1
+                    && r.prev_hash == head.hash
+                    && r.hash == super::chain_hash(&r.prev_hash, &r.body)
+            };
+            if !links {
+                return Ok(Err(format!(
+                    "the event at seq {} does not link to its last checkpoint",
+                    r.seq
+                )));
+            }
+            head.seq = r.seq;
+            head.hash = r.hash.clone();
+        }
+        after = end;
+    }
+    if head.seq < last.seq {
+        return Ok(Err(format!(
+            "events up to the checkpoint at seq {} are missing",
+            last.seq
+        )));
+    }
+    Ok(Ok(head))
 }
 
 /// Links the events to the chain and commits them; the head moves only if

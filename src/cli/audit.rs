@@ -200,24 +200,9 @@ fn render_verify(r: &verify::Report) -> String {
             ));
         }
     }
-    for u in &r.uncovered {
-        out.push_str(&format!(
-            "chain {}: {} event(s) after seq {} not yet covered by a signed checkpoint\n",
-            u.chain_id, u.events, u.after_seq
-        ));
-    }
-    for a in &r.adopted {
-        out.push_str(&format!(
-            "chain {}: seq {}..={} signed by another instance as it started (the chain's writer had not signed them: it crashed, or was still running)\n",
-            a.chain_id,
-            a.own_seq + 1,
-            a.seq
-        ));
-    }
-    if r.checkpoints == 0 && r.events > 0 {
-        out.push_str(
-            "no signed checkpoints: the chains show no edit made without recomputing hashes; one who can write the store and recomputes them is caught only with audit.signing_key\n",
-        );
+    for note in r.notes() {
+        out.push_str(&note);
+        out.push('\n');
     }
     out
 }

@@ -306,6 +306,23 @@ fn organization_create_judges_each_element() {
     );
     // The rest of the body is the tenant's to validate.
     check(at, json!({"name": "x", "anything": [1, 2]})).expect("other fields pass");
+    // But not the array under another spelling: it would pass unjudged.
+    let grant = json!([{"connection_id": "a", "organization_access_level": "full"}]);
+    for key in [
+        "Enabled_Connections",
+        "enabled_connections ",
+        "ENABLED_CONNECTIONS",
+    ] {
+        let mut body = json!({"name": "x"});
+        body[key] = grant.clone();
+        refused(at, body, &format!("/{key}"));
+    }
+    let ticket = ("POST", "/api/v2/self-service-profiles/ssp_1/sso-ticket");
+    refused(
+        ticket,
+        json!({"Enabled_Organizations": [{"organization_id": "org_1"}]}),
+        "/Enabled_Organizations",
+    );
 }
 
 #[test]

@@ -214,6 +214,35 @@ reason = "done long ago"
     crate::harness::terminate(served.child).await;
 }
 
+/// `keys new --signing --out DIR` makes the directory, writes the pair
+/// (the private key readable by its owner only), and never overwrites it.
+#[test]
+fn a_signing_key_pair_is_written_once_into_a_new_directory() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("keys-2026-12");
+    let o = out.to_str().expect("utf-8");
+    let run = tollgate(&["keys", "new", "--signing", "--out", o], &[]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let public = std::fs::read_to_string(out.join("signing.pub")).expect("public");
+    tollgate::audit::signing::Keys::parse(&public).expect("a public key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("signing.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+    let again = tollgate(&["keys", "new", "--signing", "--out", o], &[]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("not overwritten"),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
 /// `tollgate policy test | head`: a reader that went away ends the command
 /// quietly, with success, instead of a panic on stderr.
 #[test]
