@@ -220,14 +220,15 @@ async fn write_loop(
         }
         if !events.is_empty() {
             let result = commit(&store, &mut head, &opening, &events, &mut resync).await;
-            // The chain's start is signed at once: a writer that dies before
-            // its first interval still leaves a checkpoint the next
-            // instance can carry on from.
-            if result.is_ok() && signed == 0 {
-                sign(&store, &head, signer.as_ref(), false, &mut signed).await;
-            }
             for ack in acks.into_iter().flatten() {
                 let _ = ack.send(result.clone());
+            }
+            // The chain's start is signed at once (once its first events
+            // are acknowledged): a writer that dies before its first
+            // interval still leaves a checkpoint the next instance can carry
+            // on from.
+            if result.is_ok() && signed == 0 {
+                sign(&store, &head, signer.as_ref(), false, &mut signed).await;
             }
         }
         for done in flushes {
