@@ -135,12 +135,12 @@ impl App {
     }
 
     /// The one signal task: SIGTERM or SIGINT cancel the shutdown token,
-    /// SIGHUP reloads.
-    pub fn on_signals(&self) -> JoinHandle<()> {
+    /// SIGHUP reloads. `signals` were listened for before the listeners
+    /// opened, so a signal sent as soon as they answer is not lost.
+    pub fn on_signals(&self, mut signals: Signals) -> JoinHandle<()> {
         let reloader = self.reloader.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            let mut signals = Signals::new();
             while signals.next().await == Signal::Reload {
                 info!("SIGHUP: reloading policies and certificates");
                 reloader.reload();
@@ -417,23 +417,26 @@ enum Signal {
 }
 
 /// The signals that mean something to tollgate, listened for once.
-struct Signals {
+/// SIGTERM, SIGINT and SIGHUP, listened for (from `listen` on: the
+/// default action, ending the process on the spot, no longer applies).
+pub struct Signals {
     #[cfg(unix)]
-    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    unix: Option<[tokio::signal::unix::Signal; 3]>,
 }
 
 impl Signals {
-    fn new() -> Signals {
+    pub fn listen() -> Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
             let unix = match (
                 signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
                 signal(SignalKind::hangup()),
             ) {
-                (Ok(term), Ok(hup)) => Some((term, hup)),
+                (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
                 _ => {
-                    warn!("cannot listen for SIGTERM and SIGHUP; Ctrl-C still stops");
+                    warn!("cannot listen for SIGTERM, SIGINT and SIGHUP; Ctrl-C still stops");
                     None
                 }
             };
@@ -445,10 +448,10 @@ impl Signals {
 
     async fn next(&mut self) -> Signal {
         #[cfg(unix)]
-        if let Some((term, hup)) = &mut self.unix {
+        if let Some([term, int, hup]) = &mut self.unix {
             return tokio::select! {
-                _ = tokio::signal::ctrl_c() => Signal::Stop,
                 _ = term.recv() => Signal::Stop,
+                _ = int.recv() => Signal::Stop,
                 _ = hup.recv() => Signal::Reload,
             };
         }

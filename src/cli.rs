@@ -396,6 +396,7 @@ pub(crate) fn load_errors(errors: &[crate::policy::LoadError]) -> anyhow::Error 
 pub async fn serve(config: Config, sandbox: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let broker = config.identity.mode == crate::config::IdentityMode::Broker;
+    let signals = crate::app::Signals::listen();
     let app = crate::app::App::start(config, sandbox).await?;
     // The directions are for whoever reads them; a server whose output
     // nobody reads goes on serving.
@@ -418,7 +419,7 @@ and change it outside tollgate, as its dashboard would, with
     -H 'Authorization: Bearer sandbox' -H 'Content-Type: application/json' -d '{{\"organization_access_level\":\"full\"}}'"
         );
     }
-    let signals = app.on_signals();
+    let signals = app.on_signals(signals);
     app.shutdown.cancelled().await;
     signals.abort();
     app.stopped().await;

@@ -120,17 +120,23 @@ fn write(
 
 /// Writes the events in `[since_us, until_us)` — each chain's contiguous
 /// stretch from the first to the last event in the window — with the
-/// checkpoints that fall in it and `key`, into `out`.
+/// checkpoints that fall in it (the store's, and `kept`: those kept as
+/// files) and `key`, into `out`.
 pub async fn export(
     store: &Store,
     since_us: i64,
     until_us: i64,
     key: Option<&Keys>,
     signer: Option<&super::signing::SigningKey>,
+    kept: &[Checkpoint],
     out: &Path,
 ) -> Result<Manifest, BundleError> {
     std::fs::create_dir_all(out).map_err(|e| BundleError::Io(format!("{}: {e}", out.display())))?;
-    let checkpoints = store.checkpoints().await?;
+    // The store's checkpoints, and those kept as files that it lost: the
+    // bundle outlives the store with every signature there is.
+    let mut checkpoints = store.checkpoints().await?.good;
+    let known: std::collections::HashSet<Checkpoint> = checkpoints.iter().cloned().collect();
+    checkpoints.extend(kept.iter().filter(|c| !known.contains(*c)).cloned());
     let mut events = String::new();
     let mut chains = Vec::new();
     let mut kept = Vec::new();

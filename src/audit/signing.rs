@@ -231,7 +231,7 @@ impl Keys {
 }
 
 /// A signed chain head.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub chain_id: String,
     pub seq: i64,

@@ -330,18 +330,16 @@ impl Store {
         Ok(stored > 0)
     }
 
-    /// A chain's checkpoints, by position.
-    pub async fn chain_checkpoints(
-        &self,
-        chain_id: &str,
-    ) -> Result<Vec<super::signing::Checkpoint>, StoreError> {
-        let bodies: Vec<String> = on_pool!(self, pool => {
-            sqlx::query_scalar("SELECT body FROM audit_checkpoints WHERE chain_id = $1 ORDER BY seq")
+    /// A chain's checkpoint rows, by position, read back (see
+    /// [`Store::checkpoints`]).
+    pub async fn chain_checkpoints(&self, chain_id: &str) -> Result<Checkpoints, StoreError> {
+        let rows: Vec<(String, i64, i64, String)> = on_pool!(self, pool => {
+            sqlx::query_as(CHECKPOINT_ROWS_OF_CHAIN)
                 .bind(chain_id)
                 .fetch_all(pool)
                 .await?
         });
-        parse_checkpoints(&bodies)
+        Ok(read_checkpoints(rows))
     }
 
     /// Per chain with checkpoints: the highest signed seq, and whether the
@@ -358,14 +356,17 @@ impl Store {
             .collect())
     }
 
-    /// Every signed checkpoint, by chain and position.
-    pub async fn checkpoints(&self) -> Result<Vec<super::signing::Checkpoint>, StoreError> {
-        let bodies: Vec<String> = on_pool!(self, pool => {
-            sqlx::query_scalar("SELECT body FROM audit_checkpoints ORDER BY chain_id, seq")
+    /// Every checkpoint row, by chain and position, read back: the
+    /// checkpoints, and the rows that are not one (unreadable, or a body
+    /// that names another place than its row), which verification reports
+    /// instead of failing whole.
+    pub async fn checkpoints(&self) -> Result<Checkpoints, StoreError> {
+        let rows: Vec<(String, i64, i64, String)> = on_pool!(self, pool => {
+            sqlx::query_as(CHECKPOINT_ROWS)
                 .fetch_all(pool)
                 .await?
         });
-        parse_checkpoints(&bodies)
+        Ok(read_checkpoints(rows))
     }
 
     /// Takes the claim `name` (for `value`); `false`: it was taken before,
@@ -524,15 +525,48 @@ const MAX_ROWS_PER_STATEMENT: usize = 2000;
 
 /// Splits rows into runs of at most `max_bytes` and
 /// [`MAX_ROWS_PER_STATEMENT`] rows (at least one row each).
-/// Stored checkpoints, read back.
-fn parse_checkpoints(bodies: &[String]) -> Result<Vec<super::signing::Checkpoint>, StoreError> {
-    bodies
-        .iter()
-        .map(|b| {
-            serde_json::from_str(b)
-                .map_err(|e| StoreError::Url(format!("a stored checkpoint is not one: {e}")))
-        })
-        .collect()
+const CHECKPOINT_ROWS: &str = "SELECT chain_id, seq, CAST(CASE WHEN closed THEN 1 ELSE 0 END AS BIGINT), body FROM audit_checkpoints ORDER BY chain_id, seq";
+const CHECKPOINT_ROWS_OF_CHAIN: &str = "SELECT chain_id, seq, CAST(CASE WHEN closed THEN 1 ELSE 0 END AS BIGINT), body FROM audit_checkpoints WHERE chain_id = $1 ORDER BY seq";
+
+/// Checkpoint rows read back.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoints {
+    pub good: Vec<super::signing::Checkpoint>,
+    pub bad: Vec<BadCheckpoint>,
+}
+
+/// A checkpoint row that is not a checkpoint of its place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadCheckpoint {
+    pub chain_id: String,
+    pub seq: i64,
+    pub reason: String,
+}
+
+fn read_checkpoints(rows: Vec<(String, i64, i64, String)>) -> Checkpoints {
+    let mut out = Checkpoints::default();
+    for (chain_id, seq, closed, body) in rows {
+        let bad = |reason: String| BadCheckpoint {
+            chain_id: chain_id.clone(),
+            seq,
+            reason,
+        };
+        match serde_json::from_str::<super::signing::Checkpoint>(&body) {
+            Ok(c) if c.chain_id == chain_id && c.seq == seq && c.closed == (closed != 0) => {
+                out.good.push(c);
+            }
+            Ok(c) => out.bad.push(bad(format!(
+                "the checkpoint row at seq {seq} holds a checkpoint of another place (chain {}, seq {}{}) (copied)",
+                c.chain_id,
+                c.seq,
+                if c.closed { ", final" } else { "" }
+            ))),
+            Err(e) => out.bad.push(bad(format!(
+                "the checkpoint row at seq {seq} is not a checkpoint ({e}) (altered)"
+            ))),
+        }
+    }
+    out
 }
 
 fn chunks(rows: &[Row], max_bytes: usize) -> Vec<&[Row]> {

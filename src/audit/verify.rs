@@ -109,12 +109,16 @@ impl Report {
             })
             .collect();
         notes.extend(self.adopted.iter().map(|a| {
+            let own = match a.own_seq {
+                // A bundle's stretch may start after the writer's own.
+                0 => "no checkpoint of the chain's own writer is in view".to_owned(),
+                n => format!("the chain's writer had signed up to seq {n} and not closed the chain"),
+            };
             format!(
-                "chain {}: seq {}..={} signed by another instance as it started (the chain's writer had signed up to seq {} and not closed the chain: it crashed, or was still running); they are vouched for from then on, not from when they were written",
+                "chain {}: seq {}..={} signed by another instance as it started ({own}: it crashed, or was still running); they are vouched for from then on, not from when they were written",
                 a.chain_id,
                 a.own_seq + 1,
                 a.seq,
-                a.own_seq
             )
         }));
         if self.checkpoints == 0 && self.events > 0 {
@@ -138,6 +142,21 @@ struct ChainWalk {
     signed_hashes: std::collections::HashMap<i64, String>,
 }
 
+impl ChainWalk {
+    /// Records the chain's first break (later ones are not looked for).
+    fn brk(&mut self, breaks: &mut Vec<Break>, chain: &str, seq: i64, reason: String) {
+        if !self.broken {
+            self.broken = true;
+            breaks.push(Break {
+                chain_id: chain.to_owned(),
+                seq,
+                event_id: String::new(),
+                reason,
+            });
+        }
+    }
+}
+
 /// Walks every chain in order and checks each event: its place (seq, link
 /// to the previous hash), its hash, and that its indexed columns say what
 /// its hashed body says.
@@ -148,7 +167,8 @@ pub async fn verify(store: &Store) -> Result<Report, StoreError> {
 /// As [`verify`], and checks the signed checkpoints with `key`: a chain
 /// shorter than a checkpoint says (truncated), an event other than the one
 /// signed (rewritten), events after a final checkpoint (appended after the
-/// chain was closed), a signature that does not verify (forged).
+/// chain was closed), a signature that does not verify (forged), a
+/// checkpoint row that is not one of its place (altered, copied).
 ///
 /// `kept`: checkpoints kept outside the store (`audit.checkpoint_dir`): one
 /// the store lost is reported, and counts as if the store had it, so
@@ -159,67 +179,17 @@ pub async fn verify_with(
     kept: &[Checkpoint],
 ) -> Result<Report, StoreError> {
     let registered = store.chains().await?;
-    let mut checkpoints = store.checkpoints().await?;
-    let mut lost = Vec::new();
-    for c in kept {
-        if !checkpoints.contains(c) {
-            lost.push(c.clone());
-            checkpoints.push(c.clone());
+    let stored = store.checkpoints().await?;
+    let mut chains = store.event_chains().await?;
+    let signed = Signed::of(stored, kept);
+    for chain in signed.chains() {
+        if !chains.contains(&chain) {
+            chains.push(chain);
         }
     }
     let mut report = Report::default();
-    let mut chains = store.event_chains().await?;
-    for c in &checkpoints {
-        if !chains.contains(&c.chain_id) {
-            chains.push(c.chain_id.clone());
-        }
-    }
     for chain in &chains {
-        let chain = chain.clone();
-        let signed: Vec<&Checkpoint> = checkpoints.iter().filter(|c| c.chain_id == chain).collect();
-        let mut walk = ChainWalk {
-            expected_seq: 1,
-            prev: GENESIS.to_owned(),
-            signed_hashes: signed.iter().map(|c| (c.seq, String::new())).collect(),
-            ..ChainWalk::default()
-        };
-        // Pipelined: the next page is read (on the store's side) while this
-        // one is checked.
-        let mut page = store.chain_rows(&chain, 0, PAGE).await?;
-        loop {
-            let next_after = page.last().map_or(0, |r| r.seq);
-            let more = page.len() as i64 == PAGE;
-            let fetch = async {
-                if more {
-                    store.chain_rows(&chain, next_after, PAGE).await.map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
-            let walk_page = async { check_page(&page, &mut walk, &registered, &mut report.breaks) };
-            let (next, ()) = tokio::join!(fetch, walk_page);
-            match next? {
-                Some(p) => page = p,
-                None => break,
-            }
-        }
-        if let Some(c) = lost.iter().find(|c| c.chain_id == chain) {
-            walk.broken = true;
-            report.breaks.push(Break {
-                chain_id: chain.clone(),
-                seq: c.seq,
-                event_id: String::new(),
-                reason: format!(
-                    "the signed checkpoint at seq {} kept in the checkpoint directory is missing from the store (deleted)",
-                    c.seq
-                ),
-            });
-        }
-        check_checkpoints(&chain, &signed, &mut walk, key, &mut report);
-        report.chains += 1;
-        report.valid_chains += usize::from(!walk.broken);
-        report.events += walk.events;
-        report.valid_events += walk.valid;
+        verify_one(store, chain, &signed, key, &registered, &mut report).await?;
     }
     // A chain is registered with its first events: one left with none had
     // them all deleted.
@@ -235,6 +205,133 @@ pub async fn verify_with(
         }
     }
     Ok(report)
+}
+
+/// As [`verify_with`], for one chain: what an instance checks before it
+/// signs that chain's head for it.
+pub async fn verify_chain(
+    store: &Store,
+    chain: &str,
+    key: Option<&Keys>,
+    kept: &[Checkpoint],
+) -> Result<Report, StoreError> {
+    let registered = store.chains().await?;
+    let stored = store.chain_checkpoints(chain).await?;
+    let kept: Vec<Checkpoint> = kept
+        .iter()
+        .filter(|c| c.chain_id == chain)
+        .cloned()
+        .collect();
+    let signed = Signed::of(stored, &kept);
+    let mut report = Report::default();
+    verify_one(store, chain, &signed, key, &registered, &mut report).await?;
+    Ok(report)
+}
+
+/// The checkpoints verification goes by, by chain: the store's, those kept
+/// as files that the store lost, and the store's rows that are not one.
+struct Signed {
+    by_chain: std::collections::HashMap<String, Vec<Checkpoint>>,
+    lost: std::collections::HashMap<String, Vec<Checkpoint>>,
+    bad: Vec<super::store::BadCheckpoint>,
+}
+
+impl Signed {
+    fn of(stored: super::store::Checkpoints, kept: &[Checkpoint]) -> Signed {
+        let known: std::collections::HashSet<&Checkpoint> = stored.good.iter().collect();
+        let mut lost: std::collections::HashMap<String, Vec<Checkpoint>> = Default::default();
+        for c in kept.iter().filter(|c| !known.contains(c)) {
+            lost.entry(c.chain_id.clone()).or_default().push(c.clone());
+        }
+        let mut by_chain: std::collections::HashMap<String, Vec<Checkpoint>> = Default::default();
+        for c in stored
+            .good
+            .into_iter()
+            .chain(lost.values().flatten().cloned())
+        {
+            by_chain.entry(c.chain_id.clone()).or_default().push(c);
+        }
+        for list in by_chain.values_mut() {
+            list.sort_by_key(|c| (c.seq, c.closed));
+        }
+        Signed {
+            by_chain,
+            lost,
+            bad: stored.bad,
+        }
+    }
+
+    /// Every chain a checkpoint or a bad row names.
+    fn chains(&self) -> Vec<String> {
+        let mut chains: Vec<String> = self
+            .by_chain
+            .keys()
+            .cloned()
+            .chain(self.bad.iter().map(|b| b.chain_id.clone()))
+            .collect();
+        chains.sort();
+        chains.dedup();
+        chains
+    }
+}
+
+/// Walks one chain and checks its checkpoints, into `report`.
+async fn verify_one(
+    store: &Store,
+    chain: &str,
+    signed: &Signed,
+    key: Option<&Keys>,
+    registered: &[String],
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let none = Vec::new();
+    let checkpoints: Vec<&Checkpoint> =
+        signed.by_chain.get(chain).unwrap_or(&none).iter().collect();
+    let mut walk = ChainWalk {
+        expected_seq: 1,
+        prev: GENESIS.to_owned(),
+        signed_hashes: checkpoints.iter().map(|c| (c.seq, String::new())).collect(),
+        ..ChainWalk::default()
+    };
+    // Pipelined: the next page is read (on the store's side) while this
+    // one is checked.
+    let mut page = store.chain_rows(chain, 0, PAGE).await?;
+    loop {
+        let next_after = page.last().map_or(0, |r| r.seq);
+        let more = page.len() as i64 == PAGE;
+        let fetch = async {
+            if more {
+                store.chain_rows(chain, next_after, PAGE).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let walk_page = async { check_page(&page, &mut walk, registered, &mut report.breaks) };
+        let (next, ()) = tokio::join!(fetch, walk_page);
+        match next? {
+            Some(p) => page = p,
+            None => break,
+        }
+    }
+    let lost = signed.lost.get(chain).and_then(|l| l.first()).map(|c| {
+        format!(
+            "the signed checkpoint at seq {} kept in the checkpoint directory is missing from the store (deleted)",
+            c.seq
+        )
+    });
+    let bad = signed.bad.iter().find(|b| b.chain_id == chain);
+    if let Some((seq, reason)) = lost
+        .map(|r| (signed.lost[chain][0].seq, r))
+        .or_else(|| bad.map(|b| (b.seq, b.reason.clone())))
+    {
+        walk.brk(&mut report.breaks, chain, seq, reason);
+    }
+    check_checkpoints(chain, &checkpoints, &mut walk, key, true, report);
+    report.chains += 1;
+    report.valid_chains += usize::from(!walk.broken);
+    report.events += walk.events;
+    report.valid_events += walk.valid;
+    Ok(())
 }
 
 /// Verifies chains given as stretches (an export bundle): each from its
@@ -271,7 +368,7 @@ pub fn verify_ranges(
                 ),
             });
         }
-        check_checkpoints(&range.chain_id, &signed, &mut walk, key, &mut report);
+        check_checkpoints(&range.chain_id, &signed, &mut walk, key, false, &mut report);
         report.chains += 1;
         report.valid_chains += usize::from(!walk.broken);
         report.events += walk.events;
@@ -281,23 +378,18 @@ pub fn verify_ranges(
 }
 
 /// A chain's checkpoints against what its walk found.
+/// `whole`: the chain from its start (the store), not a stretch of it (a
+/// bundle), so its own writer's checkpoints are all in view.
 fn check_checkpoints(
     chain: &str,
     signed: &[&Checkpoint],
     walk: &mut ChainWalk,
     key: Option<&Keys>,
+    whole: bool,
     report: &mut Report,
 ) {
     let mut brk = |seq: i64, reason: String, walk: &mut ChainWalk| {
-        if !walk.broken {
-            walk.broken = true;
-            report.breaks.push(Break {
-                chain_id: chain.to_owned(),
-                seq,
-                event_id: String::new(),
-                reason,
-            });
-        }
+        walk.brk(&mut report.breaks, chain, seq, reason);
     };
     let (mut covered, mut own) = (0, 0);
     for c in signed {
@@ -349,7 +441,14 @@ fn check_checkpoints(
             own = own.max(c.seq);
         }
     }
-    if covered > own {
+    if whole && own == 0 && covered > 0 {
+        // No instance signs a chain its own writer never signed.
+        brk(
+            covered,
+            "signed only by other instances: its own writer never signed it (a chain no writer made)".into(),
+            walk,
+        );
+    } else if covered > own {
         report.adopted.push(Adopted {
             chain_id: chain.to_owned(),
             own_seq: own,

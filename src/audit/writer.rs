@@ -282,114 +282,74 @@ async fn keep(store: &Store, signer: &Signer, c: &Checkpoint) -> bool {
         };
         let name = format!("{}-{:012}{suffix}.json", c.chain_id, c.seq);
         let text = serde_json::to_string_pretty(c).unwrap_or_default();
-        if let Err(e) = std::fs::write(dir.join(&name), text) {
+        if let Err(e) = write_whole(&dir.join(&name), text.as_bytes()) {
             warn!(error = %e, file = %name, "checkpoint file not written");
         }
     }
     true
 }
 
+/// Writes a file whole or not at all: into a temporary name, synced, then
+/// renamed, so a crash never leaves half a checkpoint for readers to trip
+/// on (they read `*.json` only).
+fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// At start, signs the head of every other chain whose own writer signed
 /// part of it, did not close it, and wrote more since (it crashed, or is
 /// another replica still running): those events are covered from now on,
-/// marked as signed by another instance. Only where the chain holds up: its
-/// last checkpoint verifies, the events since link to it, and the store
-/// still has every checkpoint kept as a file. A chain no writer ever
-/// signed is left as it is (nothing here could vouch for its start).
+/// marked as signed by another instance. Only where the chain verifies as
+/// `audit verify` would (with the checkpoints kept as files, when there
+/// are): from its first event, with every checkpoint of its own writer's
+/// verifying. A chain no writer signed is left as it is.
 async fn adopt_unsigned_heads(store: &Store, signer: &Signer) -> Result<(), StoreError> {
     let kept = match &signer.dir {
-        Some(dir) => super::signing::checkpoints_in(dir).unwrap_or_else(|e| {
-            warn!(error = %e, "checkpoint files unreadable: no chain's head is signed for it");
-            Vec::new()
-        }),
+        Some(dir) => match super::signing::checkpoints_in(dir) {
+            Ok(kept) => kept,
+            Err(e) => {
+                warn!(error = %e, "checkpoint files unreadable: no other chain's head is signed");
+                return Ok(());
+            }
+        },
         None => Vec::new(),
     };
-    let marks = store.checkpoint_marks().await?;
-    for (chain, signed, closed) in marks {
+    for (chain, signed, closed) in store.checkpoint_marks().await? {
         if closed {
             continue;
         }
-        match adoptable(store, signer, &chain, &kept).await? {
-            Ok(head) if head.seq > signed => {
-                let c = Checkpoint::sign(&signer.key, &head, Kind::Adopted);
-                if keep(store, signer, &c).await {
-                    info!(chain = %chain, seq = head.seq, after = signed, "signed the head of a chain its writer left unsigned");
-                }
-            }
-            Ok(_) => {}
-            Err(why) => {
-                warn!(chain = %chain, "{why}: its head is not signed for it (run tollgate audit verify)");
-            }
+        let Some((seq, hash)) = store.chain_head(&chain).await? else {
+            continue;
+        };
+        if seq <= signed {
+            continue;
+        }
+        let report = super::verify::verify_chain(store, &chain, Some(&signer.keys), &kept).await?;
+        if let Some(b) = report.breaks.first() {
+            warn!(chain = %chain, seq = b.seq, reason = %b.reason, "a chain that does not verify: its head is not signed for it (run tollgate audit verify)");
+            continue;
+        }
+        let head = ChainHead {
+            chain_id: chain.clone(),
+            seq,
+            hash,
+        };
+        if keep(
+            store,
+            signer,
+            &Checkpoint::sign(&signer.key, &head, Kind::Adopted),
+        )
+        .await
+        {
+            info!(chain = %chain, seq, after = signed, "signed the head of a chain its writer left unsigned");
         }
     }
     Ok(())
-}
-
-/// The head of `chain` if it holds up from its last checkpoint, or why not.
-async fn adoptable(
-    store: &Store,
-    signer: &Signer,
-    chain: &str,
-    kept: &[Checkpoint],
-) -> Result<Result<ChainHead, String>, StoreError> {
-    let stored = store.chain_checkpoints(chain).await?;
-    let files: Vec<&Checkpoint> = kept.iter().filter(|c| c.chain_id == chain).collect();
-    if files.iter().any(|c| c.closed) {
-        return Ok(Err(
-            "the chain was closed, as its checkpoint files show".into()
-        ));
-    }
-    if files.iter().any(|c| !stored.contains(c)) {
-        return Ok(Err(
-            "checkpoints kept as files are missing from the store".into()
-        ));
-    }
-    let Some(last) = stored.last() else {
-        return Ok(Err("the chain has no checkpoint".into()));
-    };
-    if let Err(why) = signer.keys.check(last) {
-        return Ok(Err(format!(
-            "its checkpoint at seq {} does not verify{why}",
-            last.seq
-        )));
-    }
-    let mut head = ChainHead {
-        chain_id: chain.to_owned(),
-        seq: last.seq,
-        hash: last.hash.clone(),
-    };
-    let mut after = last.seq - 1;
-    loop {
-        let rows = store.chain_rows(chain, after, 1000).await?;
-        let Some(end) = rows.last().map(|r| r.seq) else {
-            break;
-        };
-        for r in &rows {
-            let links = if r.seq == last.seq {
-                r.hash == last.hash
-            } else {
-                r.seq == head.seq + 1
-                    && r.prev_hash == head.hash
-                    && r.hash == super::chain_hash(&r.prev_hash, &r.body)
-            };
-            if !links {
-                return Ok(Err(format!(
-                    "the event at seq {} does not link to its last checkpoint",
-                    r.seq
-                )));
-            }
-            head.seq = r.seq;
-            head.hash = r.hash.clone();
-        }
-        after = end;
-    }
-    if head.seq < last.seq {
-        return Ok(Err(format!(
-            "events up to the checkpoint at seq {} are missing",
-            last.seq
-        )));
-    }
-    Ok(Ok(head))
 }
 
 /// Links the events to the chain and commits them; the head moves only if

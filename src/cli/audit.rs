@@ -110,12 +110,17 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
                 .as_deref()
                 .map(SigningKey::load)
                 .transpose()?;
+            let kept = match &config.audit.checkpoint_dir {
+                Some(dir) => crate::audit::signing::checkpoints_in(dir)?,
+                None => Vec::new(),
+            };
             let manifest = crate::audit::bundle::export(
                 &store,
                 time(&since)?,
                 until_us,
                 key.as_ref(),
                 signer.as_ref(),
+                &kept,
                 &out,
             )
             .await?;

@@ -76,8 +76,11 @@ pub(crate) fn drop_triggers(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => {
             "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete; \
+             DROP TRIGGER audit_events_no_replace; \
              DROP TRIGGER audit_chains_no_update; DROP TRIGGER audit_chains_no_delete; \
-             DROP TRIGGER audit_checkpoints_no_update; DROP TRIGGER audit_checkpoints_no_delete;"
+             DROP TRIGGER audit_chains_no_replace; \
+             DROP TRIGGER audit_checkpoints_no_update; DROP TRIGGER audit_checkpoints_no_delete; \
+             DROP TRIGGER audit_checkpoints_no_replace;"
         }
         Backend::Postgres => {
             "DROP TRIGGER audit_events_no_change ON audit_events; \
@@ -821,44 +824,24 @@ on_both_backends! {
     /// events is caught.
     async fn the_next_instance_signs_the_head_a_crashed_writer_left(backend: Backend) {
         let dir = tempfile::tempdir().expect("dir");
-        let (key, public) = signing_pair(dir.path());
-        let db = crate::harness::fresh_store_url(backend, dir.path()).await;
-        let env = vec![
-            ("TOLLGATE_AUDIT_URL", db.clone()),
-            ("TOLLGATE_AUDIT_SIGNING_KEY", key.display().to_string()),
-            ("TOLLGATE_AUDIT_CHECKPOINT_INTERVAL", "1h".to_owned()),
-        ];
-        let mut crashed = crate::harness::Served::start(dir.path(), &["--sandbox"], &env).await;
-        for _ in 0..3 {
-            let a = crashed.patch(&crate::harness::item(), r#"{"show_as_button":true}"#).await;
-            assert_eq!(a.status, StatusCode::OK);
-        }
-        // Killed: no final checkpoint, nothing signed (the interval is an
-        // hour away).
-        crashed.child.kill().await.expect("kill");
-        let store = tollgate::audit::Store::open(&db).await.expect("store");
-        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
-        assert_eq!(report.uncovered.len(), 1, "{backend:?}: {report:?}");
-        // Signed once, at its first commit.
-        let chain = report.uncovered[0].chain_id.clone();
-        let first = report.uncovered[0].after_seq;
-        assert!(first > 0, "{report:?}");
-        let head = first + report.uncovered[0].events;
+        let crashed = Crashed::new(backend, dir.path(), &[]).await;
+        let (env, store, public, chain) = (&crashed.env, &crashed.store, &crashed.public, &crashed.chain);
+        let (first, head) = (crashed.first, crashed.head);
 
-        let next = crate::harness::Served::start(dir.path(), &["--sandbox"], &env).await;
-        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
+        let next = crate::harness::Served::start(dir.path(), &["--sandbox"], env).await;
+        let report = verify::verify_with(store, Some(public), &[]).await.expect("verify");
         assert!(report.ok(), "{backend:?}: {report:?}");
         assert!(report.uncovered.is_empty(), "{backend:?}: {report:?}");
         assert_eq!(report.adopted.len(), 1, "{report:?}");
-        assert_eq!(report.adopted[0].chain_id, chain);
+        assert_eq!(&report.adopted[0].chain_id, chain);
         assert_eq!((report.adopted[0].own_seq, report.adopted[0].seq), (first, head));
         crate::harness::terminate(next.child).await;
 
         // The adopted head holds: an event rewritten with its hashes
         // recomputed is caught.
-        exec(&store, drop_triggers(backend)).await;
-        rewrite_from(&store, &chain, 4).await;
-        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
+        exec(store, drop_triggers(backend)).await;
+        rewrite_from(store, chain, 4).await;
+        let report = verify::verify_with(store, Some(public), &[]).await.expect("verify");
         assert!(!report.ok(), "{backend:?}: {report:?}");
         assert!(report.breaks[0].reason.contains("not the one signed"), "{backend:?}: {report:?}");
     }
@@ -912,7 +895,7 @@ on_both_backends! {
         let own = Checkpoint::sign(&key, &head, Kind::Running);
         assert!(store.add_checkpoint(&adopted).await.expect("store"));
         assert!(!store.add_checkpoint(&own).await.expect("store"), "{backend:?}");
-        assert_eq!(store.checkpoints().await.expect("read"), vec![adopted]);
+        assert_eq!(store.checkpoints().await.expect("read").good, vec![adopted]);
     }
 }
 
@@ -935,6 +918,196 @@ async fn rewrite_from(store: &Store, chain: &str, seq: i64) {
         .await;
         prev = hash;
     }
+}
+
+/// A signing `serve --sandbox` killed after three changes: its chain signed
+/// at its first commit and not since (the interval is an hour away).
+struct Crashed {
+    env: Vec<(&'static str, String)>,
+    store: Store,
+    public: tollgate::audit::signing::Keys,
+    key: tollgate::audit::signing::SigningKey,
+    chain: String,
+    /// The seq its writer signed, and the chain's head.
+    first: i64,
+    head: i64,
+}
+
+impl Crashed {
+    async fn new(
+        backend: Backend,
+        dir: &std::path::Path,
+        extra: &[(&'static str, String)],
+    ) -> Crashed {
+        let (key, public) = signing_pair(dir);
+        let db = crate::harness::fresh_store_url(backend, dir).await;
+        let mut env = vec![
+            ("TOLLGATE_AUDIT_URL", db.clone()),
+            ("TOLLGATE_AUDIT_SIGNING_KEY", key.display().to_string()),
+            ("TOLLGATE_AUDIT_CHECKPOINT_INTERVAL", "1h".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        let mut served = crate::harness::Served::start(dir, &["--sandbox"], &env).await;
+        for _ in 0..3 {
+            let a = served.patch(&item(), r#"{"show_as_button":true}"#).await;
+            assert_eq!(a.status, StatusCode::OK);
+        }
+        served.child.kill().await.expect("kill");
+        let store = Store::open(&db).await.expect("store");
+        let report = verify::verify_with(&store, Some(&public), &[])
+            .await
+            .expect("verify");
+        assert_eq!(report.uncovered.len(), 1, "{backend:?}: {report:?}");
+        let u = &report.uncovered[0];
+        assert!(u.after_seq > 0, "signed at its first commit: {report:?}");
+        Crashed {
+            key: tollgate::audit::signing::SigningKey::load(&key).expect("key"),
+            chain: u.chain_id.clone(),
+            first: u.after_seq,
+            head: u.after_seq + u.events,
+            env,
+            store,
+            public,
+        }
+    }
+
+    /// Whether any checkpoint of the store was signed by another instance.
+    async fn adopted(&self) -> bool {
+        self.store
+            .checkpoints()
+            .await
+            .expect("read")
+            .good
+            .iter()
+            .any(|c| c.adopted)
+    }
+}
+
+on_both_backends! {
+    /// Checkpoint rows that are not what their place says (a genuine body
+    /// copied to another seq), or a chain only ever signed "for" it: the
+    /// chain does not verify, and the next instance signs nothing for it.
+    async fn no_head_is_signed_for_a_chain_with_copied_or_borrowed_checkpoints(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let crashed = Crashed::new(backend, dir.path(), &[]).await;
+        let store = &crashed.store;
+        // A plain INSERT (no trigger dropped): the first checkpoint's body
+        // again, at the seq before the head.
+        let sqlite = backend == Backend::Sqlite;
+        let closed = if sqlite { "0" } else { "false" };
+        exec(store, &format!(
+            "INSERT INTO audit_checkpoints (chain_id, seq, closed, body) SELECT chain_id, {}, {closed}, body FROM audit_checkpoints WHERE chain_id = '{}'",
+            crashed.head - 1,
+            crashed.chain
+        )).await;
+        assert!(crashed.head - 1 > crashed.first, "{} {}", crashed.head, crashed.first);
+        let report = verify::verify_with(store, Some(&crashed.public), &[]).await.expect("verify");
+        assert!(report.breaks.iter().any(|b| b.reason.contains("another place")), "{backend:?}: {report:?}");
+        let next = crate::harness::Served::start(dir.path(), &["--sandbox"], &crashed.env).await;
+        assert!(next.log().contains("does not verify"), "{}", next.log());
+        crate::harness::terminate(next.child).await;
+        assert!(!crashed.adopted().await, "{backend:?}: nothing signed for it");
+
+        // A chain whose only checkpoint another instance signed (genuinely,
+        // with the key): no writer ever vouched for its start.
+        let head = tollgate::audit::ChainHead { chain_id: crashed.chain.clone(), seq: crashed.head, hash: String::new() };
+        let rows = store.chain_rows(&crashed.chain, crashed.head - 1, 1).await.expect("rows");
+        let head = tollgate::audit::ChainHead { hash: rows[0].hash.clone(), ..head };
+        exec(store, drop_triggers(backend)).await;
+        exec(store, "DELETE FROM audit_checkpoints").await;
+        use tollgate::audit::signing::{Checkpoint, Kind};
+        store.add_checkpoint(&Checkpoint::sign(&crashed.key, &head, Kind::Adopted)).await.expect("store");
+        let report = verify::verify_with(store, Some(&crashed.public), &[]).await.expect("verify");
+        assert!(report.breaks.iter().any(|b| b.reason.contains("its own writer never signed it")), "{backend:?}: {report:?}");
+    }
+}
+
+on_both_backends! {
+    /// A checkpoint directory that cannot be read whole (a file that is not
+    /// a checkpoint): the next instance signs no other chain's head; and a
+    /// checkpoint row that is not one is a break of its chain, not an
+    /// outage.
+    async fn unreadable_checkpoints_stop_signing_for_others_not_the_gateway(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let cpdir = dir.path().join("cpdir").tap_mkdir();
+        let extra = [("TOLLGATE_AUDIT_CHECKPOINT_DIR", cpdir.display().to_string())];
+        let crashed = Crashed::new(backend, dir.path(), &extra).await;
+        std::fs::write(cpdir.join("zz-partial.json"), r#"{"chain_id":"x"#).expect("write");
+        exec(&crashed.store, "INSERT INTO audit_checkpoints (chain_id, seq, closed, body) VALUES ('junk', 1, false, 'not json')").await;
+        let next = crate::harness::Served::start(dir.path(), &["--sandbox"], &crashed.env).await;
+        assert!(next.log().contains("checkpoint files unreadable"), "{}", next.log());
+        crate::harness::terminate(next.child).await;
+        assert!(!crashed.adopted().await, "{backend:?}");
+        let report = verify::verify_with(&crashed.store, Some(&crashed.public), &[]).await.expect("verify");
+        let junk = report.breaks.iter().find(|b| b.chain_id == "junk").expect("junk reported");
+        assert!(junk.reason.contains("not a checkpoint"), "{junk:?}");
+    }
+}
+
+/// A bundle carries the checkpoints kept as files too: exported from a
+/// store that lost its checkpoint rows and had a stretch rewritten, it does
+/// not verify.
+#[tokio::test]
+async fn a_bundle_carries_the_checkpoints_kept_as_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (h, public) = signed_log(Backend::Sqlite, dir.path()).await;
+    let chain = h.store.event_chains().await.expect("chains")[0].clone();
+    exec(&h.store, drop_triggers(Backend::Sqlite)).await;
+    exec(&h.store, "DELETE FROM audit_checkpoints").await;
+    rewrite_from(&h.store, &chain, 3).await;
+    let kept =
+        tollgate::audit::signing::checkpoints_in(&dir.path().join("checkpoints")).expect("files");
+    let out = dir.path().join("bundle");
+    let since = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
+    let until = chrono::Utc::now().timestamp_micros() + 1;
+    let key =
+        tollgate::audit::signing::SigningKey::load(&dir.path().join("signing.key")).expect("key");
+    tollgate::audit::bundle::export(
+        &h.store,
+        since,
+        until,
+        Some(&public),
+        Some(&key),
+        &kept,
+        &out,
+    )
+    .await
+    .expect("export");
+    let report = tollgate::audit::bundle::verify(&out, None).expect("verify");
+    assert!(!report.ok(), "{report:?}");
+    assert!(
+        report.breaks[0].reason.contains("not the one signed"),
+        "{report:?}"
+    );
+}
+
+/// SQLite's `INSERT OR REPLACE` deletes without firing DELETE triggers: it
+/// is refused for events and does nothing for chains and checkpoints.
+#[tokio::test]
+async fn insert_or_replace_cannot_rewrite_the_log() {
+    let h = Harness::setup().backend(Backend::Sqlite).start().await;
+    assert_eq!(
+        h.patch(r#"{"show_as_button":true}"#).await.status,
+        StatusCode::OK
+    );
+    h.audit.flush().await;
+    let Store::Sqlite(pool) = &h.store else {
+        panic!("sqlite")
+    };
+    let replace = "INSERT OR REPLACE INTO audit_events (chain_id, seq, event_id, exchange_id, kind, time_us, prev_hash, hash, body) \
+                   SELECT chain_id, seq, event_id, exchange_id, kind, time_us, prev_hash, hash, '{}' FROM audit_events WHERE seq = 1";
+    assert!(sqlx::raw_sql(replace).execute(pool).await.is_err());
+    sqlx::raw_sql("INSERT OR REPLACE INTO audit_chains (chain_id, started_us, host, with_events) SELECT chain_id, 0, 'x', 0 FROM audit_chains")
+        .execute(pool)
+        .await
+        .expect("ignored");
+    let report = verify::verify(&h.store).await.expect("verify");
+    assert!(report.ok(), "{report:?}");
+    let marked: i64 = sqlx::query_scalar("SELECT with_events FROM audit_chains")
+        .fetch_one(pool)
+        .await
+        .expect("chain");
+    assert_eq!(marked, 1, "the chain is still marked as holding events");
 }
 
 trait TapMkdir {
