@@ -97,7 +97,7 @@ impl Admin {
                 .ok()
                 .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned))
                 .filter(|r| !r.trim().is_empty()),
-            Err(_) => None,
+            Err(e) => return body_error(&e),
         };
         let Some(reason) = reason else {
             return plain_error(
@@ -111,8 +111,9 @@ impl Admin {
             Ok(None) => return plain_error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
             Err(e) => return store_error(&e),
         };
-        // Never the requester: the same client id, key name or subject.
-        let same = |x: &str| x.eq_ignore_ascii_case(&approver);
+        // Never the requester, nor anyone who could use the approval: the
+        // same client id, key name or subject, in any spelling of it.
+        let same = |x: &str| crate::audit::approvals::same_identity(x, &approver);
         if same(&approval.caller) || approval.subject.as_deref().is_some_and(same) {
             return plain_error(
                 StatusCode::FORBIDDEN,
@@ -191,7 +192,7 @@ impl Admin {
                     Ok(b) => query_params(&String::from_utf8_lossy(&b)),
                     Err(e) => {
                         return crate::ui::page(
-                            StatusCode::BAD_REQUEST,
+                            body_error(&e).status(),
                             "Log in",
                             &crate::ui::esc(&e.to_string()),
                             false,
@@ -275,7 +276,7 @@ impl Admin {
         let (parts, body) = req.into_parts();
         let body = match crate::body::read_limited(&parts.headers, body, 4 * 1024 * 1024).await {
             Ok(b) => b,
-            Err(e) => return plain_error(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string()),
+            Err(e) => return body_error(&e),
         };
         // A JSON array (Auth0's "JSON array" format) or JSON lines; each
         // entry a log event, or `{log_id, data}` around one.
@@ -609,6 +610,19 @@ fn plain_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes>
     let mut r = error_response(status, code, message, Default::default(), "");
     strip_audit_id(&mut r);
     r
+}
+
+/// An admin body that could not be read: 413 naming the limit when it is
+/// too large, 400 otherwise.
+fn body_error(e: &crate::body::BodyError) -> Response<Bytes> {
+    match e {
+        crate::body::BodyError::TooLarge { .. } => plain_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &e.to_string(),
+        ),
+        _ => plain_error(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string()),
+    }
 }
 
 fn store_error(e: &audit::StoreError) -> Response<Bytes> {

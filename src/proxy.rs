@@ -62,6 +62,8 @@ pub struct Gateway {
     locks: AssociationLocks,
     audit: Arc<AuditLog>,
     identity: Identity,
+    /// The tenant's URL as replicas agree on it (lock keys, approvals).
+    tenant: String,
 }
 
 /// A body read and validated: the judged value, and its text as forwarded.
@@ -109,12 +111,10 @@ impl Gateway {
                 }
             },
         );
-        let locks = AssociationLocks::for_store(
-            &config.audit.url,
-            &tenant.to_ascii_lowercase(),
-            config.upstream.timeout.0,
-        )
-        .map_err(|e| SetupError::Url(e.to_string()))?;
+        let tenant = tenant.to_ascii_lowercase();
+        let locks =
+            AssociationLocks::for_store(&config.audit.url, &tenant, config.upstream.timeout.0)
+                .map_err(|e| SetupError::Url(e.to_string()))?;
         Ok(Gateway {
             config: Arc::new(config),
             upstream,
@@ -123,6 +123,7 @@ impl Gateway {
             locks,
             audit,
             identity,
+            tenant,
         })
     }
 
@@ -507,7 +508,14 @@ impl Gateway {
             text.unwrap_or_default().as_bytes(),
         ));
         let joined = rules.join(",");
+        let binding = crate::audit::approvals::binding(
+            ex.caller.client_id.as_deref(),
+            ex.caller.subject.as_deref(),
+            ex.caller.key.as_deref(),
+            &self.tenant,
+        );
         let asked = Asked {
+            binding: &binding,
             operation: ex.class.label().unwrap_or_default(),
             path: &ex.path,
             body_hash: &body_hash,

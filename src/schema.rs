@@ -499,6 +499,9 @@ impl Validator {
             Some(_) => return Err(err(&format!("/{key}"), "Expected type array")),
         };
         let mut out = Vec::with_capacity(items.len());
+        // Ids as the tenant compares them (case-insensitively), each with
+        // where it was first named.
+        let mut seen: Vec<(String, String)> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let at = format!("/{key}/{i}");
             let Value::Object(obj) = item else {
@@ -510,7 +513,18 @@ impl Validator {
                 Operation::OrganizationConnectionCreate,
                 Some(id_key),
             )?;
-            let (org, cid) = place(id.unwrap_or_default());
+            let id = id.unwrap_or_default();
+            // One element per association: two would each be judged alone,
+            // and the outcome left to how the tenant merges them.
+            let folded = id.to_lowercase();
+            if let Some((_, first)) = seen.iter().find(|(s, _)| *s == folded) {
+                return Err(err(
+                    &format!("{at}/{id_key}"),
+                    format!("duplicate {id_key} {id:?}: already named at {first}"),
+                ));
+            }
+            seen.push((folded, at.clone()));
+            let (org, cid) = place(id);
             out.push(change(
                 Operation::OrganizationConnectionCreate,
                 org,

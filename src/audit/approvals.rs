@@ -22,6 +22,11 @@ pub struct Approval {
     pub subject: Option<String>,
     /// The approvable rules that denied the request.
     pub rules: Vec<String>,
+    /// The fingerprint of the identity that asked (client id and subject,
+    /// or API key name) and the tenant: only that identity, in front of
+    /// that tenant, may use it. See [`binding`].
+    #[serde(skip)]
+    pub binding: String,
     /// The denied exchange that asked.
     pub exchange_id: String,
     /// `pending`, `approved` or `used`.
@@ -71,6 +76,7 @@ struct Granted<'a> {
     body_hash: &'a str,
     caller: &'a str,
     rules: &'a [String],
+    binding: &'a str,
     approver: Option<&'a str>,
     reason: Option<&'a str>,
 }
@@ -84,6 +90,7 @@ impl<'a> Granted<'a> {
             body_hash: &a.body_hash,
             caller: &a.caller,
             rules: &a.rules,
+            binding: &a.binding,
             approver: a.approver.as_deref(),
             reason: a.reason.as_deref(),
         }
@@ -98,6 +105,10 @@ struct GrantedOwned {
     body_hash: String,
     caller: String,
     rules: Vec<String>,
+    /// Absent from grants made before approvals were bound to the whole
+    /// identity: those match no approval.
+    #[serde(default)]
+    binding: String,
     approver: Option<String>,
     reason: Option<String>,
 }
@@ -110,6 +121,8 @@ impl GrantedOwned {
             && self.body_hash == a.body_hash
             && self.caller == a.caller
             && self.rules == a.rules
+            && !self.binding.is_empty()
+            && self.binding == a.binding
             && self.approver == a.approver
             && self.reason == a.reason
     }
@@ -125,9 +138,51 @@ pub struct Request<'a> {
     /// The approvable rules that deny it, sorted, comma-joined: an approval
     /// covers only the rules it was asked (and granted) for.
     pub rules: &'a str,
+    /// The identity and tenant it is bound to ([`binding`]).
+    pub binding: &'a str,
 }
 
-const COLUMNS: &str = "id, created_us, expires_us, operation, path, body_hash, caller, subject, rules, exchange_id, status, approver, reason, used_by";
+/// The fingerprint an approval is bound to: the requester's client id,
+/// subject and API key name as the request carried them, and the tenant
+/// (`upstream.url`, normalised as the lock keys are). A token with the same
+/// client id and another subject is another requester.
+pub fn binding(
+    client_id: Option<&str>,
+    subject: Option<&str>,
+    key: Option<&str>,
+    tenant: &str,
+) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in [client_id, subject, key, Some(tenant)] {
+        // A field absent and a field empty are different identities.
+        match part {
+            Some(p) => {
+                h.update([1]);
+                h.update(p.as_bytes());
+            }
+            None => h.update([0]),
+        }
+        h.update([0xff]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// A name as the self-approval check compares it: case folded, spaces
+/// trimmed, without the `@clients` suffix Auth0 gives a machine client's
+/// subject or an identity provider's `provider|` prefix.
+pub fn same_identity(a: &str, b: &str) -> bool {
+    fn fold(s: &str) -> String {
+        let s = s.trim().to_lowercase();
+        let s = s.strip_suffix("@clients").unwrap_or(&s);
+        let s = s.rsplit('|').next().unwrap_or(s);
+        s.trim().to_owned()
+    }
+    let (a, b) = (fold(a), fold(b));
+    !a.is_empty() && a == b
+}
+
+const COLUMNS: &str = "id, created_us, expires_us, operation, path, body_hash, caller, subject, rules, binding, exchange_id, status, approver, reason, used_by";
 
 fn time(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
@@ -163,6 +218,7 @@ where
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect(),
+        binding: r.try_get("binding")?,
         exchange_id: r.try_get("exchange_id")?,
         status,
         approver: r.try_get("approver")?,
@@ -183,6 +239,8 @@ macro_rules! push_request {
             .push_bind($request.caller.to_owned())
             .push(" AND rules = ")
             .push_bind($request.rules.to_owned())
+            .push(" AND binding = ")
+            .push_bind($request.binding.to_owned())
             .push(" AND expires_us > ")
             .push_bind($now)
     };
@@ -221,6 +279,7 @@ impl Store {
                 .push_bind(request.caller.to_owned())
                 .push_bind(subject.map(str::to_owned))
                 .push_bind(request.rules.to_owned())
+                .push_bind(request.binding.to_owned())
                 .push_bind(exchange_id.to_owned())
                 .push_bind("pending")
                 .push_bind(None::<String>)

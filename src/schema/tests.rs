@@ -304,6 +304,17 @@ fn organization_create_judges_each_element() {
         json!({"name": "x", "enabled_connections": ["a"]}),
         "/enabled_connections/0",
     );
+    // One element per connection, ids compared as the tenant compares
+    // them: a second one would be judged alone.
+    for second in ["con_db", "CON_DB"] {
+        refused(
+            at,
+            json!({"name": "x", "enabled_connections": [
+                {"connection_id": "con_db", "organization_access_level": "none"},
+                {"connection_id": second, "organization_access_level": "full"}]}),
+            "/enabled_connections/1/connection_id",
+        );
+    }
     // The rest of the body is the tenant's to validate.
     check(at, json!({"name": "x", "anything": [1, 2]})).expect("other fields pass");
     // But not the array under another spelling: it would pass unjudged.

@@ -141,16 +141,21 @@ async fn an_expired_approval_is_no_approval() {
 /// another.
 #[tokio::test]
 async fn a_replica_honours_an_approval_made_through_another() {
+    // Replicas: one store, one tenant.
+    let (tenant, addr) = crate::harness::start_sandbox().await;
+    let url = format!("http://{addr}");
     let a = Harness::setup()
         .backend(crate::harness::Backend::Postgres)
         .config(&config("1h"))
         .rule(RULE)
+        .upstream(&url, tenant.clone())
         .start()
         .await;
     let b = Harness::setup()
         .store_url(&a.store_url)
         .config(&config("1h"))
         .rule(RULE)
+        .upstream(&url, tenant)
         .start()
         .await;
     let id = approval_id(&change(&a, "ci-bot", FULL).await);
@@ -251,5 +256,113 @@ async fn an_approval_covers_its_rules_its_record_and_nobody_approves_themselves(
     assert_eq!(
         approve(&h, &id, "alice-token").await.status,
         StatusCode::FORBIDDEN
+    );
+}
+
+/// A token with these claims, as a passthrough caller presents it.
+fn token_of(claims: Value) -> String {
+    use base64::Engine;
+    let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!(
+        "Bearer {}.{}.c2ln",
+        enc(br#"{"alg":"RS256","typ":"JWT"}"#),
+        enc(claims.to_string().as_bytes())
+    )
+}
+
+on_both_backends! {
+/// Two people behind one client id: alice cannot approve bot2's request and
+/// then use that approval as herself, nor approve one she asked for under
+/// another spelling of her name.
+async fn an_approval_is_bound_to_the_whole_identity_that_asked(backend: Backend) {
+    let h = Harness::setup().backend(backend).config(&config("1h")).rule(RULE).start().await;
+    let bot = token_of(json!({"azp": "bot2", "sub": "bot2@clients"}));
+    let alice_as_bot = token_of(json!({"azp": "bot2", "sub": "alice"}));
+    let asked = h.patch_as(&bot, FULL.as_bytes()).await;
+    let id = approval_id(&asked);
+    // The same client id, another subject: its own approval, not bot2's.
+    let retry = h.patch_as(&alice_as_bot, FULL.as_bytes()).await;
+    assert_eq!(retry.status, StatusCode::FORBIDDEN);
+    let alices = approval_id(&retry);
+    assert_ne!(alices, id, "another identity retrying gets its own approval");
+    // alice approves bot2's: allowed (she did not ask for it) — but she
+    // cannot use it.
+    assert_eq!(approve(&h, &id, "alice-token").await.status, StatusCode::OK);
+    let used = h.patch_as(&alice_as_bot, FULL.as_bytes()).await;
+    assert_eq!(used.status, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&used.body));
+    // Her own, under any spelling of her name: never.
+    for sub in ["alice", "ALICE", "alice@clients", "auth0|alice", " Alice "] {
+        let t = token_of(json!({"azp": "bot3", "sub": sub}));
+        let mine = h.patch_as(&t, FULL.as_bytes()).await;
+        let refused = approve(&h, &approval_id(&mine), "alice-token").await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "sub {sub:?}: {:?}", refused.json());
+    }
+    let refused = approve(&h, &alices, "alice-token").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(h.forwarded(Method::PATCH), 0, "nothing reached the tenant");
+    // bot2 itself uses it.
+    let through = h.patch_as(&bot, FULL.as_bytes()).await;
+    assert_eq!(through.status, StatusCode::OK);
+}
+}
+
+/// Two deployments in front of two tenants, one store (Postgres: a SQLite
+/// store serves one instance): an approval granted through one is not
+/// honoured by the other.
+#[tokio::test]
+async fn an_approval_is_bound_to_its_tenant() {
+    let a = Harness::setup()
+        .backend(crate::harness::Backend::Postgres)
+        .config(&config("1h"))
+        .rule(RULE)
+        .start()
+        .await;
+    let b = Harness::setup()
+        .store_url(&a.store_url)
+        .config(&config("1h"))
+        .rule(RULE)
+        .start()
+        .await;
+    let asked = change(&a, "ci-bot", FULL).await;
+    let id = approval_id(&asked);
+    assert_eq!(approve(&a, &id, "alice-token").await.status, StatusCode::OK);
+    let elsewhere = change(&b, "ci-bot", FULL).await;
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::FORBIDDEN,
+        "the other tenant's deployment does not honour it"
+    );
+    assert_ne!(approval_id(&elsewhere), id);
+    assert_eq!(b.forwarded(Method::PATCH), 0);
+    assert_eq!(change(&a, "ci-bot", FULL).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_oversized_approval_body_is_a_413_naming_the_limit() {
+    let h = Harness::setup()
+        .config(&config("1h"))
+        .rule(RULE)
+        .start()
+        .await;
+    let id = approval_id(&change(&h, "ci-bot", FULL).await);
+    let admin = h.app.as_ref().expect("running").admin_addr.to_string();
+    let big = format!(r#"{{"reason":"{}"}}"#, "x".repeat(200 * 1024));
+    let answer = Harness::client_send_with(
+        &admin,
+        Method::POST,
+        &format!("/v1/approvals/{id}"),
+        &big,
+        "Bearer alice-token",
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.error_code(), "payload_too_large");
+    assert!(
+        answer.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("16384"),
+        "{:?}",
+        answer.json()
     );
 }
