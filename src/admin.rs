@@ -462,7 +462,7 @@ impl Admin {
                 Ok(None) => plain_error(StatusCode::NOT_FOUND, "not_found", "no scan has run"),
                 Err(e) => store_error(&e),
             },
-            (Method::POST, "/v1/policy/reload") => match self.policies.reload() {
+            (Method::POST, "/v1/policy/reload") => match self.policies.reload().await {
                 Ok(_) => json_response(StatusCode::OK, &policy_json(&self.policies)),
                 Err(errors) => {
                     let list: Vec<String> = errors.iter().map(ToString::to_string).collect();

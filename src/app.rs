@@ -130,8 +130,8 @@ impl App {
 
     /// What SIGHUP does: reloads the policy set and the listeners'
     /// certificates. What does not load leaves what is in force.
-    pub fn reload(&self) {
-        self.reloader.reload();
+    pub async fn reload(&self) {
+        self.reloader.reload().await;
     }
 
     /// The one signal task: SIGTERM or SIGINT cancel the shutdown token,
@@ -143,7 +143,7 @@ impl App {
         tokio::spawn(async move {
             while signals.next().await == Signal::Reload {
                 info!("SIGHUP: reloading policies and certificates");
-                reloader.reload();
+                reloader.reload().await;
             }
             info!("shutdown requested");
             shutdown.cancel();
@@ -172,9 +172,9 @@ struct Reloader {
 }
 
 impl Reloader {
-    fn reload(&self) {
+    async fn reload(&self) {
         if self.policies.dir().is_some() {
-            let _ = self.policies.reload();
+            let _ = self.policies.reload().await;
         }
         for t in &self.tls {
             match t.reload() {

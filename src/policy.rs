@@ -228,6 +228,10 @@ pub struct PolicySet {
     pub files: Vec<String>,
     /// Exceptions from the rules, scoped and expiring.
     pub exceptions: Vec<exception::Exception>,
+    /// Files that hold neither a rule nor an exception (empty, or cut
+    /// short): `policy check` reports them, and a reload that finds a file
+    /// of rules so keeps the set in force.
+    pub empty_files: Vec<String>,
     env: Arc<cel::Env>,
 }
 
@@ -263,8 +267,15 @@ impl PolicySet {
             version: load::version_of(&[]),
             files: Vec::new(),
             exceptions: Vec::new(),
+            empty_files: Vec::new(),
             env: Arc::new(cel::Env::stdlib()),
         }
+    }
+
+    /// How many rules are in each mode: enforcing, warning, dry-run.
+    pub fn rules_by_mode(&self) -> [(Mode, usize); 3] {
+        [Mode::Enforce, Mode::Warn, Mode::DryRun]
+            .map(|m| (m, self.rules.iter().filter(|r| r.mode == m).count()))
     }
 
     /// What the rules that apply to these operations need from the tenant.

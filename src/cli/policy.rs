@@ -33,6 +33,17 @@ pub(super) async fn policy_command(
                             outln!("error: {}: {x}", e.file);
                         }
                     }
+                    // An empty file is a file caught mid-write, or rules
+                    // lost: the gateway would keep its last set over it.
+                    for f in &set.empty_files {
+                        failed = true;
+                        outln!("error: {f}: holds no rule and no exception (empty, or cut short)");
+                    }
+                    if !set.rules.is_empty()
+                        && set.rules.iter().all(|r| r.mode != policy::Mode::Enforce)
+                    {
+                        outln!("warning: no rule is enforcing (all warn or dry-run): nothing will be denied");
+                    }
                     if failed {
                         return ExitCode::FAILURE;
                     }

@@ -121,6 +121,7 @@ pub fn load_sources(files: &[(String, String)]) -> Result<PolicySet, Vec<LoadErr
     let mut exceptions = Vec::new();
     let mut errors = Vec::new();
     let mut ids = HashSet::new();
+    let mut empty_files = Vec::new();
     for (name, text) in files {
         let file: File = match toml::from_str(text) {
             Ok(f) => f,
@@ -133,6 +134,9 @@ pub fn load_sources(files: &[(String, String)]) -> Result<PolicySet, Vec<LoadErr
                 continue;
             }
         };
+        if file.rule.is_empty() && file.exception.is_empty() {
+            empty_files.push(name.clone());
+        }
         for def in file.rule {
             let err = |message: String| LoadError {
                 file: name.clone(),
@@ -186,6 +190,7 @@ pub fn load_sources(files: &[(String, String)]) -> Result<PolicySet, Vec<LoadErr
         version: version_of(files),
         files: files.iter().map(|(n, _)| n.clone()).collect(),
         exceptions,
+        empty_files,
         env,
     })
 }

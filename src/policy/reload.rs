@@ -5,6 +5,13 @@
 //! A guardrail without rules forwards everything, so an empty set is an
 //! error unless `policy.allow_empty` says otherwise: at start (the gateway
 //! refuses to run) and on reload (the last good set stays).
+//!
+//! Files are rewritten in place by editors, `cat >`, rsync and
+//! configuration management: for a moment a file is empty or cut short. A
+//! reload therefore reads a directory only once it has settled (no file
+//! modified within [`SETTLE`], and nothing changed while it was read), and
+//! a file that held rules and now holds none keeps the whole set in force,
+//! with an ERROR naming it. Deleting a file is how rules are removed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +34,22 @@ pub const STARTER: [(&str, &str); 2] = [
 /// How long the directory must be quiet before a reload: an editor's save
 /// is several events.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// How long ago a file must have last been modified to be read as a
+/// version: a write in progress is not one.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// How long a reload waits for the directory to settle before it gives up
+/// (the set in force stays; the next change tries again).
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a reload did not put a new set in force.
+enum Refused {
+    /// A file is being written: try again once it has settled.
+    Unsettled(String),
+    /// The set does not load, or would silently lose rules.
+    Invalid(Vec<LoadError>),
+}
 
 /// The policy set in force.
 pub struct Policies {
@@ -51,6 +74,8 @@ impl Policies {
             return Err(vec![no_rules(dir)]);
         }
         warn_of_exceptions(&set);
+        warn_if_nothing_enforces(&set);
+        gauge_rules(&set);
         Ok(Policies {
             dir: Some(dir.to_owned()),
             allow_empty,
@@ -88,42 +113,82 @@ impl Policies {
         self.dir.as_deref()
     }
 
-    /// Reloads the directory. On failure (or no rule, unless
-    /// `policy.allow_empty`) the set in force stays, the reason is logged
-    /// and counted. A built-in set stays as it is.
-    pub fn reload(&self) -> Result<Arc<PolicySet>, Vec<LoadError>> {
+    /// Reloads the directory once it has settled, waiting for it at most
+    /// [`SETTLE_WAIT`]. On failure (or no rule, unless `policy.allow_empty`,
+    /// or a file of rules now empty) the set in force stays, the reason is
+    /// logged and counted. A built-in set stays as it is.
+    pub async fn reload(&self) -> Result<Arc<PolicySet>, Vec<LoadError>> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.try_reload() {
+                Ok(set) => return Ok(set),
+                Err(Refused::Invalid(errors)) => return Err(errors),
+                Err(Refused::Unsettled(file)) if started.elapsed() >= SETTLE_WAIT => {
+                    let e = LoadError {
+                        file,
+                        rule: None,
+                        message: format!(
+                            "still being written after {SETTLE_WAIT:?}; the previous set stays in force"
+                        ),
+                    };
+                    return Err(self.refuse(vec![e]));
+                }
+                Err(Refused::Unsettled(_)) => tokio::time::sleep(SETTLE / 2).await,
+            }
+        }
+    }
+
+    /// One attempt: the directory as it stands, if it has settled.
+    fn try_reload(&self) -> Result<Arc<PolicySet>, Refused> {
         let Some(dir) = &self.dir else {
             return Ok(self.current());
         };
-        let loaded = load_dir(dir).and_then(|set| {
+        let before = stamps(dir);
+        if let Some(file) = recently_modified(&before) {
+            return Err(Refused::Unsettled(file));
+        }
+        let loaded = load_dir(dir);
+        // Changed while it was read: what was read may be half of it.
+        if stamps(dir) != before {
+            return Err(Refused::Unsettled(absolute(dir)));
+        }
+        let checked = loaded.and_then(|set| {
             if set.rules.is_empty() && !self.allow_empty {
-                Err(vec![no_rules(dir)])
-            } else {
+                return Err(vec![no_rules(dir)]);
+            }
+            let emptied = emptied_files(&self.current.load(), &set);
+            if emptied.is_empty() {
                 Ok(set)
+            } else {
+                Err(emptied)
             }
         });
-        match loaded {
+        match checked {
             Ok(set) => {
                 let changed = set.version != self.current.load().version;
                 let set = Arc::new(set);
                 self.current.store(set.clone());
                 metrics::counter!("tollgate_policy_reloads_total", "result" => "success")
                     .increment(1);
+                gauge_rules(&set);
                 if changed {
                     info!(version = %set.version, rules = set.rules.len(), "policy set loaded");
                     warn_of_exceptions(&set);
+                    warn_if_nothing_enforces(&set);
                 }
                 Ok(set)
             }
-            Err(errors) => {
-                metrics::counter!("tollgate_policy_reloads_total", "result" => "failure")
-                    .increment(1);
-                for e in &errors {
-                    error!(error = %e, "policy set not loaded; the previous set stays in force");
-                }
-                Err(errors)
-            }
+            Err(errors) => Err(Refused::Invalid(self.refuse(errors))),
         }
+    }
+
+    /// Logs and counts a reload that left the set in force as it was.
+    fn refuse(&self, errors: Vec<LoadError>) -> Vec<LoadError> {
+        metrics::counter!("tollgate_policy_reloads_total", "result" => "failure").increment(1);
+        for e in &errors {
+            error!(file = %e.file, error = %e, "policy set not loaded; the previous set stays in force");
+        }
+        errors
     }
 
     /// Reloads on every change in the directory, until the returned
@@ -150,12 +215,75 @@ impl Policies {
                 let Some(policies) = this.upgrade() else {
                     break;
                 };
-                let _ = policies.reload();
+                let _ = policies.reload().await;
             }
         });
         Ok(Watch {
             _debouncer: std::sync::Mutex::new(Box::new(debouncer)),
         })
+    }
+}
+
+/// Each policy file's modification time and size, in name order.
+type Stamps = Vec<(String, Option<std::time::SystemTime>, u64)>;
+
+fn stamps(dir: &Path) -> Stamps {
+    let mut out: Stamps = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    Some((name, meta.modified().ok(), meta.len()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// A file modified within [`SETTLE`]: maybe still being written.
+fn recently_modified(stamps: &Stamps) -> Option<String> {
+    let now = std::time::SystemTime::now();
+    stamps.iter().find_map(|(name, modified, _)| {
+        let age = modified.and_then(|m| now.duration_since(m).ok());
+        // A time in the future (a clock set back) is recent too.
+        (age.is_none_or(|a| a < SETTLE)).then(|| name.clone())
+    })
+}
+
+/// The files of `next` that held rules in `current` and hold none now.
+fn emptied_files(current: &PolicySet, next: &PolicySet) -> Vec<LoadError> {
+    next.empty_files
+        .iter()
+        .filter(|f| current.rules.iter().any(|r| &r.file == *f))
+        .map(|f| LoadError {
+            file: f.clone(),
+            rule: None,
+            message: "held rules and now holds none (emptied or cut short while being written?); \
+                      delete the file to remove its rules"
+                .into(),
+        })
+        .collect()
+}
+
+/// `tollgate_policy_rules{mode}`: the rules in force, by mode.
+fn gauge_rules(set: &PolicySet) {
+    for (mode, n) in set.rules_by_mode() {
+        metrics::gauge!("tollgate_policy_rules", "mode" => mode.to_string()).set(n as f64);
+    }
+}
+
+/// Logs a set in force that denies nothing: every rule warns or is dry-run.
+pub fn warn_if_nothing_enforces(set: &PolicySet) {
+    if !set.rules.is_empty() && set.rules.iter().all(|r| r.mode != super::Mode::Enforce) {
+        warn!(
+            rules = set.rules.len(),
+            "no rule in the policy set is enforcing (all warn or dry-run): nothing will be denied"
+        );
     }
 }
 
@@ -225,7 +353,79 @@ mod tests {
         .expect("write");
         let policies = Policies::load(dir.path(), false).expect("loads");
         std::fs::remove_file(&file).expect("remove");
-        assert!(policies.reload().is_err());
+        assert!(matches!(policies.try_reload(), Err(Refused::Invalid(_))));
         assert_eq!(policies.current().rules.len(), 1);
+    }
+
+    fn age(file: &Path, by: Duration) {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(file)
+            .expect("open");
+        f.set_modified(std::time::SystemTime::now() - by)
+            .expect("set mtime");
+    }
+
+    const RULE: &str = "[[rule]]\nid = \"r\"\ndeny = \"true\"\nmessage = \"m\"\n";
+
+    #[test]
+    fn a_file_of_rules_emptied_keeps_the_last_good_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        std::fs::write(&a, RULE).expect("write");
+        std::fs::write(&b, RULE.replace("\"r\"", "\"s\"")).expect("write");
+        let policies = Policies::load(dir.path(), false).expect("loads");
+        age(&a, SETTLE * 2);
+        // `: > b.toml`, the first moment of `cat > b.toml`: zero bytes.
+        std::fs::write(&b, "").expect("truncate");
+        age(&b, SETTLE * 2);
+        match policies.try_reload() {
+            Err(Refused::Invalid(e)) => {
+                assert_eq!(e[0].file, "b.toml");
+                assert!(e[0].message.contains("now holds none"), "{}", e[0]);
+            }
+            other => panic!("reloaded: {:?}", other.ok().map(|s| s.rules.len())),
+        }
+        assert_eq!(policies.current().rules.len(), 2);
+        // Comments only, or whitespace: still no rule.
+        std::fs::write(&b, "# being rewritten\n").expect("write");
+        age(&b, SETTLE * 2);
+        assert!(matches!(policies.try_reload(), Err(Refused::Invalid(_))));
+        // Written whole: in force.
+        std::fs::write(&b, RULE.replace("\"r\"", "\"t\"")).expect("write");
+        age(&b, SETTLE * 2);
+        let set = policies.try_reload().ok().expect("reloads");
+        assert_eq!(set.rules.len(), 2);
+        // Deleted: its rules go.
+        std::fs::remove_file(&b).expect("remove");
+        assert_eq!(policies.try_reload().ok().expect("reloads").rules.len(), 1);
+    }
+
+    #[test]
+    fn a_file_being_written_is_not_read_as_a_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.toml");
+        std::fs::write(&a, RULE).expect("write");
+        let policies = Policies::load(dir.path(), false).expect("loads");
+        let version = policies.current().version.clone();
+        // Half a file, just written: not read until it has settled.
+        std::fs::write(&a, &RULE[..RULE.len() / 2]).expect("write");
+        assert!(matches!(policies.try_reload(), Err(Refused::Unsettled(f)) if f == "a.toml"));
+        assert_eq!(policies.current().version, version);
+    }
+
+    #[tokio::test]
+    async fn a_reload_waits_for_the_file_to_settle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.toml");
+        std::fs::write(&a, RULE).expect("write");
+        let policies = Policies::load(dir.path(), false).expect("loads");
+        std::fs::write(
+            &a,
+            format!("{RULE}\n[[rule]]\nid = \"s\"\ndeny = \"true\"\nmessage = \"m\"\n"),
+        )
+        .expect("write");
+        let set = policies.reload().await.expect("reloads once settled");
+        assert_eq!(set.rules.len(), 2);
     }
 }

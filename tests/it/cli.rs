@@ -141,6 +141,17 @@ fn policy_commands_report_and_exit_as_documented() {
     );
     assert!(stdout.trim_end().ends_with("0 passed, 1 failed"));
 
+    // An empty file beside the rules: reported, exit 1.
+    std::fs::write(dir.path().join("signup.toml"), "").expect("write");
+    let out = tollgate(&["policy", "check", d], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("error: signup.toml: holds no rule and no exception"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::remove_file(dir.path().join("signup.toml")).expect("remove");
+
     std::fs::write(
         dir.path().join("r.toml"),
         "[[rule]]\nid = \"r\"\ndeny = 'after.x === 1'\nmessage = \"m\"\n",

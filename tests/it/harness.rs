@@ -578,9 +578,9 @@ impl Harness {
     }
 
     /// What SIGHUP does: reloads policies and certificates.
-    pub fn reload(&self) {
+    pub async fn reload(&self) {
         if let Some(app) = &self.app {
-            app.reload();
+            app.reload().await;
         }
     }
 

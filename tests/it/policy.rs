@@ -283,7 +283,7 @@ async fn context_that_cannot_be_fetched_fails_closed() {
     for (name, text) in &files {
         std::fs::write(h.policy_dir.path().join(name), text).expect("write");
     }
-    h.policies.reload().expect("reload");
+    h.policies.reload().await.expect("reload");
     let a = h.patch(r#"{"show_as_button":false}"#).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{a:?}");
     assert_eq!(a.error_code(), "tollgate_context_unavailable");
@@ -325,7 +325,7 @@ async fn reloads_keep_the_last_good_set_and_pick_up_new_files() {
         "[[rule]]\nid = \"x\"\ndeny = '(('\n",
     )
     .expect("write");
-    assert!(h.policies.reload().is_err());
+    assert!(h.policies.reload().await.is_err());
     assert_eq!(h.policies.current().version, good);
     assert_eq!(
         h.send(Method::PATCH, &path, hide).await.status,
@@ -426,5 +426,46 @@ reason = "SSO migration"
         h.forwarded(Method::POST),
         1,
         "only the organization was created"
+    );
+}
+
+/// `: > signup.toml` — the first moment of `cat >`, of many editors and of
+/// rsync — is not a policy change: the file's rules stay in force, the
+/// reload is refused naming the file, and forbidden changes are still
+/// denied, through the watcher as through a reload asked for.
+#[tokio::test]
+async fn a_policy_file_emptied_mid_rewrite_keeps_its_rules() {
+    let files = starter();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let h = Harness::with_policies("", &refs).await;
+    let _watch = h.policies.watch().expect("watch");
+    let signup = r#"{"is_signup_enabled":true}"#;
+    assert_denied(
+        &h.patch(signup).await,
+        &["signup-on-database-only", "signup-needs-membership"],
+    );
+    let version = h.policies.current().version.clone();
+    std::fs::write(h.policy_dir.path().join("signup.toml"), "").expect("truncate");
+    // However long the file stays empty, each attempt is still denied.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < until {
+        assert_denied(
+            &h.patch(signup).await,
+            &["signup-on-database-only", "signup-needs-membership"],
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Err(refused) = h.policies.reload().await else {
+        panic!("an emptied file was put in force");
+    };
+    assert_eq!(refused[0].file, "signup.toml");
+    assert_eq!(h.policies.current().version, version);
+    assert!(changes(&h).is_empty(), "nothing forwarded");
+    // Written whole again: in force, no gap.
+    std::fs::write(h.policy_dir.path().join("signup.toml"), &files[1].1).expect("write");
+    h.policies.reload().await.expect("reloads");
+    assert_denied(
+        &h.patch(signup).await,
+        &["signup-on-database-only", "signup-needs-membership"],
     );
 }

@@ -136,7 +136,7 @@ async fn the_gateway_serves_https_and_reloads_its_certificate() {
     // does), without a restart.
     let ca2 = Ca::new();
     write_server_files(dir.path(), &ca2, None);
-    h.reload();
+    h.reload().await;
     assert_eq!(
         get(&client(&ca2.pem(), None), port).await,
         Ok(StatusCode::OK)
@@ -148,7 +148,7 @@ async fn the_gateway_serves_https_and_reloads_its_certificate() {
 
     // A broken file leaves the certificate in force.
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").expect("write");
-    h.reload();
+    h.reload().await;
     assert_eq!(
         get(&client(&ca2.pem(), None), port).await,
         Ok(StatusCode::OK)
