@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::lock::Pair;
 use crate::policy::input::{Connection, Org};
+use crate::policy::postcheck::Reported;
 use crate::policy::{ChangeInput, Needs, PolicySet};
 use crate::route::Governed;
 use crate::schema::{Change, OrgRef, Validated};
@@ -276,7 +277,20 @@ impl ContextClient {
         connection_id: &str,
         cred: &Credential<'_>,
     ) -> Result<Option<Map<String, Value>>, ContextError> {
-        for family in ["connections", "enabled_connections"] {
+        Ok(self
+            .association_reported(org_id, connection_id, cred)
+            .await?
+            .map(|r| r.fields))
+    }
+
+    /// The association as it stands, and which family's route answered.
+    async fn association_reported(
+        &self,
+        org_id: &str,
+        connection_id: &str,
+        cred: &Credential<'_>,
+    ) -> Result<Option<Reported>, ContextError> {
+        for (family, legacy) in [("connections", false), ("enabled_connections", true)] {
             let path = format!(
                 "/api/v2/organizations/{}/{family}/{}",
                 enc(org_id),
@@ -292,7 +306,7 @@ impl ContextClient {
                             "GET {path}: unexpected association: {e}"
                         ))
                     })?;
-                    return Ok(Some(m));
+                    return Ok(Some(Reported { fields: m, legacy }));
                 }
                 Some(other) => {
                     return Err(ContextError::Unavailable(format!(
@@ -302,6 +316,56 @@ impl ContextClient {
             }
         }
         Ok(None)
+    }
+
+    /// The id of every existing organization the changes name, by the
+    /// name or id the request gave (the path's may be a name): asked with
+    /// the caller's credential, so that a credential the tenant refuses is
+    /// refused here, before any lock is taken, and so that the change is
+    /// locked, judged and forwarded under the id the tenant will apply it
+    /// to — a rename cannot redirect it. An organization found neither way
+    /// keeps the id given (the tenant will answer 404).
+    pub async fn resolve(
+        &self,
+        validated: &Validated,
+        auth: Option<&HeaderValue>,
+    ) -> Result<HashMap<String, Org>, ContextError> {
+        let cred = Credential::new(auth);
+        let mut named: Vec<(&str, bool)> = Vec::new();
+        for change in &validated.changes {
+            if let OrgRef::Existing(id) = &change.org
+                && !named.iter().any(|(o, _)| o == id)
+            {
+                named.push((id, by_name(change)));
+            }
+        }
+        let orgs = try_join_all(
+            named
+                .iter()
+                .map(|(given, by_name)| self.org(given, *by_name, &cred)),
+        )
+        .await?;
+        Ok(named
+            .into_iter()
+            .zip(orgs)
+            .map(|((given, _), mut org)| {
+                org.id.get_or_insert_with(|| given.to_owned());
+                (given.to_owned(), org)
+            })
+            .collect())
+    }
+
+    /// The association as the tenant now reports it, read back after a
+    /// change whose answer did not carry every field (the legacy family's).
+    pub async fn read_back(
+        &self,
+        org_id: &str,
+        connection_id: &str,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Option<Reported>, ContextError> {
+        let cred = Credential::new(auth);
+        self.association_reported(org_id, connection_id, &cred)
+            .await
     }
 
     /// The rules' view of every change a request asks for, fetching what the
@@ -315,6 +379,7 @@ impl ContextClient {
         route: &Governed,
         validated: &Validated,
         auth: Option<&HeaderValue>,
+        resolved: &HashMap<String, Org>,
     ) -> Result<Vec<ChangeInput>, ContextError> {
         let cred = Credential::new(auth);
         let needs: Vec<Needs> = validated
@@ -322,17 +387,23 @@ impl ContextClient {
             .iter()
             .map(|change| needs_of(policy, route, change))
             .collect();
-        let (orgs, connections) = self.facts(&validated.changes, &needs, &cred).await?;
+        let (orgs, connections) = self
+            .facts(&validated.changes, &needs, &cred, resolved)
+            .await?;
         try_join_all(validated.changes.iter().zip(needs).map(|(change, needs)| {
             let org = match &change.org {
                 OrgRef::New(name) => Org {
                     id: None,
                     name: name.clone(),
                 },
-                OrgRef::Existing(id) => orgs.get(id.as_str()).cloned().unwrap_or(Org {
-                    id: Some(id.clone()),
-                    name: None,
-                }),
+                OrgRef::Existing(id) => orgs
+                    .get(id.as_str())
+                    .or_else(|| resolved_org(resolved, id))
+                    .cloned()
+                    .unwrap_or(Org {
+                        id: Some(id.clone()),
+                        name: None,
+                    }),
             };
             let cid = change.connection_id.as_deref();
             let connection = cid
@@ -350,12 +421,14 @@ impl ContextClient {
         changes: &'c [Change],
         needs: &[Needs],
         cred: &Credential<'_>,
+        resolved: &HashMap<String, Org>,
     ) -> Result<(HashMap<&'c str, Org>, HashMap<&'c str, Connection>), ContextError> {
         let mut org_ids: Vec<(&str, bool)> = Vec::new();
         let mut connection_ids: Vec<&str> = Vec::new();
         for (change, needs) in changes.iter().zip(needs) {
             if let OrgRef::Existing(id) = &change.org
                 && (needs.org || (needs.before && !change.operation.is_create()))
+                && resolved_org(resolved, id).is_none()
                 && !org_ids.iter().any(|(o, _)| o == id)
             {
                 org_ids.push((id, by_name(change)));
@@ -418,6 +491,11 @@ impl ContextClient {
     }
 }
 
+/// The organization resolved (before the lock) under its id `id`.
+fn resolved_org<'r>(resolved: &'r HashMap<String, Org>, id: &str) -> Option<&'r Org> {
+    resolved.values().find(|o| o.id.as_deref() == Some(id))
+}
+
 /// A string field of a tenant answer.
 fn text(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
@@ -436,6 +514,18 @@ fn needs_of(policy: &PolicySet, route: &Governed, change: &Change) -> Needs {
     } else {
         policy.needs(route.operation, change.operation)
     }
+}
+
+/// Whether judging `validated` reads the organization or the association
+/// as it stands (a delete always reads what it removes): then its
+/// organizations are resolved to ids and its associations locked. A
+/// request judged by its body and the connection alone reads nothing that
+/// a concurrent change could alter: nothing is resolved, nothing locked.
+pub fn reads_tenant(policy: &PolicySet, route: &Governed, validated: &Validated) -> bool {
+    validated.changes.iter().any(|change| {
+        let needs = needs_of(policy, route, change);
+        needs.org || needs.before
+    })
 }
 
 /// Whether a change names its organization where a name is accepted too:

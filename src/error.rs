@@ -188,6 +188,13 @@ impl Refusal {
                 CODE,
                 "the association could not be locked for the change".into(),
             ),
+            Refusal::Locked(LockError::Lost(_)) => Answer::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                CODE,
+                "the association's lock was lost before the change could be forwarded \
+                 (its database session ended); nothing was forwarded, retry"
+                    .into(),
+            ),
             // The tenant's own answer is passed back (see `into_response`);
             // the code names it in the record.
             Refusal::Context(ContextError::Refused(resp)) => {

@@ -64,6 +64,9 @@ pub struct Exchange {
     pub decision: Option<Decision>,
     /// The approval asked for (a denial) or used (`approved`).
     pub approval: Option<ApprovalNote>,
+    /// The association lock could not be proved held once the tenant had
+    /// answered: the change may have landed unserialised.
+    pub lock_lost: bool,
 }
 
 /// An approval, as an exchange's record names it.

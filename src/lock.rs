@@ -15,6 +15,16 @@
 //!   Replicas in front of the same tenant compute the same keys.
 //! - Pairs are locked in one fixed (sorted) order, so two array operations
 //!   sharing pairs cannot deadlock.
+//! - A Postgres lock lives as long as its session, and the database can end
+//!   a session (`idle_in_transaction_session_timeout`, `pg_terminate_backend`,
+//!   a failover) while tollgate waits for the tenant. The lock sessions turn
+//!   the idle timeout off for themselves and keep TCP keepalives, and the
+//!   gateway [confirms](AssociationLocks::confirm) the locks are still held
+//!   immediately before it forwards (and again once the tenant answered):
+//!   a lock that cannot be proved held forwards nothing.
+//! - One caller (credential or API key) may queue at most
+//!   [`PER_CALLER`] changes on one association: nobody can keep an
+//!   association busy by flooding it.
 //!
 //! A change made at the tenant by someone else (the dashboard, another
 //! credential) is not kept out by this: the Management API has no
@@ -39,6 +49,22 @@ const SHARED_CONNECTIONS: u32 = 32;
 /// An (organization id, connection id) pair.
 pub type Pair = (String, String);
 
+/// Changes one caller may have waiting for, or holding, one association.
+pub const PER_CALLER: usize = 16;
+
+/// How long the proof that a lock is still held may take; past it the lock
+/// is taken for lost (a session cut off without a reset answers nothing).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+
+/// Settings of every lock session. The server's (or the role's) defaults
+/// could end an idle transaction, and with it the lock, while the tenant is
+/// answering: off for these sessions. Keepalives make a dead peer an error
+/// rather than a silence. `application_name` names them in `pg_stat_activity`.
+const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = 0; \
+     SET statement_timeout = 0; \
+     SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; \
+     SET application_name = 'tollgate-lock'";
+
 /// The locks could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -50,11 +76,17 @@ pub enum LockError {
     /// The shared lock (Postgres) could not be taken.
     #[error("the association lock could not be taken: {0}")]
     Store(String),
+    /// The shared lock was held and cannot be proved held any more: its
+    /// database session ended (terminated, timed out, failed over).
+    #[error("the association lock was lost: {0}")]
+    Lost(String),
 }
 
 /// The lock table of one gateway.
 pub struct AssociationLocks {
     local: Mutex<HashMap<Pair, Weak<tokio::sync::Mutex<()>>>>,
+    /// (caller, pair) → changes of that caller queued on or holding it.
+    queued: Arc<Mutex<HashMap<(String, Pair), usize>>>,
     shared: Option<PgPool>,
     /// Mixed into the shared keys: the tenant, so that gateways in front of
     /// different tenants sharing one database do not wait on each other.
@@ -66,6 +98,27 @@ pub struct AssociationLocks {
 pub struct Held {
     local: Vec<OwnedMutexGuard<()>>,
     shared: Option<Transaction<'static, Postgres>>,
+    /// The advisory keys taken in `shared`.
+    keys: Vec<i64>,
+    queued: Vec<Queued>,
+}
+
+/// A caller's place in an association's queue; given up on drop.
+struct Queued {
+    table: Arc<Mutex<HashMap<(String, Pair), usize>>>,
+    key: (String, Pair),
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = table.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                table.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Drop for Held {
@@ -87,6 +140,7 @@ impl AssociationLocks {
     pub fn local(wait: Duration) -> AssociationLocks {
         AssociationLocks {
             local: Mutex::new(HashMap::new()),
+            queued: Arc::new(Mutex::new(HashMap::new())),
             shared: None,
             namespace: String::new(),
             wait,
@@ -116,10 +170,12 @@ impl AssociationLocks {
                 .idle_timeout(Duration::from_secs(60))
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
-                        sqlx::query(sqlx::AssertSqlSafe(format!("SET lock_timeout = '{ms}ms'")))
-                            .execute(conn)
-                            .await
-                            .map(|_| ())
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "SET lock_timeout = '{ms}ms'; {SESSION_SETTINGS}"
+                        )))
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
                     })
                 })
                 .connect_lazy_with(options);
@@ -146,12 +202,88 @@ impl AssociationLocks {
 
     /// Locks every pair, in sorted order, waiting at most the deadline.
     pub async fn acquire(&self, pairs: &[Pair]) -> Result<Held, LockError> {
+        self.acquire_as(None, pairs).await
+    }
+
+    /// Locks every pair for `caller` (a credential's fingerprint or an API
+    /// key's name), who may have at most [`PER_CALLER`] changes queued on
+    /// or holding each: one more is busy at once.
+    pub async fn acquire_for(&self, caller: &str, pairs: &[Pair]) -> Result<Held, LockError> {
+        self.acquire_as(Some(caller), pairs).await
+    }
+
+    async fn acquire_as(&self, caller: Option<&str>, pairs: &[Pair]) -> Result<Held, LockError> {
         let mut held = Held {
             local: Vec::with_capacity(pairs.len()),
             shared: None,
+            keys: Vec::new(),
+            queued: Vec::with_capacity(pairs.len()),
         };
-        self.extend(&mut held, pairs).await?;
+        let pairs: BTreeSet<&Pair> = pairs.iter().collect();
+        if let Some(caller) = caller {
+            for pair in &pairs {
+                held.queued.push(self.queue(caller, pair)?);
+            }
+        }
+        self.extend(&mut held, &pairs.into_iter().cloned().collect::<Vec<_>>())
+            .await?;
         Ok(held)
+    }
+
+    fn queue(&self, caller: &str, pair: &Pair) -> Result<Queued, LockError> {
+        let key = (caller.to_owned(), pair.clone());
+        let mut table = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let n = table.entry(key.clone()).or_insert(0);
+        if *n >= PER_CALLER {
+            return Err(busy(pair));
+        }
+        *n += 1;
+        Ok(Queued {
+            table: self.queued.clone(),
+            key,
+        })
+    }
+
+    /// Proves the shared locks of `held` are still held: their session is
+    /// alive, in the same transaction, and holds every key. Without shared
+    /// locks there is nothing to prove (in-process locks cannot be lost).
+    pub async fn confirm(&self, held: &mut Held) -> Result<(), LockError> {
+        let Some(tx) = held.shared.as_mut() else {
+            return Ok(());
+        };
+        let (classids, objids): (Vec<i64>, Vec<i64>) = held
+            .keys
+            .iter()
+            .map(|k| {
+                let bits = *k as u64;
+                (i64::from((bits >> 32) as u32), i64::from(bits as u32))
+            })
+            .unzip();
+        // A one-key advisory lock is (classid, objid) = (high, low 32 bits),
+        // objsubid 1.
+        let query = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND pid = pg_backend_pid() AND objsubid = 1 \
+             AND (classid::int8, objid::int8) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))",
+        )
+        .bind(classids)
+        .bind(objids)
+        .fetch_one(&mut **tx);
+        let lost = |why: String| {
+            metrics::counter!("tollgate_lock_lost_total").increment(1);
+            LockError::Lost(why)
+        };
+        match tokio::time::timeout(CONFIRM_WITHIN, query).await {
+            Ok(Ok(n)) if usize::try_from(n).ok() == Some(held.keys.len()) => Ok(()),
+            Ok(Ok(n)) => Err(lost(format!(
+                "{n} of {} advisory locks still held",
+                held.keys.len()
+            ))),
+            Ok(Err(e)) => Err(lost(format!("the lock session ended: {e}"))),
+            Err(_) => Err(lost(format!(
+                "the lock session did not answer within {CONFIRM_WITHIN:?}"
+            ))),
+        }
     }
 
     /// Adds `pairs`, in sorted order, to the locks `held` (all of them, for
@@ -185,7 +317,11 @@ impl AssociationLocks {
             held.shared = Some(tx);
         }
         match held.shared.as_mut() {
-            Some(tx) => self.lock_shared(tx, &pairs).await,
+            Some(tx) => {
+                self.lock_shared(tx, &pairs).await?;
+                held.keys.extend(pairs.iter().map(|p| self.shared_key(p)));
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -281,6 +417,42 @@ mod tests {
         let _held = locks.acquire(&[pair("o", "c")]).await.expect("first");
         let err = locks.acquire(&[pair("o", "c")]).await.err().expect("busy");
         assert!(matches!(err, LockError::Busy { .. }), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_caller_queues_at_most_per_caller_changes_on_an_association() {
+        let locks = Arc::new(AssociationLocks::local(Duration::from_secs(60)));
+        let held = locks
+            .acquire_for("flood", &[pair("o", "c")])
+            .await
+            .expect("first");
+        let mut waiting = Vec::new();
+        for _ in 1..PER_CALLER {
+            let l = locks.clone();
+            waiting.push(tokio::spawn(async move {
+                l.acquire_for("flood", &[pair("o", "c")]).await.is_ok()
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // One more of the same caller is busy at once, not queued.
+        let err = locks
+            .acquire_for("flood", &[pair("o", "c")])
+            .await
+            .err()
+            .expect("busy");
+        assert!(matches!(err, LockError::Busy { .. }), "{err}");
+        // Another caller queues; another association is free.
+        let l = locks.clone();
+        let other =
+            tokio::spawn(async move { l.acquire_for("legit", &[pair("o", "c")]).await.is_ok() });
+        assert!(locks.acquire_for("flood", &[pair("o", "d")]).await.is_ok());
+        drop(held);
+        for w in waiting {
+            assert!(w.await.expect("join"));
+        }
+        assert!(other.await.expect("join"));
+        // Places are given back: the caller may queue again.
+        assert!(locks.acquire_for("flood", &[pair("o", "c")]).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]

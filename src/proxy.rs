@@ -9,6 +9,7 @@
 //! ends it with a [`Refusal`]: `error.rs` gives every refusal its answer in
 //! the tenant's error shape and its recorded decision.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::error::Refusal;
 use crate::exchange::{ApprovalNote, Class, Exchange};
 use crate::identity::{Caller, Identity, IdentityError};
 use crate::lock::{AssociationLocks, Held};
+use crate::policy::input::Org;
 use crate::policy::postcheck::{self, PostCheck};
 use crate::policy::reload::Policies;
 use crate::policy::{self, Decision, Judgement, Mode, PolicySet, RuleInput, Verdict};
@@ -219,24 +221,39 @@ impl Gateway {
         let policy = self.policies.current();
         // The credential the tenant sees: the caller's, or the broker's.
         let auth = self.identity.tenant_authorization(&parts.headers).await?;
-        let held = self
+        // The organizations it names, as ids, asked with that credential:
+        // before any lock (a credential the tenant refuses holds none), and
+        // so that what is locked, judged, recorded and forwarded is the
+        // organization the tenant will change, whatever a rename does.
+        let reads_tenant = context::reads_tenant(&policy, &route, &judged.validated);
+        let (route, validated, resolved) = if reads_tenant {
+            self.resolve(route, judged.validated, auth.as_ref(), ex)
+                .await?
+        } else {
+            (route, judged.validated, Default::default())
+        };
+        let mut held = self
             .lock_and_fetch(
                 &policy,
-                &route,
-                &judged.validated,
+                (&route, &validated, &resolved),
                 auth.as_ref(),
                 caller,
                 ex,
             )
             .await?;
         let decision = self.judge(&policy, ex, judged.text.as_deref()).await?;
+        // The locks, proved still held: a lock whose database session ended
+        // while the context was read proves nothing about `before`.
+        self.locks.confirm(&mut held).await.inspect_err(|e| {
+            error!(audit_id = %ex.id, error = %e, "association lock lost before the forward: nothing forwarded");
+        })?;
         // Durably, before anything leaves: a request the tenant received
         // always has its record.
         self.record_decision(ex).await?;
         let request = forward_request(
             &self.upstream,
             &parts.headers,
-            auth,
+            auth.clone(),
             &route,
             judged.text,
             &ex.id,
@@ -246,9 +263,21 @@ impl Gateway {
                 self.upstream.send_buffered(r)
             })
             .await;
-        self.release(held, sent.is_ok());
-        let (resp, latency) = sent?;
-        let post_check = self.post_check(&policy, ex, &resp);
+        let (resp, latency) = match sent {
+            Ok(answered) => answered,
+            Err(e) => {
+                self.release(held, false);
+                return Err(e);
+            }
+        };
+        // Held until the tenant answered: if the lock was lost meanwhile,
+        // another change may have read `before` while this one was landing.
+        if let Err(e) = self.locks.confirm(&mut held).await {
+            error!(audit_id = %ex.id, error = %e, "association lock lost while the tenant applied the change: the change may have landed unserialised");
+            ex.lock_lost = true;
+        }
+        let post_check = self.post_check(&policy, ex, &resp, auth.as_ref()).await;
+        self.release(held, true);
         let kept = recorded_answer(route.operation, resp.body());
         self.record_outcome(ex, &resp, Some(&kept), latency, post_check.as_ref())
             .await;
@@ -408,6 +437,39 @@ impl Gateway {
         }
     }
 
+    /// The request with every existing organization it names replaced by
+    /// its id ([`ContextClient::resolve`]); the record follows.
+    async fn resolve(
+        &self,
+        route: Governed,
+        mut validated: Validated,
+        auth: Option<&HeaderValue>,
+        ex: &mut Exchange,
+    ) -> Result<(Governed, Validated, HashMap<String, Org>), Refusal> {
+        let orgs = self
+            .context
+            .resolve(&validated, auth)
+            .instrument(tracing::info_span!("context.resolve"))
+            .await?;
+        let id_of = |given: &str| orgs.get(given).and_then(|o| o.id.clone());
+        for change in &mut validated.changes {
+            if let schema::OrgRef::Existing(given) = &mut change.org
+                && let Some(id) = id_of(given)
+            {
+                *given = id;
+            }
+        }
+        let route = match route.organization().and_then(id_of) {
+            Some(id) if Some(id.as_str()) != route.id.as_deref() => {
+                let route = route.with_organization(&id);
+                ex.classified(&route);
+                route
+            }
+            _ => route,
+        };
+        Ok((route, validated, orgs))
+    }
+
     /// Locks every association the request changes, then fetches the
     /// context its rules read. The locks come first and stay until the
     /// tenant has answered, so no other change through tollgate (this
@@ -416,31 +478,45 @@ impl Gateway {
     async fn lock_and_fetch(
         &self,
         policy: &PolicySet,
-        route: &Governed,
-        validated: &Validated,
+        (route, validated, resolved): (&Governed, &Validated, &HashMap<String, Org>),
         auth: Option<&HeaderValue>,
         caller: Caller,
         ex: &mut Exchange,
     ) -> Result<Held, Refusal> {
         let fetch = || {
             self.context
-                .inputs(policy, route, validated, auth)
+                .inputs(policy, route, validated, auth, resolved)
                 .instrument(tracing::info_span!("context.fetch"))
         };
         let lock = tracing::info_span!("association.lock");
-        let pairs = context::pairs(validated);
-        let mut held = self.locks.acquire(&pairs).instrument(lock.clone()).await?;
-        let mut changes = fetch().await?;
-        // A path may name its organization by name: once resolved, the
-        // association is locked under its id too (as a change naming the id
-        // would lock it), and `before` read again inside that lock.
-        let extra = context::resolved_pairs(&changes, &pairs);
-        if !extra.is_empty() {
-            self.locks
-                .extend(&mut held, &extra)
-                .instrument(lock)
-                .await?;
-            changes = fetch().await?;
+        // A request whose judging reads nothing of the tenant has nothing
+        // to keep consistent: it is not locked (and was not resolved).
+        let pairs = if context::reads_tenant(policy, route, validated) {
+            context::pairs(validated)
+        } else {
+            Vec::new()
+        };
+        // Each caller queues on an association alone: one credential or key
+        // cannot hold it busy for everyone.
+        let holder = caller
+            .key
+            .as_deref()
+            .or(caller.token_fingerprint.as_deref())
+            .unwrap_or_default()
+            .to_owned();
+        let held = self
+            .locks
+            .acquire_for(&holder, &pairs)
+            .instrument(lock)
+            .await?;
+        let changes = fetch().await?;
+        // The organizations were resolved to ids before the lock; if the
+        // tenant now names another one (deleted and its id reused as a name),
+        // what was locked is not what would be judged: fail closed.
+        if !pairs.is_empty() && !context::resolved_pairs(&changes, &pairs).is_empty() {
+            return Err(Refusal::Context(context::ContextError::Unavailable(
+                "an organization resolved to another id while the change was being judged".into(),
+            )));
         }
         let request = ex.request_variable(route);
         ex.fetched(RuleInput::new(
@@ -649,23 +725,51 @@ impl Gateway {
 
     /// The tenant's answer to a successful change judged again. A violation
     /// is counted and logged; nothing is reverted, the outcome records it.
-    fn post_check(
+    /// Only what the tenant reported is judged: an answer without every
+    /// field (the legacy family's carry three) is completed by reading the
+    /// association back, still under the lock; fields that could not be
+    /// read make the verdict `partial`.
+    async fn post_check(
         &self,
         policy: &PolicySet,
         ex: &Exchange,
         resp: &Response<Bytes>,
+        auth: Option<&HeaderValue>,
     ) -> Option<PostCheck> {
         let input = ex.input.as_ref()?;
         if !resp.status().is_success() || !postcheck::applies(input) {
             return None;
         }
-        let mut check = postcheck::check(policy, input, resp.body());
+        let answered = postcheck::answered(input.operation, resp.body());
+        let read_back = match (&answered, input.changes.first()) {
+            (Some(a), Some(change)) if !postcheck::unreported(policy, input, a).is_empty() => {
+                let org = change.org.id.as_deref().unwrap_or_default();
+                let cid = change.connection.id.as_deref().unwrap_or_default();
+                let read = self.context.read_back(org, cid, auth);
+                match read
+                    .instrument(tracing::info_span!("post_check.read_back"))
+                    .await
+                {
+                    Ok(found) => found,
+                    Err(e) => {
+                        warn!(audit_id = %ex.id, error = %e, "post-check: the association could not be read back");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut check = postcheck::check(policy, input, answered.as_ref(), read_back.as_ref());
         // An approved change leads where its approval said: the rules it
         // covers are expected to be violated by the result.
         if let Some(a) = ex.approval.as_ref().filter(|a| a.status == "used") {
             check.rules.retain(|r| !a.rules.contains(&r.id));
             if check.rules.is_empty() && check.verdict == postcheck::Verdict::Violated {
-                check.verdict = postcheck::Verdict::Passed;
+                check.verdict = if check.unverified.is_empty() {
+                    postcheck::Verdict::Passed
+                } else {
+                    postcheck::Verdict::Partial
+                };
             }
         }
         if check.verdict == postcheck::Verdict::Violated {

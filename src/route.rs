@@ -136,6 +136,34 @@ pub struct Governed {
     pub connection_id: Option<String>,
 }
 
+impl Governed {
+    /// The organization the path names, if it names one (an SSO ticket's
+    /// `{id}` is its self-service profile).
+    pub fn organization(&self) -> Option<&str> {
+        match self.operation {
+            Operation::OrganizationCreate | Operation::SsoTicketCreate => None,
+            _ => self.id.as_deref(),
+        }
+    }
+
+    /// The same route naming its organization by `id` (resolved from the
+    /// name or spelling the path gave): what is forwarded and recorded.
+    pub fn with_organization(mut self, id: &str) -> Governed {
+        if self.organization().is_none() {
+            return self;
+        }
+        // A canonical path: "/api/v2/organizations/{id}/…", each parameter
+        // percent-encoded, so no segment holds a '/'.
+        let mut segments: Vec<String> = self.path.split('/').map(str::to_owned).collect();
+        if let Some(s) = segments.get_mut(4) {
+            *s = encode_segment(id);
+        }
+        self.path = segments.join("/");
+        self.id = Some(id.to_owned());
+        self
+    }
+}
+
 /// Where a request goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {

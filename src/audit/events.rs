@@ -141,6 +141,8 @@ impl Exchange {
                 .map(|p| p.rules.iter().map(RuleData::of).collect())
                 .unwrap_or_default(),
             association: post_check.map(|p| &p.association),
+            post_check_unverified: post_check.map_or(&[], |p| p.unverified.as_slice()),
+            lock_lost: self.lock_lost,
         })
     }
 
@@ -156,6 +158,8 @@ impl Exchange {
             post_check: None,
             post_check_rules: Vec::new(),
             association: None,
+            post_check_unverified: &[],
+            lock_lost: self.lock_lost,
         })
     }
 
@@ -249,9 +253,15 @@ struct OutcomeData<'a> {
     /// The enforce rules the resulting association violates.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     post_check_rules: Vec<RuleData<'a>>,
-    /// The association as the tenant says it now stands.
+    /// The association as the tenant says it now stands: what it reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     association: Option<&'a Value>,
+    /// Fields enforce rules read that the tenant did not report.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    post_check_unverified: &'a [&'static str],
+    /// The association lock was lost while the tenant applied the change.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    lock_lost: bool,
 }
 
 #[derive(Serialize)]

@@ -13,15 +13,21 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{Mode, PolicySet, RuleInput, RuleResult, evaluate};
+use crate::association::{FIELDS, Field};
+use crate::route::Operation;
 
 /// What the post-check found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// The resulting association passes every enforce rule.
+    /// Every field an enforce rule reads was reported by the tenant (in its
+    /// answer or read back), and the association passes every enforce rule.
     Passed,
     /// It violates an enforce rule.
     Violated,
+    /// No violation in what the tenant reported, but fields an enforce
+    /// rule reads were not reported (listed in `post_check_unverified`).
+    Partial,
     /// The answer did not carry an association to judge.
     Unreadable,
 }
@@ -31,6 +37,7 @@ impl Verdict {
         match self {
             Verdict::Passed => "passed",
             Verdict::Violated => "violated",
+            Verdict::Partial => "partial",
             Verdict::Unreadable => "unreadable",
         }
     }
@@ -42,8 +49,27 @@ pub struct PostCheck {
     pub verdict: Verdict,
     /// The enforce rules the resulting association violates.
     pub rules: Vec<RuleResult>,
-    /// The association as the tenant says it now stands.
+    /// The association as the tenant reported it (its answer, completed by
+    /// a read-back): only what the tenant said, never the prediction.
     pub association: Value,
+    /// Fields enforce rules read that the tenant did not report.
+    pub unverified: Vec<&'static str>,
+}
+
+/// The association as the tenant reported it, and which family's route
+/// reported it (the legacy family's carry only its own fields).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reported {
+    pub fields: Map<String, Value>,
+    pub legacy: bool,
+}
+
+impl Reported {
+    /// The fields this report speaks for: a field left out of a route's
+    /// answer is unset (null) if that route carries it, unknown otherwise.
+    fn carries(&self, field: &Field) -> bool {
+        field.legacy || !self.legacy
+    }
 }
 
 /// The one change of `input` that is post-checked, if it is: an
@@ -57,47 +83,115 @@ pub fn applies(input: &RuleInput) -> bool {
     }
 }
 
-/// Judges the tenant's answer to the change `judged` describes (one that
-/// [`applies`]). The result is the judged `after` overlaid with every
-/// association field the answer carries, so a field the answer leaves out
-/// (the legacy family's answers carry three) keeps its predicted value
-/// instead of reading as null.
-pub fn check(set: &PolicySet, judged: &RuleInput, answer: &[u8]) -> PostCheck {
-    let (Some(Value::Object(answered)), [change]) = (
-        serde_json::from_slice::<Value>(answer).ok(),
-        judged.changes.as_slice(),
-    ) else {
+/// The tenant's answer to a change on the route of `operation`, as a report.
+pub fn answered(operation: Operation, answer: &[u8]) -> Option<Reported> {
+    match serde_json::from_slice::<Value>(answer).ok()? {
+        Value::Object(fields) => Some(Reported {
+            fields,
+            legacy: is_legacy(operation),
+        }),
+        _ => None,
+    }
+}
+
+fn is_legacy(operation: Operation) -> bool {
+    matches!(
+        operation,
+        Operation::OrganizationEnabledConnectionCreate
+            | Operation::OrganizationEnabledConnectionUpdate
+    )
+}
+
+/// The fields the enforce rules that judge `input` read which `report`
+/// does not speak for: to read back, or else left unverified.
+pub fn unreported(set: &PolicySet, input: &RuleInput, report: &Reported) -> Vec<&'static str> {
+    let Some(change) = input.changes.first() else {
+        return Vec::new();
+    };
+    let enforcing = set
+        .rules
+        .iter()
+        .filter(|r| r.mode == Mode::Enforce && r.applies(input.operation, change.operation));
+    let mut out: Vec<&'static str> = Vec::new();
+    for rule in enforcing {
+        for field in FIELDS.iter().filter(|f| !report.carries(f)) {
+            // A rule that reads `after` or `before` other than field by
+            // field (`after == …`, a macro over it) may read any field.
+            let reads = rule.fields.iter().any(|r| r == field.name)
+                || (rule.needs.before && rule.fields.is_empty());
+            if reads && !out.contains(&field.name) {
+                out.push(field.name);
+            }
+        }
+    }
+    out
+}
+
+/// Judges what the tenant reported of the change `judged` describes (one
+/// that [`applies`]): its answer, completed by `read_back` where the answer
+/// does not speak for a field. A field neither speaks for keeps its
+/// predicted value for the rules (so none fails on a missing key) but is
+/// not recorded, and makes a clean verdict `partial` if an enforce rule
+/// reads it.
+pub fn check(
+    set: &PolicySet,
+    judged: &RuleInput,
+    answer: Option<&Reported>,
+    read_back: Option<&Reported>,
+) -> PostCheck {
+    let (Some(answer), [change]) = (answer, judged.changes.as_slice()) else {
         return PostCheck {
             verdict: Verdict::Unreadable,
             rules: Vec::new(),
             association: Value::Null,
+            unverified: Vec::new(),
         };
     };
-    let mut result = match &change.after {
+    let mut reported = Map::new();
+    for field in FIELDS.iter() {
+        let from = [Some(answer), read_back]
+            .into_iter()
+            .flatten()
+            .find(|r| r.carries(field));
+        if let Some(r) = from {
+            let v = r.fields.get(field.name).cloned().unwrap_or(Value::Null);
+            reported.insert(field.name.to_owned(), v);
+        }
+    }
+    let mut after = match &change.after {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
     };
-    for field in crate::association::FIELDS {
-        if let Some(v) = answered.get(field.name) {
-            result.insert(field.name.to_owned(), v.clone());
-        }
+    for (k, v) in &reported {
+        after.insert(k.clone(), v.clone());
     }
-    let association = Value::Object(result);
     let mut answered_change = change.clone();
-    answered_change.after = association.clone();
+    answered_change.after = Value::Object(after);
     let judgement = evaluate(set, &judged.with_changes(vec![answered_change]));
     let rules: Vec<RuleResult> = judgement
         .results
         .into_iter()
         .filter(|r| r.is_violation() && r.mode == Mode::Enforce)
         .collect();
+    let known = Reported {
+        fields: reported.clone(),
+        legacy: false,
+    };
+    let unverified: Vec<&'static str> = unreported(set, judged, answer)
+        .into_iter()
+        .filter(|f| !known.fields.contains_key(*f))
+        .collect();
+    let verdict = if !rules.is_empty() {
+        Verdict::Violated
+    } else if !unverified.is_empty() {
+        Verdict::Partial
+    } else {
+        Verdict::Passed
+    };
     PostCheck {
-        verdict: if rules.is_empty() {
-            Verdict::Passed
-        } else {
-            Verdict::Violated
-        },
+        verdict,
         rules,
-        association,
+        association: Value::Object(reported),
+        unverified,
     }
 }
