@@ -59,11 +59,19 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 /// Settings of every lock session. The server's (or the role's) defaults
 /// could end an idle transaction, and with it the lock, while the tenant is
 /// answering: off for these sessions. Keepalives make a dead peer an error
-/// rather than a silence. `application_name` names them in `pg_stat_activity`.
+/// rather than a silence.
 const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = 0; \
      SET statement_timeout = 0; \
-     SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; \
-     SET application_name = 'tollgate-lock'";
+     SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
+
+/// How the lock sessions are named in `pg_stat_activity`: `tollgate-lock`,
+/// after the audit URL's own `application_name` if it gives one.
+fn lock_session_name(given: Option<&str>) -> String {
+    match given {
+        Some(name) => format!("{name}/tollgate-lock"),
+        None => "tollgate-lock".to_owned(),
+    }
+}
 
 /// The locks could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +167,8 @@ impl AssociationLocks {
         if audit_url.starts_with("postgres://") || audit_url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(audit_url)
                 .map_err(|e| LockError::Store(e.to_string()))?;
+            let name = lock_session_name(options.get_application_name());
+            let options = options.application_name(&name);
             // The server gives up waiting for a lock at the deadline (SQLSTATE
             // 55P03), so a connection is never left mid-query; set once per
             // connection, it costs no round trip per change.

@@ -12,6 +12,7 @@ mod cli;
 mod governed;
 mod hostile;
 mod identity;
+mod landing;
 mod observability;
 mod passthrough;
 mod policy;
