@@ -49,6 +49,10 @@ pub enum Refusal {
     AuditUnavailable(AuditError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The caller left before anything was forwarded; `recorded`: the
+    /// exchange is one the log keeps (a governed or audited write).
+    #[error("the caller left before the request was forwarded; nothing was forwarded")]
+    Abandoned { recorded: bool },
 }
 
 /// "denied by rule a: message" / "denied by rules a, b: message; message".
@@ -138,6 +142,12 @@ impl Refusal {
                 "tollgate_audit_unavailable",
             )
             .decided(None),
+            Refusal::Abandoned { recorded } => {
+                // Nobody reads it: nginx's "client closed request".
+                let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+                plain(status, "client_closed_request")
+                    .decided(recorded.then_some(Decision::Abandoned))
+            }
             Refusal::Upstream(e) => {
                 let status = match e {
                     UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -226,6 +236,14 @@ impl Refusal {
                 StatusCode::BAD_GATEWAY,
                 "tollgate_upstream_error",
                 "a Management API token could not be obtained from the tenant".into(),
+            )
+            .decided(Some(Unavailable)),
+            IdentityError::TokenBackoff(..) => Answer::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tollgate_upstream_error",
+                "a Management API token could not be obtained from the tenant moments ago; \
+                 retry shortly"
+                    .into(),
             )
             .decided(Some(Unavailable)),
             _ => self

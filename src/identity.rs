@@ -9,6 +9,7 @@
 //! SHA-256 fingerprints.
 
 mod broker;
+pub mod flight;
 mod verify;
 
 use base64::Engine;
@@ -38,6 +39,12 @@ pub enum IdentityError {
     JwksUnavailable(String),
     #[error("a Management API token could not be obtained: {0}")]
     TokenUnavailable(String),
+    /// A token could not be obtained moments ago: not asked for again
+    /// until its back-off ends.
+    #[error(
+        "a Management API token could not be obtained ({0}); the token endpoint is not asked again for {1:?}"
+    )]
+    TokenBackoff(String, std::time::Duration),
 }
 
 /// Identification, as configured.

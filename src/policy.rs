@@ -51,10 +51,12 @@ pub enum Decision {
     /// What judging needed (the tenant's context, a lock, signing keys)
     /// could not be had: refused, not judged.
     Unavailable,
+    /// The caller left before anything was forwarded: nothing was.
+    Abandoned,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 8] = [
+    pub const ALL: [Decision; 9] = [
         Decision::Allow,
         Decision::Deny,
         Decision::Warn,
@@ -63,6 +65,7 @@ impl Decision {
         Decision::Approved,
         Decision::Invalid,
         Decision::Unavailable,
+        Decision::Abandoned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +78,7 @@ impl Decision {
             Decision::Approved => "approved",
             Decision::Invalid => "invalid",
             Decision::Unavailable => "unavailable",
+            Decision::Abandoned => "abandoned",
         }
     }
 

@@ -38,6 +38,7 @@ use crate::policy::reload::Policies;
 use crate::policy::{self, Decision, Judgement, Mode, PolicySet, RuleInput, Verdict};
 use crate::route::{self, Governed, Route};
 use crate::schema::{self, Validated};
+use crate::server::Hangup;
 use crate::upstream::{self, SetupError, Upstream, UpstreamError};
 use crate::{BoxBody, full};
 
@@ -148,7 +149,17 @@ impl Gateway {
             connection = tracing::field::Empty,
             status = tracing::field::Empty,
         );
-        let result = self.run(req, &mut ex).instrument(span.clone()).await;
+        // Cancelled when the caller leaves: what was not forwarded yet is
+        // not forwarded then.
+        let hangup = req
+            .extensions()
+            .get::<Hangup>()
+            .cloned()
+            .unwrap_or_default();
+        let result = self
+            .run(req, &mut ex, &hangup)
+            .instrument(span.clone())
+            .await;
         let (mut resp, unrecorded) = match result {
             Ok(resp) => (resp, "pass"),
             Err(refusal) => {
@@ -189,14 +200,15 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         ex: &mut Exchange,
+        hangup: &Hangup,
     ) -> Result<Response<BoxBody>, Refusal> {
         // Screen: headers that could turn any request into a governed one at
         // the tenant are refused before classification can be fooled by them.
         screen(req.headers())?;
         // Classify, with the tenant's routing semantics.
         match route::classify(req.method(), req.uri().path(), req.uri().query())? {
-            Route::Governed(g) => self.governed(req, g, ex).await,
-            Route::Other => self.other(req, ex).await,
+            Route::Governed(g) => self.governed(req, g, ex, hangup).await,
+            Route::Other => self.other(req, ex, hangup).await,
         }
     }
 
@@ -206,6 +218,7 @@ impl Gateway {
         req: Request<Incoming>,
         route: Governed,
         ex: &mut Exchange,
+        hangup: &Hangup,
     ) -> Result<Response<BoxBody>, Refusal> {
         ex.classified(&route);
         let (parts, body) = req.into_parts();
@@ -226,27 +239,37 @@ impl Gateway {
         // so that what is locked, judged, recorded and forwarded is the
         // organization the tenant will change, whatever a rename does.
         let reads_tenant = context::reads_tenant(&policy, &route, &judged.validated);
+        // A caller who leaves while tollgate waits for the tenant's context
+        // or a lock takes that wait with them.
+        let left = || Refusal::Abandoned { recorded: true };
         let (route, validated, resolved) = if reads_tenant {
-            self.resolve(route, judged.validated, auth.as_ref(), ex)
-                .await?
+            tokio::select! {
+                r = self.resolve(route, judged.validated, auth.as_ref(), ex) => r?,
+                () = hangup.left() => return Err(left()),
+            }
         } else {
             (route, judged.validated, Default::default())
         };
-        let mut held = self
-            .lock_and_fetch(
+        let mut held = tokio::select! {
+            held = self.lock_and_fetch(
                 &policy,
                 (&route, &validated, &resolved),
                 auth.as_ref(),
                 caller,
                 ex,
-            )
-            .await?;
+            ) => held?,
+            () = hangup.left() => return Err(left()),
+        };
         let decision = self.judge(&policy, ex, judged.text.as_deref()).await?;
         // The locks, proved still held: a lock whose database session ended
         // while the context was read proves nothing about `before`.
         self.locks.confirm(&mut held).await.inspect_err(|e| {
             error!(audit_id = %ex.id, error = %e, "association lock lost before the forward: nothing forwarded");
         })?;
+        // Nobody waits for the answer any more: nothing leaves.
+        if hangup.has_left() {
+            return Err(left());
+        }
         // Durably, before anything leaves: a request the tenant received
         // always has its record.
         self.record_decision(ex).await?;
@@ -294,6 +317,7 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         ex: &mut Exchange,
+        hangup: &Hangup,
     ) -> Result<Response<BoxBody>, Refusal> {
         ex.class = Class::Other;
         self.identify(req.headers(), None, ex).await?;
@@ -305,6 +329,9 @@ impl Gateway {
         // refused (and recorded so) before any decision to forward it.
         let auth = self.identity.tenant_authorization(req.headers()).await?;
         let audited = mode == OtherRoutes::Audit;
+        if hangup.has_left() {
+            return Err(Refusal::Abandoned { recorded: audited });
+        }
         if audited {
             ex.decision = Some(Decision::Allow);
             self.record_decision(ex).await?;
@@ -323,9 +350,17 @@ impl Gateway {
         set_correlation_id(&mut parts.headers, &ex.id);
         set_authorization(&mut parts.headers, auth);
         let request = Request::from_parts(parts, body.map_err(Into::into).boxed());
-        let (resp, latency) = self
-            .call(ex, audited, "other", request, |r| self.upstream.send(r))
-            .await?;
+        let call = self.call(ex, audited, "other", request, |r| self.upstream.send(r));
+        let (resp, latency) = if audited {
+            // A write on its way: followed to its outcome, caller or not.
+            call.await?
+        } else {
+            // A read whose caller left serves no one: cancelled at once.
+            tokio::select! {
+                sent = call => sent?,
+                () = hangup.left() => return Err(Refusal::Abandoned { recorded: false }),
+            }
+        };
         if resp.status().is_success() && changes_facts(&method, &target) {
             self.context.invalidate();
         }
@@ -826,6 +861,9 @@ impl Gateway {
     /// forwarded, so the answer does not wait on the store: a failure is
     /// logged.
     async fn refused(&self, ex: &mut Exchange, refusal: &Refusal) {
+        if let Refusal::Abandoned { .. } = refusal {
+            metrics::counter!("tollgate_abandoned_exchanges_total").increment(1);
+        }
         let recorded = refusal.recorded();
         let status = recorded
             .as_ref()

@@ -30,6 +30,36 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub std::net::SocketAddr);
 
+/// In every request's extensions: cancelled when the caller stops waiting
+/// for the answer (it hung up, or reset its HTTP/2 stream). The exchange
+/// then goes on detached, and decides what of its work still serves
+/// anyone: nothing that was not yet forwarded.
+#[derive(Clone, Debug, Default)]
+pub struct Hangup(tokio_util::sync::CancellationToken);
+
+impl Hangup {
+    /// Completes when the caller has left.
+    pub async fn left(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// Whether the caller has left.
+    pub fn has_left(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+/// Exchanges one connection may have running, its detached ones included:
+/// HTTP/2's own stream limit, which a client resetting streams would
+/// otherwise step around (a reset frees the stream, not the work behind it).
+pub const MAX_EXCHANGES_PER_CONNECTION: usize = 200;
+
+/// Callers leaving with work started that make a connection look like an
+/// attack: this many within [`ABANDON_WINDOW`] closes it (GOAWAY on
+/// HTTP/2), as hyper does for streams reset before they start.
+const ABANDON_LIMIT: u32 = 100;
+const ABANDON_WINDOW: Duration = Duration::from_secs(10);
+
 /// Something that answers requests: the gateway, the sandbox tenant.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<BoxBody>> + Send;
@@ -180,10 +210,17 @@ impl<H: Handler> Accepting<H> {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let _ = stream.set_nodelay(true);
-        let service = service(self.handler.clone(), peer, conn.clone(), self.open.clone());
+        // The connection's slot (and its count against the address) is held
+        // by the connection and by each of its exchanges, detached ones
+        // included: given back when the last of them ends.
+        let slot = Arc::new(Slot {
+            open: self.open.clone(),
+            conn: conn.clone(),
+            _permit: permit,
+        });
+        let service = service(self.handler.clone(), peer, slot.clone());
         let builder = self.builder.clone();
         let tls = self.tls.clone();
-        let open = self.open.clone();
         let stopping = self.stopping.clone();
         let idle = self.idle;
         tokio::spawn(async move {
@@ -197,15 +234,14 @@ impl<H: Handler> Accepting<H> {
             };
             let Some(io) = opened else {
                 debug!(%peer, "connection closed before its first request");
-                open.remove(&conn);
+                drop(slot);
                 return;
             };
             let result = run(&builder, TokioIo::new(io), service, &conn, stopping, idle).await;
             if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
-            open.remove(&conn);
-            drop(permit);
+            drop(slot);
         });
     }
 }
@@ -248,8 +284,7 @@ async fn first_byte(stream: &tokio::net::TcpStream, wait: Duration) -> Option<u8
 fn service<H: Handler>(
     handler: Arc<H>,
     peer: std::net::SocketAddr,
-    conn: Arc<Conn>,
-    open: Arc<Open>,
+    slot: Arc<Slot>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<BoxBody>,
@@ -258,17 +293,29 @@ fn service<H: Handler>(
 > + Clone {
     hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let handler = handler.clone();
-        let busy = conn.busy();
-        let running = open.running();
+        let conn = slot.conn.clone();
+        // Detached exchanges count against their connection: a client that
+        // resets streams cannot run more than its streams' worth of work.
+        let crowded =
+            conn.busy.load(std::sync::atomic::Ordering::Acquire) >= MAX_EXCHANGES_PER_CONNECTION;
+        let busy = conn.busy(slot.clone());
+        let running = slot.open.running();
+        let hangup = Hangup::default();
         req.extensions_mut().insert(Peer(peer));
+        req.extensions_mut().insert(hangup.clone());
         // A caller that hangs up must not cancel the exchange halfway
         // (a change judged and forwarded still gets its outcome
         // recorded): if the connection drops the exchange, it finishes
-        // in a task of its own. It runs inline otherwise; a task per
-        // exchange costs a cross-thread hand-off on every request.
+        // in a task of its own, told that its caller left. It runs inline
+        // otherwise; a task per exchange costs a cross-thread hand-off on
+        // every request.
         let progress = conn.clone();
         let exchange = AssertUnwindSafe(async move {
-            let resp = handler.handle(req).await;
+            let resp = if crowded {
+                too_many_exchanges()
+            } else {
+                handler.handle(req).await
+            };
             drop(busy);
             drop(running);
             // While the answer is being written, each part the client takes
@@ -283,7 +330,11 @@ fn service<H: Handler>(
             })
         });
         let exchange = exchange.catch_unwind();
-        let exchange = Detach(Some(Box::pin(exchange)));
+        let exchange = Detach {
+            inner: Some(Box::pin(exchange)),
+            hangup,
+            conn,
+        };
         async move {
             Ok::<_, std::convert::Infallible>(exchange.await.unwrap_or_else(|_| {
                 error!(%peer, "an exchange panicked");
@@ -291,6 +342,21 @@ fn service<H: Handler>(
             }))
         }
     })
+}
+
+/// A connection's slot: its place among `max_connections` and its count
+/// against its address, given back when the connection and every exchange
+/// it started have ended.
+struct Slot {
+    open: Arc<Open>,
+    conn: Arc<Conn>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.remove(&self.conn);
+    }
 }
 
 /// How long a connection asked to make room, or idle past its deadline,
@@ -389,6 +455,9 @@ struct Conn {
     close: tokio::sync::Notify,
     /// Whether it was asked to close to make room (not asked twice).
     closing: std::sync::atomic::AtomicBool,
+    /// Callers that left with work started: (window start in ms on
+    /// [`since_start`]'s clock, count in that window).
+    abandoned: std::sync::Mutex<(u64, u32)>,
 }
 
 /// An answer's body that marks its connection active at every part it
@@ -425,8 +494,9 @@ impl http_body::Body for Progress {
     }
 }
 
-/// Counts a running exchange on its connection.
-struct Busy(Arc<Conn>);
+/// Counts a running exchange on its connection, and holds the
+/// connection's slot while it runs.
+struct Busy(Arc<Conn>, #[allow(dead_code)] Arc<Slot>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -452,9 +522,25 @@ impl Conn {
         }
     }
 
-    fn busy(self: &Arc<Self>) -> Busy {
+    fn busy(self: &Arc<Self>, slot: Arc<Slot>) -> Busy {
         self.busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Busy(self.clone())
+        Busy(self.clone(), slot)
+    }
+
+    /// Notes a caller that left with work started; past [`ABANDON_LIMIT`]
+    /// within [`ABANDON_WINDOW`], asks the connection to close.
+    fn abandoned(&self) {
+        let now = since_start();
+        let window = u64::try_from(ABANDON_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        let mut a = self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
+        if now.saturating_sub(a.0) > window {
+            *a = (now, 0);
+        }
+        a.1 += 1;
+        if a.1 == ABANDON_LIMIT {
+            warn!(ip = %self.ip, "closing a connection whose callers keep leaving with work started (GOAWAY)");
+            self.close.notify_one();
+        }
     }
 }
 
@@ -492,6 +578,7 @@ impl Open {
             idle_since: std::sync::atomic::AtomicU64::new(since_start()),
             close: tokio::sync::Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            abandoned: std::sync::Mutex::new((since_start(), 0)),
         });
         inner.by_id.insert(conn.id, conn.clone());
         Some(conn)
@@ -545,11 +632,17 @@ impl Open {
     }
 }
 
-/// A future that, dropped before it completes, finishes in a spawned task.
-struct Detach<F>(Option<Pin<Box<F>>>)
+/// A future that, dropped before it completes (its caller left), finishes
+/// in a spawned task, told so through its [`Hangup`].
+struct Detach<F>
 where
     F: Future + Send + 'static,
-    F::Output: Send;
+    F::Output: Send,
+{
+    inner: Option<Pin<Box<F>>>,
+    hangup: Hangup,
+    conn: Arc<Conn>,
+}
 
 impl<F> Future for Detach<F>
 where
@@ -559,11 +652,11 @@ where
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let Some(inner) = self.0.as_mut() else {
+        let Some(inner) = self.inner.as_mut() else {
             return Poll::Pending; // polled after completion: never again ready
         };
         let out = std::task::ready!(inner.as_mut().poll(cx));
-        self.0 = None;
+        self.inner = None;
         Poll::Ready(out)
     }
 }
@@ -574,12 +667,36 @@ where
     F::Output: Send,
 {
     fn drop(&mut self) {
-        if let Some(inner) = self.0.take()
+        if let Some(inner) = self.inner.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            rt.spawn(inner);
+            self.hangup.0.cancel();
+            self.conn.abandoned();
+            let detached = metrics::gauge!("tollgate_detached_exchanges");
+            detached.increment(1.0);
+            rt.spawn(async move {
+                let _ = inner.await;
+                detached.decrement(1.0);
+            });
         }
     }
+}
+
+/// The answer to an exchange over its connection's limit.
+fn too_many_exchanges() -> Response<BoxBody> {
+    use crate::error::{error_body, json_response};
+    let status = http::StatusCode::SERVICE_UNAVAILABLE;
+    let body = error_body(
+        status,
+        "tollgate_too_many_exchanges",
+        "this connection has too many exchanges running (streams reset while their work goes on count too); retry later",
+    );
+    let mut resp = json_response(status, &body).map(crate::full);
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    resp
 }
 
 /// The answer when an exchange panicked: the tenant's error shape,

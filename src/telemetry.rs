@@ -242,6 +242,26 @@ fn describe() {
     );
     describe_counter!(
         "tollgate_jwks_fetches_total",
-        "Fetches of the tenant's signing keys."
+        "Fetches of the tenant's signing keys, by result (success, failure)."
+    );
+    describe_counter!(
+        "tollgate_broker_token_fetches_total",
+        "Client-credentials requests for a Management API token, by result (success, failure)."
+    );
+    describe_counter!(
+        "tollgate_lock_lost_total",
+        "Association locks (Postgres) that could not be proved held, before or after the forward."
+    );
+    describe_gauge!(
+        "tollgate_policy_rules",
+        "Rules in force, by mode (enforce, warn, dry-run)."
+    );
+    describe_gauge!(
+        "tollgate_detached_exchanges",
+        "Exchanges still running after their caller left (changes on their way to the tenant)."
+    );
+    describe_counter!(
+        "tollgate_abandoned_exchanges_total",
+        "Exchanges whose caller left before anything was forwarded: not forwarded."
     );
 }

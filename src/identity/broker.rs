@@ -1,21 +1,22 @@
 //! Broker mode: callers authenticate with tollgate API keys; tollgate holds
 //! the Management API credential, obtains a token with the
 //! client-credentials grant, caches it until shortly before it expires and
-//! refreshes it once for all waiting requests.
+//! refreshes it once for all waiting requests ([`Flight`]): a failure is
+//! shared by every waiter and remembered for a back-off, so a failing token
+//! endpoint is asked once per back-off, not once per caller.
 
 use std::time::{Duration, Instant};
 
+use super::flight::{Failure, Fetched, Flight, retry_after};
+use super::{Caller, IdentityError, bearer, fingerprint};
+use crate::config::{self, Secret};
+use crate::route::Operation;
+use crate::upstream::Upstream;
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex, RwLock};
-
-use super::{Caller, IdentityError, bearer, fingerprint};
-use crate::config::{self, Secret};
-use crate::route::Operation;
-use crate::upstream::Upstream;
 
 struct Key {
     name: String,
@@ -30,9 +31,14 @@ pub struct Broker {
     client_id: String,
     client_secret: Secret,
     audience: String,
-    token: RwLock<Option<(String, Instant)>>,
-    refresh: Mutex<()>,
+    /// The token and when to stop using it.
+    token: std::sync::Mutex<Option<(String, Instant)>>,
+    refresh: Flight<(String, Instant)>,
 }
+
+/// How long a failed token request is remembered: callers meanwhile get 503
+/// at once (longer if a 429 says `Retry-After`).
+const TOKEN_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Broker {
     pub fn new(cfg: &config::Identity, upstream: Upstream, audience: String) -> Broker {
@@ -51,8 +57,8 @@ impl Broker {
             client_id: cfg.client_id.clone().unwrap_or_default(),
             client_secret: cfg.client_secret.clone().unwrap_or_else(|| Secret::new("")),
             audience,
-            token: RwLock::new(None),
-            refresh: Mutex::new(()),
+            token: std::sync::Mutex::new(None),
+            refresh: Flight::new("broker_token", TOKEN_BACKOFF),
         }
     }
 
@@ -88,40 +94,69 @@ impl Broker {
         })
     }
 
-    /// A Management API token valid for a while yet.
+    /// A Management API token valid for a while yet: the cached one, or
+    /// the result of the one request in flight for all waiters, waited for
+    /// at most `upstream.timeout`.
     pub async fn token(&self) -> Result<String, IdentityError> {
-        if let Some(t) = self.valid().await {
+        if let Some(t) = self.valid() {
             return Ok(t);
         }
-        let _one = self.refresh.lock().await;
-        if let Some(t) = self.valid().await {
-            return Ok(t);
+        let request = TokenRequest {
+            upstream: self.upstream.clone(),
+            body: json!({
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret.expose(),
+                "audience": self.audience,
+            })
+            .to_string(),
+        };
+        let fetched = self
+            .refresh
+            .get(move || request.send(), self.upstream.timeout())
+            .await;
+        match fetched {
+            Fetched::Ok((token, expires)) => {
+                let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
+                if cached.as_ref().is_none_or(|(_, e)| *e < expires) {
+                    *cached = Some((token.clone(), expires));
+                    metrics::counter!("tollgate_broker_token_refreshes_total").increment(1);
+                }
+                Ok(token)
+            }
+            Fetched::Failed(f) => Err(IdentityError::TokenUnavailable(f.message)),
+            Fetched::BackingOff { message, retry_in } => {
+                Err(IdentityError::TokenBackoff(message, retry_in))
+            }
+            Fetched::TimedOut => Err(IdentityError::TokenUnavailable(format!(
+                "the token endpoint did not answer within {:?}",
+                self.upstream.timeout()
+            ))),
         }
-        let (token, lifetime) = self.fetch().await?;
-        // Refresh a little before expiry, never after.
-        let margin = (lifetime / 10).min(Duration::from_secs(60));
-        let expires = Instant::now() + lifetime.saturating_sub(margin);
-        *self.token.write().await = Some((token.clone(), expires));
-        metrics::counter!("tollgate_broker_token_refreshes_total").increment(1);
-        Ok(token)
     }
 
-    async fn valid(&self) -> Option<String> {
-        let t = self.token.read().await;
+    fn valid(&self) -> Option<String> {
+        let t = self.token.lock().unwrap_or_else(|p| p.into_inner());
         t.as_ref()
             .filter(|(_, expires)| Instant::now() < *expires)
             .map(|(tok, _)| tok.clone())
     }
+}
 
-    async fn fetch(&self) -> Result<(String, Duration), IdentityError> {
-        let fail = |m: String| IdentityError::TokenUnavailable(m);
-        let body = json!({
-            "grant_type": "client_credentials",
-            "client_id": self.client_id,
-            "client_secret": self.client_secret.expose(),
-            "audience": self.audience,
-        });
-        let mut req = Request::new(crate::full(Bytes::from(body.to_string())));
+/// One client-credentials request, owned so that it runs on its own task.
+struct TokenRequest {
+    upstream: Upstream,
+    body: String,
+}
+
+impl TokenRequest {
+    /// The token and when to stop using it: a little before it expires.
+    async fn send(self) -> Result<(String, Instant), Failure> {
+        let fail = |message: String| Failure {
+            message,
+            retry_after: None,
+        };
+        let mut req = Request::new(crate::full(Bytes::from(self.body)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self
             .upstream
@@ -137,18 +172,24 @@ impl Broker {
             .await
             .map_err(|e| fail(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(fail(format!(
-                "the token endpoint answered {}",
-                resp.status()
-            )));
+            return Err(Failure {
+                message: format!("the token endpoint answered {}", resp.status()),
+                retry_after: retry_after(resp.headers()),
+            });
         }
         let v: Value = serde_json::from_slice(resp.body()).map_err(|e| fail(e.to_string()))?;
         let token = v
             .get("access_token")
             .and_then(Value::as_str)
             .ok_or_else(|| fail("no access_token in the answer".into()))?;
-        let lifetime = v.get("expires_in").and_then(Value::as_u64).unwrap_or(0);
-        Ok((token.to_owned(), Duration::from_secs(lifetime)))
+        let lifetime =
+            Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(0));
+        // Refresh a little before expiry, never after.
+        let margin = (lifetime / 10).min(Duration::from_secs(60));
+        Ok((
+            token.to_owned(),
+            Instant::now() + lifetime.saturating_sub(margin),
+        ))
     }
 }
 

@@ -1,5 +1,7 @@
 //! RS256 verification against the tenant's JWKS: cached, refetched when a
-//! token names an unknown `kid`, at most once per `jwks_min_refresh`.
+//! token names an unknown `kid`, at most once per `jwks_min_refresh` —
+//! failed fetches count too — and single-flight: concurrent requests share
+//! one fetch and its result ([`Flight`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -9,12 +11,13 @@ use http::{Method, Request, Uri, header};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::RwLock;
 
 use super::IdentityError;
+use super::flight::{Failure, Fetched, Flight, retry_after};
 use crate::upstream::{SetupError, Upstream};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Keys {
     by_kid: HashMap<String, DecodingKey>,
     fetched: Option<Instant>,
@@ -28,9 +31,13 @@ pub struct Verifier {
     audience: String,
     min_refresh: Duration,
     keys: RwLock<Keys>,
-    /// One refetch at a time; the others wait for its result.
-    refetch: Mutex<()>,
+    /// One refetch at a time; the others share its result.
+    refetch: Flight<std::sync::Arc<Keys>>,
 }
+
+/// How far in the future a token's `iat` and `nbf` may be (clock skew): the
+/// same leeway as `exp`.
+const LEEWAY_SECS: u64 = 30;
 
 impl Verifier {
     pub fn new(
@@ -50,7 +57,7 @@ impl Verifier {
             audience,
             min_refresh,
             keys: RwLock::new(Keys::default()),
-            refetch: Mutex::new(()),
+            refetch: Flight::new("jwks", min_refresh),
         })
     }
 
@@ -75,43 +82,79 @@ impl Verifier {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECS;
+        // Not yet valid is not valid (RFC 7519 §4.1.5).
+        validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
             .map_err(|e| invalid(e.to_string()))?;
+        // A token issued in the future was not issued by a tenant whose
+        // clock agrees with ours.
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(iat) = data.claims.get("iat").and_then(Value::as_f64)
+            && iat > (now + LEEWAY_SECS) as f64
+        {
+            return Err(invalid("the token was issued in the future (iat)".into()));
+        }
         Ok(data.claims)
     }
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, IdentityError> {
-        if let Some(k) = self.keys.read().await.by_kid.get(kid) {
-            return Ok(k.clone());
-        }
-        let _one = self.refetch.lock().await;
-        // Someone else may have refetched while we waited.
+        let unknown = || IdentityError::InvalidToken(format!("unknown signing key {kid:?}"));
         {
             let keys = self.keys.read().await;
             if let Some(k) = keys.by_kid.get(kid) {
                 return Ok(k.clone());
             }
             if keys.fetched.is_some_and(|t| t.elapsed() < self.min_refresh) {
-                return Err(IdentityError::InvalidToken(format!(
-                    "unknown signing key {kid:?}"
-                )));
+                return Err(unknown());
             }
         }
-        let fresh = self.fetch().await?;
+        let fetch = JwksRequest {
+            upstream: self.upstream.clone(),
+            uri: self.jwks_uri.clone(),
+        };
+        let fetched = self
+            .refetch
+            .get(move || fetch.send(), self.upstream.timeout())
+            .await;
+        let fresh = match fetched {
+            Fetched::Ok(keys) => keys,
+            Fetched::Failed(f) => return Err(IdentityError::JwksUnavailable(f.message)),
+            Fetched::BackingOff { message, retry_in } => {
+                return Err(IdentityError::JwksUnavailable(format!(
+                    "{message}; not fetched again for {retry_in:?} (identity.jwks_min_refresh)"
+                )));
+            }
+            Fetched::TimedOut => {
+                return Err(IdentityError::JwksUnavailable(format!(
+                    "the JWKS did not answer within {:?}",
+                    self.upstream.timeout()
+                )));
+            }
+        };
         let mut keys = self.keys.write().await;
-        *keys = fresh;
-        keys.by_kid
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| IdentityError::InvalidToken(format!("unknown signing key {kid:?}")))
+        if keys.fetched < fresh.fetched {
+            *keys = (*fresh).clone();
+        }
+        fresh.by_kid.get(kid).cloned().ok_or_else(unknown)
     }
+}
 
-    async fn fetch(&self) -> Result<Keys, IdentityError> {
-        let unavailable = |m: String| IdentityError::JwksUnavailable(m);
+/// One JWKS request, owned so that it runs on its own task.
+struct JwksRequest {
+    upstream: Upstream,
+    uri: Uri,
+}
+
+impl JwksRequest {
+    async fn send(self) -> Result<std::sync::Arc<Keys>, Failure> {
+        let fail = |message: String| Failure {
+            message,
+            retry_after: None,
+        };
         let mut req = Request::new(crate::full(Bytes::new()));
         *req.method_mut() = Method::GET;
-        *req.uri_mut() = self.jwks_uri.clone();
+        *req.uri_mut() = self.uri;
         req.headers_mut().insert(
             header::ACCEPT,
             http::HeaderValue::from_static("application/json"),
@@ -120,22 +163,23 @@ impl Verifier {
             .upstream
             .send_buffered(req)
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| fail(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(unavailable(format!("the JWKS answered {}", resp.status())));
+            return Err(Failure {
+                message: format!("the JWKS answered {}", resp.status()),
+                retry_after: retry_after(resp.headers()),
+            });
         }
-        let set: JwkSet =
-            serde_json::from_slice(resp.body()).map_err(|e| unavailable(e.to_string()))?;
+        let set: JwkSet = serde_json::from_slice(resp.body()).map_err(|e| fail(e.to_string()))?;
         let mut by_kid = HashMap::new();
         for jwk in &set.keys {
             if let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) {
                 by_kid.insert(kid, key);
             }
         }
-        metrics::counter!("tollgate_jwks_fetches_total").increment(1);
-        Ok(Keys {
+        Ok(std::sync::Arc::new(Keys {
             by_kid,
             fetched: Some(Instant::now()),
-        })
+        }))
     }
 }
