@@ -291,9 +291,13 @@ async fn start_admin(
     if config.admin.token.is_none() {
         warn!("admin.token is not set: the /v1 admin API answers 401");
     }
+    // The recorder is installed here (with the admin listener): the
+    // policy gauges set at load are set again now that it records.
+    let recorder = crate::telemetry::metrics();
+    crate::policy::reload::gauge_rules(&policies.current());
     let admin = Admin::new(store.clone(), policies.clone(), config.admin.token.clone())
         .with_upstream(gateway.upstream().clone())
-        .with_metrics(crate::telemetry::metrics())
+        .with_metrics(recorder)
         .with_log_stream(config.scan.log_stream_token.clone(), audit.clone())
         .with_approvers(config.admin.approver_tokens.clone())
         .with_audit(audit.clone())

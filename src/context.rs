@@ -74,7 +74,16 @@ pub struct ContextClient {
     cache: Mutex<Cache>,
     /// Lookups in flight, all requests together.
     in_flight: tokio::sync::Semaphore,
+    /// Lookups in flight made with credentials the tenant has not accepted
+    /// lately: a quarter of the budget, so that a flood of bad tokens
+    /// cannot take every lookup slot from callers the tenant knows.
+    unproven_in_flight: tokio::sync::Semaphore,
+    /// Credentials (fingerprints) the tenant accepted, and when.
+    proven: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a credential the tenant accepted counts as proven.
+const PROVEN_FOR: Duration = Duration::from_secs(600);
 
 /// The credential one request's lookups are made with, its fingerprint
 /// (the cache key), and the request's share of concurrent lookups.
@@ -110,6 +119,8 @@ impl ContextClient {
             ttl,
             cache: Mutex::new(Cache::default()),
             in_flight: tokio::sync::Semaphore::new(max_in_flight.max(1)),
+            unproven_in_flight: tokio::sync::Semaphore::new((max_in_flight / 4).max(1)),
+            proven: Mutex::new(HashMap::new()),
         }
     }
 
@@ -183,23 +194,37 @@ impl ContextClient {
         cred: &Credential<'_>,
     ) -> Result<Option<Value>, ContextError> {
         let deadline = self.upstream.timeout();
+        let proven = self.is_proven(&cred.fingerprint);
         let permits = tokio::time::timeout(deadline, async {
             let mine = cred.in_flight.acquire().await;
+            let unproven = if proven {
+                None
+            } else {
+                Some(self.unproven_in_flight.acquire().await)
+            };
             let ours = self.in_flight.acquire().await;
-            (mine, ours)
+            (mine, unproven, ours)
         })
         .await;
-        let Ok((Ok(_mine), Ok(_ours))) = permits else {
+        let Ok((Ok(_mine), unproven, Ok(_ours))) = permits else {
             return Err(ContextError::Unavailable(format!(
                 "GET {path}: too many lookups in flight"
             )));
         };
+        if let Some(Err(_)) = unproven {
+            return Err(ContextError::Unavailable(format!(
+                "GET {path}: too many lookups in flight"
+            )));
+        }
         let auth = cred.header;
         let resp = self
             .upstream
             .get_json(path, auth)
             .await
             .map_err(|e| ContextError::Unavailable(format!("GET {path}: {e}")))?;
+        if matches!(resp.status(), StatusCode::OK | StatusCode::NOT_FOUND) {
+            self.prove(&cred.fingerprint);
+        }
         match resp.status() {
             StatusCode::OK => Ok(Some(serde_json::from_slice(resp.body()).map_err(|e| {
                 ContextError::Unavailable(format!("GET {path}: not JSON: {e}"))
@@ -215,14 +240,33 @@ impl ContextClient {
         }
     }
 
-    /// The organization named by id, or else (`by_name`: a path may name it
-    /// either way) by name.
-    async fn org(
+    fn is_proven(&self, fingerprint: &str) -> bool {
+        let proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
+        proven
+            .get(fingerprint)
+            .is_some_and(|at| at.elapsed() < PROVEN_FOR)
+    }
+
+    /// Remembers that the tenant accepted this credential.
+    fn prove(&self, fingerprint: &str) {
+        let mut proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
+        if proven.len() >= MAX_ENTRIES {
+            proven.retain(|_, at| at.elapsed() < PROVEN_FOR);
+            if proven.len() >= MAX_ENTRIES {
+                proven.clear();
+            }
+        }
+        proven.insert(fingerprint.to_owned(), Instant::now());
+    }
+
+    /// The organization named by id, or else (`by_name`) by name; `None`:
+    /// the tenant knows it neither way.
+    async fn org_found(
         &self,
         id_or_name: &str,
         by_name: bool,
         cred: &Credential<'_>,
-    ) -> Result<Org, ContextError> {
+    ) -> Result<Option<Org>, ContextError> {
         let by_id = self
             .fact(format!("/api/v2/organizations/{}", enc(id_or_name)), cred)
             .await?;
@@ -240,16 +284,27 @@ impl ContextClient {
                 .await?
             }
         };
-        Ok(match found {
-            Some(o) => Org {
-                id: text(&o, "id"),
-                name: text(&o, "name"),
-            },
-            None => Org {
+        Ok(found.map(|o| Org {
+            id: text(&o, "id"),
+            name: text(&o, "name"),
+        }))
+    }
+
+    /// The organization named by id, or else (`by_name`: a path may name it
+    /// either way) by name; one the tenant does not know keeps the id given.
+    async fn org(
+        &self,
+        id_or_name: &str,
+        by_name: bool,
+        cred: &Credential<'_>,
+    ) -> Result<Org, ContextError> {
+        Ok(self
+            .org_found(id_or_name, by_name, cred)
+            .await?
+            .unwrap_or_else(|| Org {
                 id: Some(id_or_name.to_owned()),
                 name: None,
-            },
-        })
+            }))
     }
 
     /// The connection named by id.
@@ -325,11 +380,15 @@ impl ContextClient {
     /// locked, judged and forwarded under the id the tenant will apply it
     /// to — a rename cannot redirect it. An organization found neither way
     /// keeps the id given (the tenant will answer 404).
+    ///
+    /// Organizations found neither way are listed apart: a change to an
+    /// organization that does not exist is not forwarded under a name some
+    /// organization may take by the time it lands.
     pub async fn resolve(
         &self,
         validated: &Validated,
         auth: Option<&HeaderValue>,
-    ) -> Result<HashMap<String, Org>, ContextError> {
+    ) -> Result<(HashMap<String, Org>, Vec<String>), ContextError> {
         let cred = Credential::new(auth);
         let mut named: Vec<(&str, bool)> = Vec::new();
         for change in &validated.changes {
@@ -342,17 +401,21 @@ impl ContextClient {
         let orgs = try_join_all(
             named
                 .iter()
-                .map(|(given, by_name)| self.org(given, *by_name, &cred)),
+                .map(|(given, by_name)| self.org_found(given, *by_name, &cred)),
         )
         .await?;
-        Ok(named
-            .into_iter()
-            .zip(orgs)
-            .map(|((given, _), mut org)| {
-                org.id.get_or_insert_with(|| given.to_owned());
-                (given.to_owned(), org)
-            })
-            .collect())
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        for ((given, _), org) in named.into_iter().zip(orgs) {
+            match org {
+                Some(mut org) => {
+                    org.id.get_or_insert_with(|| given.to_owned());
+                    found.insert(given.to_owned(), org);
+                }
+                None => missing.push(given.to_owned()),
+            }
+        }
+        Ok((found, missing))
     }
 
     /// The association as the tenant now reports it, read back after a

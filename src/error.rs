@@ -53,6 +53,10 @@ pub enum Refusal {
     /// exchange is one the log keeps (a governed or audited write).
     #[error("the caller left before the request was forwarded; nothing was forwarded")]
     Abandoned { recorded: bool },
+    /// The path or body names an organization the tenant knows neither by
+    /// id nor by name.
+    #[error("No organization found by that id or name: {0}")]
+    UnknownOrganization(String),
 }
 
 /// "denied by rule a: message" / "denied by rules a, b: message; message".
@@ -142,6 +146,11 @@ impl Refusal {
                 "tollgate_audit_unavailable",
             )
             .decided(None),
+            // The tenant's own answer to a change of an organization it
+            // does not know, in its shape.
+            Refusal::UnknownOrganization(_) => {
+                plain(StatusCode::NOT_FOUND, "inexistent_organization")
+            }
             Refusal::Abandoned { recorded } => {
                 // Nobody reads it: nginx's "client closed request".
                 let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);

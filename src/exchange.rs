@@ -67,6 +67,8 @@ pub struct Exchange {
     /// The association lock could not be proved held once the tenant had
     /// answered: the change may have landed unserialised.
     pub lock_lost: bool,
+    /// Its decision is on record (written before the forward).
+    pub decision_recorded: bool,
 }
 
 /// An approval, as an exchange's record names it.

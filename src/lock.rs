@@ -64,6 +64,12 @@ const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = 0; \
      SET statement_timeout = 0; \
      SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
 
+/// PostgreSQL 17's `transaction_timeout` would end the lock's transaction
+/// too: off where the server has it (set only there: older servers refuse
+/// the name).
+const TRANSACTION_TIMEOUT_OFF: &str = "SELECT set_config('transaction_timeout', '0', false) \
+     FROM (SELECT current_setting('server_version_num')::int AS v) s WHERE v >= 170000";
+
 /// How the lock sessions are named in `pg_stat_activity`: `tollgate-lock`,
 /// after the audit URL's own `application_name` if it gives one.
 fn lock_session_name(given: Option<&str>) -> String {
@@ -181,7 +187,7 @@ impl AssociationLocks {
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "SET lock_timeout = '{ms}ms'; {SESSION_SETTINGS}"
+                            "SET lock_timeout = '{ms}ms'; {SESSION_SETTINGS}; {TRANSACTION_TIMEOUT_OFF}"
                         )))
                         .execute(conn)
                         .await

@@ -273,6 +273,15 @@ impl Gateway {
         // Durably, before anything leaves: a request the tenant received
         // always has its record.
         self.record_decision(ex).await?;
+        // And the locks once more, now that the record is written: a
+        // session ended while the store was slow (a failover does both)
+        // forwards nothing. The decision is on record; its outcome says so.
+        if let Err(e) = self.locks.confirm(&mut held).await {
+            error!(audit_id = %ex.id, error = %e, "association lock lost before the forward: nothing forwarded");
+            let event = ex.failed_outcome_event("lock_lost", &e.to_string(), Duration::ZERO);
+            self.audit.record_later(event).await;
+            return Err(e.into());
+        }
         let request = forward_request(
             &self.upstream,
             &parts.headers,
@@ -481,11 +490,16 @@ impl Gateway {
         auth: Option<&HeaderValue>,
         ex: &mut Exchange,
     ) -> Result<(Governed, Validated, HashMap<String, Org>), Refusal> {
-        let orgs = self
+        let (orgs, missing) = self
             .context
             .resolve(&validated, auth)
             .instrument(tracing::info_span!("context.resolve"))
             .await?;
+        // Not forwarded under a name (or a spelling) that no organization
+        // has now and one may have by the time it lands: the tenant's 404.
+        if let Some(given) = missing.into_iter().next() {
+            return Err(Refusal::UnknownOrganization(given));
+        }
         let id_of = |given: &str| orgs.get(given).and_then(|o| o.id.clone());
         for change in &mut validated.changes {
             if let schema::OrgRef::Existing(given) = &mut change.org
@@ -823,10 +837,13 @@ impl Gateway {
 
     /// Records the decision to forward, durably. Under `audit.on_failure =
     /// "reject"` a failure refuses the request (503) and nothing is sent.
-    async fn record_decision(&self, ex: &Exchange) -> Result<(), Refusal> {
+    async fn record_decision(&self, ex: &mut Exchange) -> Result<(), Refusal> {
         let write = self.audit.record(ex.decision_event(None));
         match write.instrument(tracing::info_span!("audit.write")).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                ex.decision_recorded = true;
+                Ok(())
+            }
             Err(e) if self.config.audit.on_failure == AuditFailure::Forward => {
                 error!(audit_id = %ex.id, error = %e, "decision not recorded; forwarding anyway (audit.on_failure = forward)");
                 Ok(())
@@ -877,6 +894,11 @@ impl Gateway {
         let Some((decision, recorded)) = recorded else {
             return;
         };
+        // Refused after its decision was recorded (its outcome says why):
+        // one decision per exchange.
+        if ex.decision_recorded {
+            return;
+        }
         ex.decision = Some(decision);
         let event = ex.decision_event(Some(&recorded));
         if let Err(e) = self.audit.record(event).await {

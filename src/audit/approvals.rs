@@ -168,15 +168,31 @@ pub fn binding(
     hex::encode(h.finalize())
 }
 
-/// A name as the self-approval check compares it: case folded, spaces
-/// trimmed, without the `@clients` suffix Auth0 gives a machine client's
-/// subject or an identity provider's `provider|` prefix.
+/// A name as the self-approval check compares it: Unicode compatibility
+/// forms folded, accents and invisible characters dropped, case folded,
+/// spaces trimmed, without the `@clients` suffix Auth0 gives a machine
+/// client's subject or an identity provider's `provider|` prefix.
 pub fn same_identity(a: &str, b: &str) -> bool {
     fn fold(s: &str) -> String {
-        let s = s.trim().to_lowercase();
-        let s = s.strip_suffix("@clients").unwrap_or(&s);
+        use unicode_normalization::UnicodeNormalization;
+        use unicode_normalization::char::is_combining_mark;
+        // Compatibility forms (fullwidth letters, the Kelvin sign) as their
+        // plain letters, accents and invisible characters dropped, dotless
+        // and dotted i as i: one spelling per name a person would read.
+        let plain: String = s
+            .nfkd()
+            .filter(|c| !is_combining_mark(*c) && !invisible(*c))
+            .flat_map(char::to_lowercase)
+            .map(|c| if c == 'ı' { 'i' } else { c })
+            .collect();
+        let s = plain.trim();
+        let s = s.strip_suffix("@clients").unwrap_or(s);
         let s = s.rsplit('|').next().unwrap_or(s);
         s.trim().to_owned()
+    }
+    fn invisible(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
     }
     let (a, b) = (fold(a), fold(b));
     !a.is_empty() && a == b
@@ -378,5 +394,33 @@ impl Store {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_identity;
+
+    #[test]
+    fn self_approval_sees_through_spellings_of_one_name() {
+        for spelling in [
+            "alice",
+            "ALICE",
+            " Alice ",
+            "alice@clients",
+            "auth0|alice",
+            "ａｌｉｃｅ",
+            "alice\u{200b}",
+            "al\u{0131}ce",
+            "AL\u{0130}CE",
+            "álice",
+            "google-oauth2|Alice@clients",
+        ] {
+            assert!(same_identity(spelling, "alice"), "{spelling:?}");
+        }
+        assert!(same_identity("k-bot", "\u{212A}-bot"), "the Kelvin sign");
+        for other in ["bob", "alice2", "", "   "] {
+            assert!(!same_identity(other, "alice"), "{other:?}");
+        }
     }
 }

@@ -126,6 +126,15 @@ impl ExceptionDef {
 }
 
 impl Exception {
+    /// Whether it names no organization, connection, caller or operation:
+    /// it then exempts its rules for every change.
+    pub fn is_unscoped(&self) -> bool {
+        self.orgs.is_empty()
+            && self.connections.is_empty()
+            && self.callers.is_empty()
+            && self.operations.is_empty()
+    }
+
     /// Whether this exception exempts `rule` for `change` of `input`, at
     /// `input.now`: the rule is one it names, the change is in its scope
     /// (organization, connection, caller, operation) and it has not
@@ -184,6 +193,12 @@ impl Exception {
                 "exception {} expires at {}, within {EXPIRING_DAYS} days",
                 self.id,
                 crate::audit::format_time(self.expires)
+            ));
+        }
+        if self.is_unscoped() {
+            warnings.push(format!(
+                "exception {} names no organization, connection, caller or operation: it exempts its rules for every change",
+                self.id
             ));
         }
         for name in self.orgs.iter().filter_map(|o| match o {

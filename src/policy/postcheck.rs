@@ -65,10 +65,14 @@ pub struct Reported {
 }
 
 impl Reported {
-    /// The fields this report speaks for: a field left out of a route's
-    /// answer is unset (null) if that route carries it, unknown otherwise.
-    fn carries(&self, field: &Field) -> bool {
-        field.legacy || !self.legacy
+    /// Whether this report speaks for `field`: it carries it, or it is a
+    /// name the route carries — the tenant leaves a name never given out of
+    /// its answers, so there absent is null. Any other field left out is
+    /// unknown, not unset.
+    fn speaks_for(&self, field: &Field) -> bool {
+        let route_carries = field.legacy || !self.legacy;
+        self.fields.contains_key(field.name)
+            || (route_carries && field.ty == crate::association::Type::Name)
     }
 }
 
@@ -83,13 +87,17 @@ pub fn applies(input: &RuleInput) -> bool {
     }
 }
 
-/// The tenant's answer to a change on the route of `operation`, as a report.
+/// The tenant's answer to a change on the route of `operation`, as a
+/// report; `None` unless it is an association of the documented shape (a
+/// field of the wrong type is not a state to vouch for).
 pub fn answered(operation: Operation, answer: &[u8]) -> Option<Reported> {
     match serde_json::from_slice::<Value>(answer).ok()? {
-        Value::Object(fields) => Some(Reported {
-            fields,
-            legacy: is_legacy(operation),
-        }),
+        Value::Object(fields) if crate::association::check_shape(&fields).is_ok() => {
+            Some(Reported {
+                fields,
+                legacy: is_legacy(operation),
+            })
+        }
         _ => None,
     }
 }
@@ -114,7 +122,10 @@ pub fn unreported(set: &PolicySet, input: &RuleInput, report: &Reported) -> Vec<
         .filter(|r| r.mode == Mode::Enforce && r.applies(input.operation, change.operation));
     let mut out: Vec<&'static str> = Vec::new();
     for rule in enforcing {
-        for field in FIELDS.iter().filter(|f| !report.carries(f)) {
+        for field in FIELDS
+            .iter()
+            .filter(|f| f.ty != crate::association::Type::Id && !report.speaks_for(f))
+        {
             // A rule that reads `after` or `before` other than field by
             // field (`after == …`, a macro over it) may read any field.
             let reads = rule.fields.iter().any(|r| r == field.name)
@@ -128,8 +139,8 @@ pub fn unreported(set: &PolicySet, input: &RuleInput, report: &Reported) -> Vec<
 }
 
 /// Judges what the tenant reported of the change `judged` describes (one
-/// that [`applies`]): its answer, completed by `read_back` where the answer
-/// does not speak for a field. A field neither speaks for keeps its
+/// that [`applies`]): what `read_back` (made after the answer, under the
+/// lock: the later word) reports, and the answer for what it does not. A field neither speaks for keeps its
 /// predicted value for the rules (so none fails on a missing key) but is
 /// not recorded, and makes a clean verdict `partial` if an enforce rule
 /// reads it.
@@ -149,10 +160,10 @@ pub fn check(
     };
     let mut reported = Map::new();
     for field in FIELDS.iter() {
-        let from = [Some(answer), read_back]
+        let from = [read_back, Some(answer)]
             .into_iter()
             .flatten()
-            .find(|r| r.carries(field));
+            .find(|r| r.speaks_for(field));
         if let Some(r) = from {
             let v = r.fields.get(field.name).cloned().unwrap_or(Value::Null);
             reported.insert(field.name.to_owned(), v);

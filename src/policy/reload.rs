@@ -74,6 +74,7 @@ impl Policies {
             return Err(vec![no_rules(dir)]);
         }
         warn_of_exceptions(&set);
+        warn_of_unscoped_exceptions(&set);
         warn_if_nothing_enforces(&set);
         gauge_rules(&set);
         Ok(Policies {
@@ -174,6 +175,7 @@ impl Policies {
                 if changed {
                     info!(version = %set.version, rules = set.rules.len(), "policy set loaded");
                     warn_of_exceptions(&set);
+                    warn_of_unscoped_exceptions(&set);
                     warn_if_nothing_enforces(&set);
                 }
                 Ok(set)
@@ -271,9 +273,18 @@ fn emptied_files(current: &PolicySet, next: &PolicySet) -> Vec<LoadError> {
 }
 
 /// `tollgate_policy_rules{mode}`: the rules in force, by mode.
-fn gauge_rules(set: &PolicySet) {
+pub fn gauge_rules(set: &PolicySet) {
     for (mode, n) in set.rules_by_mode() {
         metrics::gauge!("tollgate_policy_rules", "mode" => mode.to_string()).set(n as f64);
+    }
+}
+
+/// Logs each exception that names no scope (no organization, connection,
+/// caller or operation): it exempts its rules for every change — on purpose,
+/// or a file caught half-written.
+fn warn_of_unscoped_exceptions(set: &PolicySet) {
+    for e in set.exceptions.iter().filter(|e| e.is_unscoped()) {
+        warn!(exception = %e.id, file = %e.file, "an exception names no organization, connection, caller or operation: it exempts its rules for every change");
     }
 }
 

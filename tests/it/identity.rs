@@ -104,6 +104,17 @@ async fn verified_tokens_pass_and_every_bad_one_is_refused() {
     wrong_aud["aud"] = json!("https://other-api/");
     let mut no_exp = t.claims();
     no_exp.as_object_mut().expect("object").remove("exp");
+    // Not valid before an hour from now; issued an hour from now.
+    let mut not_yet = t.claims();
+    not_yet["nbf"] = json!(chrono::Utc::now().timestamp() + 3600);
+    let mut issued_later = t.claims();
+    issued_later["iat"] = json!(chrono::Utc::now().timestamp() + 3600);
+    // Within the 30 s leeway, as for `exp`: accepted.
+    let mut skewed = t.claims();
+    skewed["nbf"] = json!(chrono::Utc::now().timestamp() + 10);
+    skewed["iat"] = json!(chrono::Utc::now().timestamp() + 10);
+    let skewed_ok = t.patch(&sign(&a, &skewed)).await;
+    assert_eq!(skewed_ok.status, StatusCode::OK, "{skewed_ok:?}");
     let impostor = Signer {
         kid: "key-a".into(),
         ..signer("x")
@@ -128,6 +139,8 @@ async fn verified_tokens_pass_and_every_bad_one_is_refused() {
         ("wrong issuer", sign(&a, &wrong_iss)),
         ("wrong audience", sign(&a, &wrong_aud)),
         ("no expiry", sign(&a, &no_exp)),
+        ("not yet valid", sign(&a, &not_yet)),
+        ("issued in the future", sign(&a, &issued_later)),
         ("signed by another key", sign(&impostor, &t.claims())),
         ("alg none", none_alg),
         ("HS256", hs256),
@@ -154,7 +167,7 @@ async fn verified_tokens_pass_and_every_bad_one_is_refused() {
         t.h.send_with(Method::GET, "/api/v2/organizations", &[], b"")
             .await;
     assert_401(&r);
-    assert_eq!(t.patches(), 1, "no refused request reached the tenant");
+    assert_eq!(t.patches(), 2, "no refused request reached the tenant");
 
     // The caller is recorded as verified; refusals are recorded too.
     t.h.audit.flush().await;
@@ -171,7 +184,7 @@ async fn verified_tokens_pass_and_every_bad_one_is_refused() {
         rows.iter()
             .filter(|r| r.decision == Some(tollgate::policy::Decision::Invalid))
             .count(),
-        10
+        12
     );
     let events = query::show(&t.h.store, &ok.audit_id()).await.expect("show");
     assert_eq!(events[0]["event"]["data"]["caller"]["verified"], true);

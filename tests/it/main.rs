@@ -7,6 +7,7 @@ mod harness;
 mod admin;
 mod approvals;
 mod audit;
+mod bounded;
 mod cli;
 
 mod governed;
