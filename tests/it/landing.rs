@@ -635,3 +635,137 @@ async fn an_organization_created_with_a_connection_twice_is_refused() {
     );
     assert_eq!(h.forwarded(Method::POST), 0);
 }
+
+/// A path naming an organization the tenant knows neither by id nor by
+/// name is the tenant's 404: never forwarded under a name some
+/// organization may have by the time it lands.
+#[tokio::test]
+async fn a_path_organization_the_tenant_does_not_know_is_not_forwarded() {
+    let h = Harness::setup().rule(RULES).start().await;
+    for org in ["ghost", "ORG_ACME"] {
+        let a = h
+            .patch_at(&db_path(org), r#"{"is_signup_enabled":true}"#)
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::NOT_FOUND,
+            "{org}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert_eq!(a.error_code(), "inexistent_organization");
+    }
+    assert_eq!(h.forwarded(Method::PATCH), 0);
+}
+
+/// A tenant whose legacy answers leave out the fields they document.
+struct ThinLegacyAnswers(Sandbox);
+
+impl Handler for ThinLegacyAnswers {
+    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        let thin =
+            req.method() == Method::PATCH && req.uri().path().contains("/enabled_connections/");
+        let resp = self.0.handle(req).await;
+        if !thin || resp.status() != StatusCode::OK {
+            return resp;
+        }
+        json_response(StatusCode::OK, &json!({"connection_id": CON_DATABASE}))
+    }
+}
+
+/// What an answer leaves out is not vouched for: the read-back (the later
+/// word) is judged, and it shows the forbidden state the tenant made.
+#[tokio::test]
+async fn a_thin_answer_does_not_hide_what_the_read_back_shows() {
+    let sandbox = Sandbox::new();
+    sandbox.set_lenient(true);
+    sandbox.set_association(ORG_ACME, CON_DATABASE, with_membership());
+    sandbox.set_extra_change(Some(fields(json!({"is_signup_enabled": true}))));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::serve(
+        listener,
+        Arc::new(ThinLegacyAnswers(sandbox.clone())),
+        64,
+        std::future::pending(),
+    ));
+    let h = Harness::setup()
+        .rule(RULES)
+        .tenant_at(addr, sandbox)
+        .start()
+        .await;
+    let legacy = format!("/api/v2/organizations/{ORG_ACME}/enabled_connections/{CON_DATABASE}");
+    let a = h
+        .patch_at(&legacy, r#"{"assign_membership_on_login":false}"#)
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let (_, outcome) = recorded(&h, &a.audit_id()).await;
+    let data = &outcome["data"];
+    assert_eq!(data["post_check"], "violated", "{data}");
+    assert_eq!(data["association"]["is_signup_enabled"], true);
+    assert_eq!(data["association"]["assign_membership_on_login"], false);
+}
+
+/// The lock's session ended while the decision was being written (a store
+/// slow to commit, as in a failover): checked again after the record, so
+/// nothing is forwarded, and the outcome says why.
+#[tokio::test]
+async fn a_lock_lost_while_the_decision_is_written_forwards_nothing() {
+    let h = tagged("slow-store").await;
+    h.tenant.set_lenient(true);
+    h.tenant
+        .set_association(ORG_ACME, CON_DATABASE, with_membership());
+    let schema = h
+        .store_url
+        .split("options[search_path]=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .expect("schema")
+        .to_owned();
+    let admin = admin_pool().await;
+    // Hold the audit table: the decision's commit waits.
+    let mut blocker = admin.begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE {schema}.audit_events IN SHARE MODE"
+    )))
+    .execute(&mut *blocker)
+    .await
+    .expect("lock table");
+    let p = db_path(ORG_ACME);
+    let release = async {
+        // The audit writer waits on the table; the change holds its lock.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'slow-store' AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&admin)
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the decision never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        terminate_the_held_lock(&admin, "slow-store").await;
+        blocker.rollback().await.expect("release");
+    };
+    let (answer, ()) = tokio::join!(h.patch_at(&p, r#"{"is_signup_enabled":true}"#), release);
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.error_code(), "tollgate_context_unavailable");
+    assert_eq!(h.forwarded(Method::PATCH), 0, "nothing forwarded");
+    let (decision, outcome) = recorded(&h, &answer.audit_id()).await;
+    assert_eq!(
+        decision["decision"], "allow",
+        "decided before the lock was lost"
+    );
+    assert_eq!(outcome["data"]["error"]["kind"], "lock_lost", "{outcome}");
+}
