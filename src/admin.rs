@@ -409,7 +409,9 @@ impl Admin {
             Some(u) => u.reachable(TENANT_RECENTLY).await,
             None => true,
         };
-        let ready = store && tenant;
+        // A log whose checkpoints cannot be confirmed acknowledges nothing.
+        let unconfirmed = self.audit.as_ref().and_then(|a| a.unconfirmed());
+        let ready = store && tenant && unconfirmed.is_none();
         let status = if ready {
             StatusCode::OK
         } else {
@@ -420,6 +422,7 @@ impl Admin {
             &json!({
                 "status": if ready { "ready" } else { "unready" },
                 "audit_store": if store { "ok" } else { "unreachable" },
+                "checkpoints": unconfirmed.map_or_else(|| "ok".to_owned(), |why| format!("unconfirmed: {why}")),
                 "tenant": if tenant { "ok" } else { "unreachable" },
                 "policy_version": self.policies.current().version,
             }),

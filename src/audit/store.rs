@@ -330,6 +330,34 @@ impl Store {
         Ok(stored > 0)
     }
 
+    /// The checkpoint stored at (`chain_id`, `seq`, `closed`), read back.
+    pub async fn stored_checkpoint(
+        &self,
+        chain_id: &str,
+        seq: i64,
+        closed: bool,
+    ) -> Result<Option<super::signing::Checkpoint>, StoreError> {
+        let body: Option<String> = match self {
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT body FROM audit_checkpoints WHERE chain_id = ? AND seq = ? AND closed = ?")
+                    .bind(chain_id)
+                    .bind(seq)
+                    .bind(i64::from(closed))
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_scalar("SELECT body FROM audit_checkpoints WHERE chain_id = $1 AND seq = $2 AND closed = $3")
+                    .bind(chain_id)
+                    .bind(seq)
+                    .bind(closed)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
+    }
+
     /// A chain's checkpoint rows, by position, read back (see
     /// [`Store::checkpoints`]).
     pub async fn chain_checkpoints(&self, chain_id: &str) -> Result<Checkpoints, StoreError> {

@@ -6,6 +6,7 @@
 //! durability before forwarding costs one disk flush per batch, not per
 //! request.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -31,6 +32,10 @@ pub enum AuditError {
     Timeout(Duration),
     #[error("the audit writer has stopped")]
     Closed,
+    /// The chain's last checkpoint could not be confirmed: nothing is
+    /// acknowledged until one is.
+    #[error("the audit log's checkpoints cannot be confirmed: {0}")]
+    Unconfirmed(String),
 }
 
 enum Pending {
@@ -62,6 +67,9 @@ pub struct AuditLog {
     tx: mpsc::Sender<Pending>,
     chain_id: String,
     store: Store,
+    /// Why the last checkpoint could not be confirmed, while it could not:
+    /// the writer then acknowledges nothing that waits for it.
+    unconfirmed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl AuditLog {
@@ -96,18 +104,29 @@ impl AuditLog {
             adopt_unsigned_heads(&store, signer).await?;
         }
         let (tx, rx) = mpsc::channel(QUEUE);
+        let unconfirmed = Arc::new(std::sync::Mutex::new(None));
         tokio::spawn(write_loop(
             store.clone(),
             (ChainHead::new(chain_id.clone()), opening),
             rx,
             max_batch.max(1),
-            signer,
+            (signer, unconfirmed.clone()),
         ));
         Ok(AuditLog {
             tx,
             chain_id,
             store,
+            unconfirmed,
         })
+    }
+
+    /// Why the chain's last checkpoint could not be confirmed, if it could
+    /// not (then nothing that waits for the log is acknowledged).
+    pub fn unconfirmed(&self) -> Option<String> {
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// This instance's chain.
@@ -178,7 +197,7 @@ async fn write_loop(
     (mut head, opening): (ChainHead, Opening),
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
-    signer: Option<Signer>,
+    (signer, unconfirmed): (Option<Signer>, Arc<std::sync::Mutex<Option<String>>>),
 ) {
     let mut resync = false;
     let every = signer
@@ -186,6 +205,7 @@ async fn write_loop(
         .map_or(Duration::from_secs(3600), |s| s.interval);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut signed = 0;
+    let mut confirm = Confirm(unconfirmed);
     loop {
         let first = tokio::select! {
             p = rx.recv() => match p {
@@ -193,7 +213,8 @@ async fn write_loop(
                 None => break,
             },
             _ = tick.tick(), if signer.is_some() => {
-                sign(&store, &head, signer.as_ref(), false, &mut signed).await;
+                let r = sign(&store, &head, signer.as_ref(), false, &mut signed).await;
+                confirm.note(r);
                 continue;
             }
         };
@@ -218,6 +239,27 @@ async fn write_loop(
                 Pending::Close(done) => closes.push(done),
             }
         }
+        // While the last checkpoint is unconfirmed, try again first; if it
+        // still cannot be, nothing that waits for the log (a decision about
+        // to be forwarded) is acknowledged, and only what records changes
+        // already made (outcomes) is written.
+        if confirm.failing() {
+            let r = sign(&store, &head, signer.as_ref(), false, &mut signed).await;
+            confirm.note(r);
+        }
+        if let Some(why) = confirm.reason() {
+            let (kept, refused): (Vec<_>, Vec<_>) = events
+                .into_iter()
+                .zip(acks)
+                .partition(|(_, ack)| ack.is_none());
+            for (_, ack) in refused {
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err(AuditError::Unconfirmed(why.clone())));
+                }
+            }
+            events = kept.into_iter().map(|(e, _)| e).collect();
+            acks = Vec::new();
+        }
         if !events.is_empty() {
             let result = commit(&store, &mut head, &opening, &events, &mut resync).await;
             for ack in acks.into_iter().flatten() {
@@ -228,14 +270,16 @@ async fn write_loop(
             // interval still leaves a checkpoint the next instance can carry
             // on from.
             if result.is_ok() && signed == 0 {
-                sign(&store, &head, signer.as_ref(), false, &mut signed).await;
+                let r = sign(&store, &head, signer.as_ref(), false, &mut signed).await;
+                confirm.note(r);
             }
         }
         for done in flushes {
             let _ = done.send(());
         }
         if !closes.is_empty() {
-            sign(&store, &head, signer.as_ref(), true, &mut signed).await;
+            let r = sign(&store, &head, signer.as_ref(), true, &mut signed).await;
+            confirm.note(r);
         }
         for done in closes {
             let _ = done.send(());
@@ -243,36 +287,87 @@ async fn write_loop(
     }
 }
 
+/// Whether the chain's last checkpoint was confirmed, shared with the
+/// [`AuditLog`] (for `/readyz`).
+struct Confirm(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Confirm {
+    fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn failing(&self) -> bool {
+        self.reason().is_some()
+    }
+
+    /// Notes how a signing went: a failure stops acknowledgements (logged
+    /// and counted once per failure), a success resumes them.
+    fn note(&mut self, result: Result<(), String>) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                if state.take().is_some() {
+                    info!("a checkpoint is confirmed again: acknowledging exchanges again");
+                }
+            }
+            Err(why) => {
+                metrics::counter!("tollgate_checkpoint_failures_total").increment(1);
+                error!(reason = %why, "checkpoint not confirmed: no exchange is acknowledged (governed changes get 503) until one is");
+                *state = Some(why);
+            }
+        }
+    }
+}
+
 /// Signs the head if it moved since the last checkpoint (or, `closed`, as
-/// the chain's last word), stores it, and writes its file.
+/// the chain's last word), stores it, confirms it and writes its file.
 async fn sign(
     store: &Store,
     head: &ChainHead,
     signer: Option<&Signer>,
     closed: bool,
     signed: &mut i64,
-) {
-    let Some(signer) = signer else { return };
+) -> Result<(), String> {
+    let Some(signer) = signer else { return Ok(()) };
     if head.seq == 0 || (!closed && head.seq == *signed) {
-        return;
+        return Ok(());
     }
     let kind = if closed { Kind::Final } else { Kind::Running };
-    if keep(store, signer, &Checkpoint::sign(&signer.key, head, kind)).await {
-        *signed = head.seq;
-    }
+    keep(store, signer, &Checkpoint::sign(&signer.key, head, kind)).await?;
+    *signed = head.seq;
+    Ok(())
 }
 
-/// Stores a checkpoint and, when it was stored, writes its file; whether
-/// the head is signed (by this checkpoint, or one at the same place that
-/// another instance stored first).
-async fn keep(store: &Store, signer: &Signer, c: &Checkpoint) -> bool {
-    match store.add_checkpoint(c).await {
-        Ok(true) => {}
-        Ok(false) => return true,
-        Err(e) => {
-            warn!(error = %e, "checkpoint not stored");
-            return false;
-        }
+/// Stores a checkpoint, confirms it by reading it back — this one, or one
+/// another instance stored first at the same place that signs the same head
+/// with a key we trust — and writes its file. Anything else is an error: a
+/// row that did not land (a trigger discarding it), another head at its
+/// place, a file not written.
+async fn keep(store: &Store, signer: &Signer, c: &Checkpoint) -> Result<(), String> {
+    store
+        .add_checkpoint(c)
+        .await
+        .map_err(|e| format!("the checkpoint was not stored: {e}"))?;
+    let stored = store
+        .stored_checkpoint(&c.chain_id, c.seq, c.closed)
+        .await
+        .map_err(|e| format!("the checkpoint could not be read back: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "checkpoint {}#{} is not in the store after it was written (discarded by a trigger or a rule?)",
+                c.chain_id, c.seq
+            )
+        })?;
+    let ours = stored == *c;
+    if !ours && (stored.hash != c.hash || signer.keys.check(&stored).is_err()) {
+        return Err(format!(
+            "checkpoint {}#{} in the store is not the head this writer signed",
+            c.chain_id, c.seq
+        ));
+    }
+    if !ours {
+        // Another instance stored it first, and wrote its file.
+        return Ok(());
     }
     if let Some(dir) = &signer.dir {
         let suffix = match (c.closed, c.adopted) {
@@ -282,11 +377,10 @@ async fn keep(store: &Store, signer: &Signer, c: &Checkpoint) -> bool {
         };
         let name = format!("{}-{:012}{suffix}.json", c.chain_id, c.seq);
         let text = serde_json::to_string_pretty(c).unwrap_or_default();
-        if let Err(e) = write_whole(&dir.join(&name), text.as_bytes()) {
-            warn!(error = %e, file = %name, "checkpoint file not written");
-        }
+        write_whole(&dir.join(&name), text.as_bytes())
+            .map_err(|e| format!("checkpoint file {name} not written: {e}"))?;
     }
-    true
+    Ok(())
 }
 
 /// Writes a file whole or not at all: into a temporary name, synced, then
@@ -339,14 +433,19 @@ async fn adopt_unsigned_heads(store: &Store, signer: &Signer) -> Result<(), Stor
             seq,
             hash,
         };
-        if keep(
+        match keep(
             store,
             signer,
             &Checkpoint::sign(&signer.key, &head, Kind::Adopted),
         )
         .await
         {
-            info!(chain = %chain, seq, after = signed, "signed the head of a chain its writer left unsigned");
+            Ok(()) => {
+                info!(chain = %chain, seq, after = signed, "signed the head of a chain its writer left unsigned");
+            }
+            Err(e) => {
+                warn!(chain = %chain, error = %e, "the head of a chain its writer left unsigned was not signed")
+            }
         }
     }
     Ok(())

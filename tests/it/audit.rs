@@ -1229,3 +1229,62 @@ async fn an_export_bundle_verifies_offline_with_the_public_key() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("not signed by the public key"), "{err}");
 }
+
+/// A trigger that silently discards every checkpoint insert (`RAISE
+/// (IGNORE)` / `RETURN NULL`): what a database owner would add to switch
+/// checkpoints off.
+fn discard_checkpoints(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "CREATE TRIGGER discard_checkpoints BEFORE INSERT ON audit_checkpoints BEGIN SELECT RAISE(IGNORE); END;"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION discard_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$; \
+             CREATE TRIGGER discard_checkpoints BEFORE INSERT ON audit_checkpoints FOR EACH ROW EXECUTE FUNCTION discard_checkpoint();"
+        }
+    }
+}
+
+on_both_backends! {
+    /// Checkpoints switched off from the database: the writer finds its
+    /// checkpoint missing when it reads it back, stops acknowledging
+    /// (governed changes get 503, nothing forwarded), says so in /readyz,
+    /// and acknowledges again once a checkpoint is confirmed.
+    async fn checkpoints_switched_off_from_the_database_stop_the_gateway(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (key, _) = signing_pair(dir.path());
+        let checkpoints = dir.path().join("checkpoints");
+        let h = Harness::setup()
+            .backend(backend)
+            .config(&format!(
+                "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
+                key.display().to_string(),
+                checkpoints.display().to_string()
+            ))
+            .start()
+            .await;
+        exec(&h.store, discard_checkpoints(backend)).await;
+        // The first exchange is acknowledged; its checkpoint is not
+        // confirmed: from then on, nothing is.
+        assert_eq!(h.patch(r#"{"show_as_button":true}"#).await.status, StatusCode::OK);
+        h.audit.flush().await;
+        let refused = h.patch(r#"{"show_as_button":false}"#).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{backend:?}: {refused:?}");
+        assert_eq!(refused.error_code(), "tollgate_audit_unavailable");
+        assert_eq!(h.forwarded(Method::PATCH), 1, "nothing forwarded while unconfirmed");
+        let admin = h.app.as_ref().expect("running").admin_addr.to_string();
+        let ready = Harness::client_get(&admin, "/readyz").await;
+        assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(ready.json()["checkpoints"].as_str().unwrap_or_default().contains("not in the store"), "{:?}", ready.json());
+        assert!(h.audit.unconfirmed().is_some());
+        // The trigger removed: the next exchange confirms a checkpoint first.
+        let drop = match backend {
+            Backend::Sqlite => "DROP TRIGGER discard_checkpoints;",
+            Backend::Postgres => "DROP TRIGGER discard_checkpoints ON audit_checkpoints;",
+        };
+        exec(&h.store, drop).await;
+        assert_eq!(h.patch(r#"{"show_as_button":false}"#).await.status, StatusCode::OK);
+        assert!(h.audit.unconfirmed().is_none());
+        assert_eq!(Harness::client_get(&admin, "/readyz").await.status, StatusCode::OK);
+    }
+}
