@@ -228,7 +228,12 @@ impl Gateway {
             .await?;
         let judged = self
             .read_and_validate(&parts.headers, body, &route, ex)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // The stream or connection broke mid-body: the caller left.
+                Refusal::Body(BodyError::Read(_)) => Refusal::Abandoned { recorded: true },
+                e => e,
+            })?;
         // One policy set judges the whole exchange, even if a reload lands
         // meanwhile.
         let policy = self.policies.current();
@@ -273,13 +278,22 @@ impl Gateway {
         // Durably, before anything leaves: a request the tenant received
         // always has its record.
         self.record_decision(ex).await?;
-        // And the locks once more, now that the record is written: a
-        // session ended while the store was slow (a failover does both)
-        // forwards nothing. The decision is on record; its outcome says so.
+        // The caller, and the locks, once more now that the record is
+        // written: a store slow to commit (a failover) must not let a change
+        // leave for a caller who left, or under a lock its session lost.
+        // The decision is on record; its outcome says why nothing left.
+        if hangup.has_left() {
+            self.not_forwarded(
+                ex,
+                "abandoned",
+                "the caller left while the decision was written",
+            )
+            .await;
+            return Err(left());
+        }
         if let Err(e) = self.locks.confirm(&mut held).await {
             error!(audit_id = %ex.id, error = %e, "association lock lost before the forward: nothing forwarded");
-            let event = ex.failed_outcome_event("lock_lost", &e.to_string(), Duration::ZERO);
-            self.audit.record_later(event).await;
+            self.not_forwarded(ex, "lock_lost", &e.to_string()).await;
             return Err(e.into());
         }
         let request = forward_request(
@@ -344,6 +358,15 @@ impl Gateway {
         if audited {
             ex.decision = Some(Decision::Allow);
             self.record_decision(ex).await?;
+            if hangup.has_left() {
+                self.not_forwarded(
+                    ex,
+                    "abandoned",
+                    "the caller left while the decision was written",
+                )
+                .await;
+                return Err(Refusal::Abandoned { recorded: true });
+            }
         }
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
@@ -850,6 +873,13 @@ impl Gateway {
             }
             Err(e) => Err(Refusal::AuditUnavailable(e)),
         }
+    }
+
+    /// Records, as the outcome of an exchange whose decision is on record,
+    /// that nothing was forwarded, and why (`kind`).
+    async fn not_forwarded(&self, ex: &Exchange, kind: &str, why: &str) {
+        let event = ex.failed_outcome_event(kind, why, Duration::ZERO);
+        self.audit.record_later(event).await;
     }
 
     /// Records the tenant's answer; the exchange is over whatever the store

@@ -55,8 +55,9 @@ impl Hangup {
 pub const MAX_EXCHANGES_PER_CONNECTION: usize = 200;
 
 /// Callers leaving with work started that make a connection look like an
-/// attack: this many within [`ABANDON_WINDOW`] closes it (GOAWAY on
-/// HTTP/2), as hyper does for streams reset before they start.
+/// attack: this many within [`ABANDON_WINDOW`] (a leaky bucket draining at
+/// that rate) closes it (GOAWAY on HTTP/2), as hyper does for streams reset
+/// before they start.
 const ABANDON_LIMIT: u32 = 100;
 const ABANDON_WINDOW: Duration = Duration::from_secs(10);
 
@@ -455,9 +456,10 @@ struct Conn {
     close: tokio::sync::Notify,
     /// Whether it was asked to close to make room (not asked twice).
     closing: std::sync::atomic::AtomicBool,
-    /// Callers that left with work started: (window start in ms on
-    /// [`since_start`]'s clock, count in that window).
-    abandoned: std::sync::Mutex<(u64, u32)>,
+    /// Callers that left with work started, as a level that drains at
+    /// [`ABANDON_LIMIT`] per [`ABANDON_WINDOW`]: (when last noted, in ms on
+    /// [`since_start`]'s clock; the level then).
+    abandoned: std::sync::Mutex<(u64, f64)>,
 }
 
 /// An answer's body that marks its connection active at every part it
@@ -530,14 +532,15 @@ impl Conn {
     /// Notes a caller that left with work started; past [`ABANDON_LIMIT`]
     /// within [`ABANDON_WINDOW`], asks the connection to close.
     fn abandoned(&self) {
+        // A leaky bucket, not a fixed window: no boundary to time bursts
+        // around; a steady rate above the limit's fills it too.
         let now = since_start();
-        let window = u64::try_from(ABANDON_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        let rate = f64::from(ABANDON_LIMIT) / ABANDON_WINDOW.as_millis() as f64;
         let mut a = self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
-        if now.saturating_sub(a.0) > window {
-            *a = (now, 0);
-        }
-        a.1 += 1;
-        if a.1 == ABANDON_LIMIT {
+        let drained = now.saturating_sub(a.0) as f64 * rate;
+        let before = (a.1 - drained).max(0.0);
+        *a = (now, before + 1.0);
+        if before < f64::from(ABANDON_LIMIT) && a.1 >= f64::from(ABANDON_LIMIT) {
             warn!(ip = %self.ip, "closing a connection whose callers keep leaving with work started (GOAWAY)");
             self.close.notify_one();
         }
@@ -578,7 +581,7 @@ impl Open {
             idle_since: std::sync::atomic::AtomicU64::new(since_start()),
             close: tokio::sync::Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
-            abandoned: std::sync::Mutex::new((since_start(), 0)),
+            abandoned: std::sync::Mutex::new((since_start(), 0.0)),
         });
         inner.by_id.insert(conn.id, conn.clone());
         Some(conn)

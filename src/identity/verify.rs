@@ -90,10 +90,13 @@ impl Verifier {
         // A token issued in the future was not issued by a tenant whose
         // clock agrees with ours.
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some(iat) = data.claims.get("iat").and_then(Value::as_f64)
-            && iat > (now + LEEWAY_SECS) as f64
-        {
-            return Err(invalid("the token was issued in the future (iat)".into()));
+        match data.claims.get("iat") {
+            None => {}
+            Some(iat) => match iat.as_f64() {
+                Some(iat) if iat <= (now + LEEWAY_SECS) as f64 => {}
+                Some(_) => return Err(invalid("the token was issued in the future (iat)".into())),
+                None => return Err(invalid("iat is not a number".into())),
+            },
         }
         Ok(data.claims)
     }

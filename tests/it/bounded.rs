@@ -470,3 +470,134 @@ async fn a_failing_jwks_is_fetched_once_per_min_refresh() {
     );
     let _ = (ORG_ACME, item());
 }
+
+/// A raw HTTP/1.1 PATCH of the seed association, `body` sent as is after a
+/// `content-length` of `declared`.
+fn raw_patch(body: &str, declared: usize) -> String {
+    format!(
+        "PATCH {} HTTP/1.1\r\nhost: x\r\nauthorization: {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n\r\n{body}",
+        item()
+    )
+}
+
+/// A caller who leaves while its decision is being written (a store slow
+/// to commit): the decision is on record, its outcome says it was not
+/// forwarded, and nothing reaches the tenant.
+#[tokio::test]
+async fn a_caller_who_leaves_while_the_decision_is_written_is_not_forwarded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store =
+        crate::harness::fresh_store_url(crate::harness::Backend::Postgres, dir.path()).await;
+    let schema = store
+        .split("options[search_path]=")
+        .nth(1)
+        .expect("schema")
+        .to_owned();
+    let h = Harness::setup()
+        .store_url(&format!("{store}&application_name=leaves-mid-record"))
+        .start()
+        .await;
+    let admin = sqlx::PgPool::connect(&crate::harness::postgres_base_url())
+        .await
+        .expect("postgres");
+    let mut blocker = admin.begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE {schema}.audit_events IN SHARE MODE"
+    )))
+    .execute(&mut *blocker)
+    .await
+    .expect("lock");
+    let body = r#"{"show_as_button":false}"#;
+    let mut tcp = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(raw_patch(body, body.len()).as_bytes())
+        .await
+        .expect("write");
+    // The decision waits on the table: the caller hangs up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'leaves-mid-record' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&admin)
+        .await
+        .expect("activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the decision never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    blocker.rollback().await.expect("release");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        h.audit.flush().await;
+        let rows = query::exchanges(
+            &h.store,
+            &query::Filter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("query");
+        if let Some(row) = rows.into_iter().find(|r| r.outcome != "unknown") {
+            break row.exchange_id;
+        }
+        assert!(Instant::now() < deadline, "no outcome recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let events = query::show(&h.store, &id).await.expect("show");
+    assert_eq!(events[0]["event"]["decision"], "allow");
+    assert_eq!(
+        events[1]["event"]["data"]["error"]["kind"], "abandoned",
+        "{events:?}"
+    );
+    assert_eq!(
+        h.forwarded(Method::PATCH),
+        0,
+        "nothing forwarded for a caller who left"
+    );
+}
+
+/// A caller who leaves halfway through its body is recorded as having
+/// left, not as having sent a malformed body.
+#[tokio::test]
+async fn a_caller_who_leaves_mid_body_is_abandoned_not_invalid() {
+    let h = Harness::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(raw_patch(r#"{"show_as_bu"#, 100).as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(tcp);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        h.audit.flush().await;
+        let rows = query::exchanges(
+            &h.store,
+            &query::Filter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("query");
+        if let Some(row) = rows.into_iter().next() {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "nothing recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        row.decision,
+        Some(tollgate::policy::Decision::Abandoned),
+        "{row:?}"
+    );
+    assert_eq!(h.forwarded(Method::PATCH), 0);
+}

@@ -109,6 +109,8 @@ async fn verified_tokens_pass_and_every_bad_one_is_refused() {
     not_yet["nbf"] = json!(chrono::Utc::now().timestamp() + 3600);
     let mut issued_later = t.claims();
     issued_later["iat"] = json!(chrono::Utc::now().timestamp() + 3600);
+    let mut iat_text = t.claims();
+    iat_text["iat"] = json!((chrono::Utc::now().timestamp() + 1_000_000).to_string());
     // Within the 30 s leeway, as for `exp`: accepted.
     let mut skewed = t.claims();
     skewed["nbf"] = json!(chrono::Utc::now().timestamp() + 10);
@@ -141,6 +143,7 @@ async fn verified_tokens_pass_and_every_bad_one_is_refused() {
         ("no expiry", sign(&a, &no_exp)),
         ("not yet valid", sign(&a, &not_yet)),
         ("issued in the future", sign(&a, &issued_later)),
+        ("iat not a number", sign(&a, &iat_text)),
         ("signed by another key", sign(&impostor, &t.claims())),
         ("alg none", none_alg),
         ("HS256", hs256),
@@ -184,7 +187,7 @@ async fn verified_tokens_pass_and_every_bad_one_is_refused() {
         rows.iter()
             .filter(|r| r.decision == Some(tollgate::policy::Decision::Invalid))
             .count(),
-        12
+        13
     );
     let events = query::show(&t.h.store, &ok.audit_id()).await.expect("show");
     assert_eq!(events[0]["event"]["data"]["caller"]["verified"], true);
