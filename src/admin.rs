@@ -199,7 +199,8 @@ impl Admin {
                         );
                     }
                 };
-                return ui.login(&form);
+                let ip = req_ip(&parts.extensions);
+                return ui.login(&form, ip);
             }
             (Method::POST, "/ui/logout") => return ui.logout(req.headers()),
             _ => {}
@@ -613,6 +614,14 @@ fn plain_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes>
     let mut r = error_response(status, code, message, Default::default(), "");
     strip_audit_id(&mut r);
     r
+}
+
+/// The client's address (unspecified if unknown: all such share one
+/// login budget).
+fn req_ip(extensions: &http::Extensions) -> std::net::IpAddr {
+    extensions
+        .get::<crate::server::Peer>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.ip())
 }
 
 /// An admin body that could not be read: 413 naming the limit when it is

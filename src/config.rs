@@ -406,6 +406,9 @@ const NOT_KEYS: &[&str] = &[
     "TOLLGATE_APPROVER_TOKEN",
 ];
 
+/// The shortest reviewer token accepted.
+pub const MIN_REVIEWER_TOKEN: usize = 16;
+
 impl Config {
     /// Parses a TOML document; `source_name` names it in errors.
     pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
@@ -453,6 +456,17 @@ impl Config {
                     message: "must not be empty (unset it instead)".into(),
                 });
             }
+        }
+        // The page's door is a password: one short enough to guess is none.
+        if let Some(t) = &self.admin.reviewer_token
+            && t.expose().chars().count() < MIN_REVIEWER_TOKEN
+        {
+            return Err(ConfigError::Invalid {
+                key: "admin.reviewer_token",
+                message: format!(
+                    "must be at least {MIN_REVIEWER_TOKEN} characters (`tollgate keys new reviewer` makes one)"
+                ),
+            });
         }
         if self.admin.reviewer_token.is_some() && self.admin.reviewer_token == self.admin.token {
             return Err(ConfigError::Invalid {

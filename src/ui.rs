@@ -26,29 +26,76 @@ pub const COOKIE: &str = "tollgate_review";
 /// How long a session lasts.
 const SESSION: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
 
+/// Failed logins a source address may make before it must wait; each
+/// further failure doubles the wait, up to [`LOCKOUT_MAX`].
+const FREE_FAILURES: u32 = 5;
+const LOCKOUT_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+/// Addresses remembered for their failures, at most.
+const MAX_ADDRESSES: usize = 10_000;
+
 /// The sessions of logged-in reviewers: random ids, kept in memory (a
-/// restart logs everyone out), each for [`SESSION`].
+/// restart logs everyone out), each for [`SESSION`]; and the failed logins
+/// of each source address.
 #[derive(Default)]
-pub struct Sessions(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+pub struct Sessions {
+    open: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// Source address → (failures in a row, when it may try again).
+    failures: std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
 
 impl Sessions {
-    fn open(&self) -> String {
+    /// A new session, its id drawn from the operating system's random
+    /// source; `None` if that fails (no session is better than a guessable
+    /// one).
+    fn open(&self) -> Option<String> {
         let mut bytes = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut bytes).unwrap_or_default();
+        aws_lc_rs::rand::fill(&mut bytes).ok()?;
         let id = hex::encode(bytes);
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.open.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, at| at.elapsed() < SESSION);
         map.insert(id.clone(), std::time::Instant::now());
-        id
+        Some(id)
     }
 
     fn valid(&self, id: &str) -> bool {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.open.lock().unwrap_or_else(|p| p.into_inner());
         map.get(id).is_some_and(|at| at.elapsed() < SESSION)
     }
 
     fn close(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// How long `ip` must still wait before it may try a token.
+    fn locked_out(&self, ip: std::net::IpAddr) -> Option<std::time::Duration> {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, until) = map.get(&ip)?;
+        until.checked_duration_since(std::time::Instant::now())
+    }
+
+    /// Notes a wrong token from `ip`.
+    fn failed(&self, ip: std::net::IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
+            let now = std::time::Instant::now();
+            map.retain(|_, (_, until)| *until + LOCKOUT_MAX > now);
+        }
+        let (n, until) = map.entry(ip).or_insert((0, std::time::Instant::now()));
+        *n += 1;
+        if *n > FREE_FAILURES {
+            let wait = std::time::Duration::from_secs(1 << (*n - FREE_FAILURES - 1).min(9));
+            *until = std::time::Instant::now() + wait.min(LOCKOUT_MAX);
+        }
+    }
+
+    fn succeeded(&self, ip: std::net::IpAddr) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ip);
     }
 }
 
@@ -127,13 +174,32 @@ impl Ui<'_> {
         }
     }
 
-    /// `POST /ui/login` with `token=…` (form-encoded).
-    pub fn login(&self, form: &HashMap<String, String>) -> Response<Bytes> {
+    /// `POST /ui/login` with `token=…` (form-encoded), from `ip`. An
+    /// address that keeps giving wrong tokens waits, longer each time.
+    pub fn login(&self, form: &HashMap<String, String>, ip: std::net::IpAddr) -> Response<Bytes> {
+        if let Some(wait) = self.sessions.locked_out(ip) {
+            let secs = wait.as_secs() + 1;
+            let mut r = page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Log in",
+                &login_form(Some(&format!(
+                    "Too many wrong tokens from this address: try again in {secs} s."
+                ))),
+                false,
+            );
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
         let given = form.get("token").map(String::as_str).unwrap_or_default();
         let ok = self.token().is_some_and(|t| {
             Sha256::digest(given.as_bytes()) == Sha256::digest(t.expose().as_bytes())
         });
         if !ok {
+            self.sessions.failed(ip);
+            metrics::counter!("tollgate_ui_login_failures_total").increment(1);
+            tracing::warn!(%ip, "reviewers' page: a wrong token");
             return page(
                 StatusCode::UNAUTHORIZED,
                 "Log in",
@@ -141,9 +207,18 @@ impl Ui<'_> {
                 false,
             );
         }
+        let Some(session) = self.sessions.open() else {
+            tracing::error!("reviewers' page: no random session id could be drawn; login refused");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Log in",
+                &login_form(Some("No session could be opened; try again.")),
+                false,
+            );
+        };
+        self.sessions.succeeded(ip);
         let cookie = format!(
-            "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
-            self.sessions.open(),
+            "{COOKIE}={session}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
             SESSION.as_secs(),
             if self.secure { "; Secure" } else { "" }
         );

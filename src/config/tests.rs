@@ -153,10 +153,13 @@ fn tokens_are_not_empty_and_not_shared() {
     let e = error("", &[("TOLLGATE_SCAN_LOG_STREAM_TOKEN", "")]);
     assert!(e.contains("scan.log_stream_token"), "{e}");
     let e = error(
-        "[admin]\ntoken = \"same\"\nreviewer_token = \"same\"\n",
+        "[admin]\ntoken = \"same-token-0123456\"\nreviewer_token = \"same-token-0123456\"\n",
         &[],
     );
     assert!(e.contains("must differ"), "{e}");
+    // A reviewer token short enough to guess is refused.
+    let e = error("[admin]\nreviewer_token = \"review\"\n", &[]);
+    assert!(e.contains("at least 16 characters"), "{e}");
     let e = error("[audit]\ncheckpoint_interval = \"0s\"\n", &[]);
     assert!(e.contains("audit.checkpoint_interval"), "{e}");
     for ttl in ["0s", "31d", "99999999d"] {

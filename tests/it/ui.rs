@@ -7,7 +7,7 @@ use crate::harness::Harness;
 
 async fn reviewer_harness() -> (Harness, String) {
     let h = Harness::with_config(
-        "[admin]\ntoken = \"admin-secret\"\nreviewer_token = \"review-secret\"\n",
+        "[admin]\ntoken = \"admin-secret\"\nreviewer_token = \"review-secret-0123456\"\n",
     )
     .await;
     let admin = h.app.as_ref().expect("running").admin_addr.to_string();
@@ -52,7 +52,7 @@ async fn reviewers_log_in_with_their_own_token_and_see_everything_escaped() {
         login(&admin, "admin-secret").await.status,
         StatusCode::UNAUTHORIZED
     );
-    let a = login(&admin, "review-secret").await;
+    let a = login(&admin, "review-secret-0123456").await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     let cookie = a.headers["set-cookie"].to_str().expect("cookie").to_owned();
     assert!(
@@ -145,14 +145,14 @@ async fn the_chains_page_checks_the_checkpoints_kept_as_files() {
     let h = Harness::setup()
         .store_url(&signed.store_url)
         .config(&format!(
-            "[admin]\ntoken = \"admin-secret\"\nreviewer_token = \"review-secret\"\n[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
+            "[admin]\ntoken = \"admin-secret\"\nreviewer_token = \"review-secret-0123456\"\n[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
             dir.path().join("signing.key").display().to_string(),
             dir.path().join("checkpoints").display().to_string(),
         ))
         .start()
         .await;
     let admin = h.app.as_ref().expect("running").admin_addr.to_string();
-    let a = login(&admin, "review-secret").await;
+    let a = login(&admin, "review-secret-0123456").await;
     let cookie = a.headers["set-cookie"].to_str().expect("cookie").to_owned();
     let session = cookie.split(';').next().expect("pair").to_owned();
     let chains = get(&admin, "/ui/chains", &session).await;
@@ -160,4 +160,31 @@ async fn the_chains_page_checks_the_checkpoints_kept_as_files() {
     let page = String::from_utf8_lossy(&chains.body);
     assert!(page.contains("missing from the store"), "{page}");
     assert!(page.contains("class=\"broken\""), "{page}");
+}
+
+/// Guessing the reviewer token: after five wrong tokens an address waits,
+/// longer each time — the right token included — and is told how long.
+#[tokio::test]
+async fn wrong_reviewer_tokens_make_an_address_wait() {
+    let (_h, admin) = reviewer_harness().await;
+    for i in 0..5 {
+        assert_eq!(
+            login(&admin, &format!("guess-{i}")).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The sixth wrong one: counted, and from now on the address waits.
+    assert_eq!(
+        login(&admin, "guess-5").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let locked = login(&admin, "review-secret-0123456").await;
+    assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS, "{locked:?}");
+    assert!(locked.headers.contains_key("retry-after"));
+    // Once the wait is over, the right token works.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        login(&admin, "review-secret-0123456").await.status,
+        StatusCode::SEE_OTHER
+    );
 }
