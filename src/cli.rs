@@ -176,6 +176,11 @@ pub enum AuditCommand {
         /// offline, without the database.
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// With --bundle and no --public-key: accept the public key the
+        /// bundle brings (whoever could rewrite the bundle could have
+        /// re-signed it with their own); without this, that is a failure.
+        #[arg(long)]
+        trust_bundle_key: bool,
         /// Also check the checkpoints kept as files here (default:
         /// audit.checkpoint_dir, when set).
         #[arg(long)]

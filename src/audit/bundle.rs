@@ -207,13 +207,49 @@ pub async fn export(
     Ok(manifest)
 }
 
+/// Where the key that verified a bundle came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    /// Given by the auditor (`--public-key`).
+    Given,
+    /// The bundle's own `public.key`: it proves only that the bundle agrees
+    /// with itself.
+    Bundle,
+    /// None: the bundle is not signed.
+    None,
+}
+
+/// A bundle verified: the report, what the bundle covers, and whose key
+/// verified it.
+#[derive(Debug, Serialize)]
+pub struct Verified {
+    pub report: Report,
+    pub since: String,
+    pub until: String,
+    /// Each chain's stretch and its event count.
+    pub chains: Vec<(String, i64, i64, usize)>,
+    pub key: KeySource,
+}
+
 /// Verifies a bundle offline: the files against the manifest, each chain's
 /// stretch, and the checkpoints with `pinned` (or the bundle's own key).
-pub fn verify(dir: &Path, pinned: Option<&Keys>) -> Result<Report, BundleError> {
+/// A file in the directory that is not the bundle's own is refused.
+pub fn verify(dir: &Path, pinned: Option<&Keys>) -> Result<Verified, BundleError> {
     let read = |name: &str| {
         std::fs::read(dir.join(name))
             .map_err(|e| BundleError::Io(format!("{}: {e}", dir.join(name).display())))
     };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| BundleError::Io(format!("{}: {e}", dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ![MANIFEST, SIGNATURE, EVENTS, CHECKPOINTS, PUBLIC_KEY].contains(&name.as_str()) {
+            return Err(BundleError::Invalid(format!(
+                "{name:?} is not a file of a bundle: a bundle holds {MANIFEST}, {SIGNATURE}, {EVENTS}, {CHECKPOINTS} and {PUBLIC_KEY} only"
+            )));
+        }
+    }
     let manifest_bytes = read(MANIFEST)?;
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| BundleError::Invalid(format!("{MANIFEST}: {e}")))?;
@@ -289,9 +325,28 @@ pub fn verify(dir: &Path, pinned: Option<&Keys>) -> Result<Report, BundleError> 
             .or_default()
             .push(e.row());
     }
+    let counts: Vec<(String, i64, i64, usize)> = manifest
+        .chains
+        .iter()
+        .map(|c| {
+            let n = by_chain.get(&c.chain_id).map_or(0, Vec::len);
+            (c.chain_id.clone(), c.first_seq, c.last_seq, n)
+        })
+        .collect();
     let ranges = manifest.chains.iter().map(|c| {
         let rows = by_chain.remove(&c.chain_id).unwrap_or_default();
         (c.clone(), rows)
     });
-    Ok(verify::verify_ranges(ranges, &checkpoints, key))
+    let source = match (pinned, key) {
+        (Some(_), _) => KeySource::Given,
+        (None, Some(_)) => KeySource::Bundle,
+        (None, None) => KeySource::None,
+    };
+    Ok(Verified {
+        report: verify::verify_ranges(ranges, &checkpoints, key),
+        since: manifest.since,
+        until: manifest.until,
+        chains: counts,
+        key: source,
+    })
 }

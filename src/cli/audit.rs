@@ -24,12 +24,13 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
         json,
         public_key: key,
         bundle: Some(dir),
+        trust_bundle_key,
         ..
     } = &cmd
     {
         let key = key.as_deref().map(Keys::load).transpose()?;
-        let report = crate::audit::bundle::verify(dir, key.as_ref())?;
-        return Ok(print_verify(&report, *json));
+        let verified = crate::audit::bundle::verify(dir, key.as_ref())?;
+        return Ok(print_bundle(&verified, *json, *trust_bundle_key));
     }
     let store = Store::open(&config.audit.url).await?;
     match cmd {
@@ -142,6 +143,44 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A bundle's report: what it covers, whose key verified it, and the
+/// verification. A bundle verified only by its own key (or by none) fails
+/// unless the auditor said to trust the bundle's key.
+fn print_bundle(v: &crate::audit::bundle::Verified, json: bool, trust: bool) -> ExitCode {
+    use crate::audit::bundle::KeySource;
+    let trusted = match v.key {
+        KeySource::Given => true,
+        KeySource::Bundle => trust,
+        KeySource::None => false,
+    };
+    let key_line = match v.key {
+        KeySource::Given => "verified with the public key given (--public-key)".to_owned(),
+        KeySource::Bundle if trust => "verified with the bundle's own public key (--trust-bundle-key): it shows only that the bundle agrees with itself".to_owned(),
+        KeySource::Bundle => "NOT TRUSTED: verified only with the bundle's own public key — whoever could rewrite the bundle could have re-signed it; verify with --public-key KEY (the key you hold), or pass --trust-bundle-key".to_owned(),
+        KeySource::None => "NOT VERIFIED: the bundle is not signed and no public key was given: nothing vouches for it".to_owned(),
+    };
+    if json {
+        let mut value = serde_json::to_value(v).unwrap_or_default();
+        value["trusted"] = serde_json::Value::Bool(trusted);
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        outln!("bundle window: {} .. {}", v.since, v.until);
+        for (chain, first, last, n) in &v.chains {
+            outln!("chain {chain}: seq {first}..={last}, {n} events");
+        }
+        out!("{}", render_verify(&v.report));
+        outln!("{key_line}");
+    }
+    if v.report.ok() && trusted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

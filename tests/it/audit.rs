@@ -1073,7 +1073,9 @@ async fn a_bundle_carries_the_checkpoints_kept_as_files() {
     )
     .await
     .expect("export");
-    let report = tollgate::audit::bundle::verify(&out, None).expect("verify");
+    let report = tollgate::audit::bundle::verify(&out, None)
+        .expect("verify")
+        .report;
     assert!(!report.ok(), "{report:?}");
     assert!(
         report.breaks[0].reason.contains("not the one signed"),
@@ -1192,6 +1194,89 @@ async fn an_export_bundle_verifies_offline_with_the_public_key() {
     assert!(
         text.contains("6/6 events valid") && text.contains("2/2 checkpoints verified"),
         "{text}"
+    );
+    // It says what it covers and whose key verified it.
+    assert!(text.contains("bundle window: "), "{text}");
+    assert!(text.contains("events") && text.contains("chain "), "{text}");
+    assert!(
+        text.contains("verified with the public key given"),
+        "{text}"
+    );
+    // Without --public-key the bundle's own key proves only that the
+    // bundle agrees with itself: a failure, unless the auditor says so.
+    let bare = |extra: &[&str]| {
+        let mut args = s(&[
+            "audit",
+            "verify",
+            "--bundle",
+            &elsewhere.path().display().to_string(),
+        ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        run(args, None)
+    };
+    let out = bare(&[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOT TRUSTED"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = bare(&["--trust-bundle-key"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A file the bundle does not hold: refused.
+    let stray = elsewhere.path().join("notes.txt");
+    std::fs::write(&stray, "x").expect("write");
+    let out = verify(&pubfile);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a file of a bundle"));
+    std::fs::remove_file(&stray).expect("remove");
+    // Stripped of its key, signature and checkpoints: nothing vouches for
+    // it, and that is a failure.
+    let stripped = tempfile::tempdir().expect("stripped");
+    for f in ["events.jsonl", "checkpoints.json"] {
+        std::fs::copy(elsewhere.path().join(f), stripped.path().join(f)).expect("copy");
+    }
+    std::fs::write(stripped.path().join("checkpoints.json"), "[]").expect("write");
+    let mut manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(elsewhere.path().join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    manifest["files"]
+        .as_object_mut()
+        .expect("files")
+        .remove("public.key");
+    let empty = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"[]"))
+    };
+    manifest["files"]["checkpoints.json"] = json!(empty);
+    std::fs::write(
+        stripped.path().join("manifest.json"),
+        serde_json::to_vec(&manifest).expect("json"),
+    )
+    .expect("write");
+    let out = run(
+        s(&[
+            "audit",
+            "verify",
+            "--bundle",
+            &stripped.path().display().to_string(),
+        ]),
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOT VERIFIED"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
     // Another key than the bundle's: refused.
     let (_, other) = tollgate::audit::signing::new_pair().expect("pair");
