@@ -309,6 +309,29 @@ impl Checkpoint {
     }
 }
 
+/// The checkpoints kept as files in `dir`, and the `*.json` files that are
+/// not one (named, with why): what a verification reports and skips,
+/// rather than failing whole on one junk file.
+pub fn checkpoints_and_junk_in(dir: &Path) -> Result<(Vec<Checkpoint>, Vec<String>), KeyError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| KeyError(format!("{}: {e}", dir.display())))?;
+    let mut good = Vec::new();
+    let mut junk = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str::<Checkpoint>(&t).map_err(|e| e.to_string()))
+            {
+                Ok(c) => good.push(c),
+                Err(e) => junk.push(format!("{}: not a checkpoint ({e})", path.display())),
+            }
+        }
+    }
+    Ok((good, junk))
+}
+
 /// The checkpoints kept as files in `dir` (`audit.checkpoint_dir`).
 pub fn checkpoints_in(dir: &Path) -> Result<Vec<Checkpoint>, KeyError> {
     let entries =

@@ -314,10 +314,18 @@ async fn verify_one(
         }
     }
     let lost = signed.lost.get(chain).and_then(|l| l.first()).map(|c| {
-        format!(
-            "the signed checkpoint at seq {} kept in the checkpoint directory is missing from the store (deleted)",
-            c.seq
-        )
+        // A file the store never had and no key of ours signed is not a
+        // deleted checkpoint: it was made up.
+        match key.map(|k| k.check(c)) {
+            Some(Err(why)) => format!(
+                "the checkpoint file at seq {} in the checkpoint directory does not verify{why}: forged, not deleted from the store",
+                c.seq
+            ),
+            _ => format!(
+                "the signed checkpoint at seq {} kept in the checkpoint directory is missing from the store (deleted)",
+                c.seq
+            ),
+        }
     });
     let bad = signed.bad.iter().find(|b| b.chain_id == chain);
     if let Some((seq, reason)) = lost

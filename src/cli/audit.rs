@@ -85,7 +85,15 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
         } => {
             let key = public_keys(config, key.as_deref())?;
             let kept = match checkpoint_dir.or_else(|| config.audit.checkpoint_dir.clone()) {
-                Some(dir) => crate::audit::signing::checkpoints_in(&dir)?,
+                Some(dir) => {
+                    let (kept, junk) = crate::audit::signing::checkpoints_and_junk_in(&dir)?;
+                    // Reported and skipped: one stray file must not hide
+                    // what the others say.
+                    for j in junk {
+                        eprintln!("note: skipped {j}");
+                    }
+                    kept
+                }
                 None => Vec::new(),
             };
             let report = verify::verify_with(&store, key.as_ref(), &kept).await?;

@@ -1373,3 +1373,36 @@ on_both_backends! {
         assert_eq!(Harness::client_get(&admin, "/readyz").await.status, StatusCode::OK);
     }
 }
+
+on_both_backends! {
+    /// A checkpoint file no key of ours signed is reported as forged, not
+    /// as a checkpoint the store lost; a file in the directory that is not
+    /// a checkpoint is named and skipped, not a reason to report nothing.
+    async fn forged_and_junk_checkpoint_files_are_named_for_what_they_are(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (h, public) = signed_log(backend, dir.path()).await;
+        let kept_dir = dir.path().join("checkpoints");
+        std::fs::write(kept_dir.join("junk.json"), "{\"not\": \"a checkpoint\"}").expect("write");
+        let (mut kept, junk) = tollgate::audit::signing::checkpoints_and_junk_in(&kept_dir).expect("read");
+        assert_eq!(kept.len(), 2, "{junk:?}");
+        assert_eq!(junk.len(), 1);
+        assert!(junk[0].contains("junk.json"), "{junk:?}");
+        let report = verify::verify_with(&h.store, Some(&public), &kept).await.expect("verify");
+        assert!(report.ok(), "{backend:?}: {report:?}");
+        // A made-up checkpoint, signed with a key that is not ours.
+        let (private, _) = tollgate::audit::signing::new_pair().expect("pair");
+        let stranger = dir.path().join("stranger.key");
+        std::fs::write(&stranger, private).expect("write");
+        let stranger = tollgate::audit::signing::SigningKey::load(&stranger).expect("key");
+        let mut forged = kept[0].clone();
+        forged.seq = 2;
+        forged.time = "2020-01-01T00:00:00.000000Z".into();
+        let head = tollgate::audit::ChainHead { chain_id: forged.chain_id.clone(), seq: 2, hash: forged.hash.clone() };
+        let forged = tollgate::audit::signing::Checkpoint::sign(&stranger, &head, tollgate::audit::signing::Kind::Running);
+        kept.push(forged);
+        let report = verify::verify_with(&h.store, Some(&public), &kept).await.expect("verify");
+        assert!(!report.ok());
+        assert!(report.breaks.iter().any(|b| b.reason.contains("forged, not deleted")), "{backend:?}: {report:?}");
+        assert!(!report.breaks.iter().any(|b| b.reason.contains("missing from the store (deleted)")), "{report:?}");
+    }
+}
