@@ -399,8 +399,28 @@ fn check_checkpoints(
     let mut brk = |seq: i64, reason: String, walk: &mut ChainWalk| {
         walk.brk(&mut report.breaks, chain, seq, reason);
     };
-    let (mut covered, mut own) = (0, 0);
+    let (mut covered, mut own, mut opened) = (0, 0, false);
     for c in signed {
+        // The chain's opening: its writer's signed word that the chain
+        // exists, before its first event (not counted as a checkpoint of
+        // events: it covers none).
+        if c.seq == 0 {
+            match key.map(|keys| keys.check(c)) {
+                Some(Err(why)) => brk(
+                    1,
+                    format!("the chain's opening (seq 0) does not verify{why}"),
+                    walk,
+                ),
+                _ if c.hash != GENESIS || c.closed || c.adopted => brk(
+                    1,
+                    "the chain's opening (seq 0) is not the opening of an empty chain (altered)"
+                        .into(),
+                    walk,
+                ),
+                _ => opened = true,
+            }
+            continue;
+        }
         report.checkpoints += 1;
         if let Some(keys) = key {
             if let Err(why) = keys.check(c) {
@@ -449,7 +469,17 @@ fn check_checkpoints(
             own = own.max(c.seq);
         }
     }
-    if whole && own == 0 && covered > 0 {
+    // With keys to check by, a chain that no key of theirs ever signed —
+    // no opening, no checkpoint — is not a chain a writer made: rows
+    // inserted by other means (or a log written without a signing key).
+    if whole && key.is_some() && !opened && covered == 0 && walk.last_seq > 0 {
+        brk(
+            1,
+            "unsigned chain: no checkpoint signed by a key given opens or covers it (inserted by other means, or written without audit.signing_key)".into(),
+            walk,
+        );
+    }
+    if whole && own == 0 && !opened && covered > 0 {
         // No instance signs a chain its own writer never signed.
         brk(
             covered,

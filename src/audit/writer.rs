@@ -205,6 +205,7 @@ async fn write_loop(
         .map_or(Duration::from_secs(3600), |s| s.interval);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut signed = 0;
+    let mut opened = false;
     let mut confirm = Confirm(unconfirmed);
     loop {
         let first = tokio::select! {
@@ -243,7 +244,14 @@ async fn write_loop(
         // still cannot be, nothing that waits for the log (a decision about
         // to be forwarded) is acknowledged, and only what records changes
         // already made (outcomes) is written.
-        if confirm.failing() {
+        // A chain exists only if a key said so: its opening (a checkpoint
+        // of the empty chain) is signed and confirmed before its first
+        // event is written.
+        if let Some(s) = signer.as_ref().filter(|_| !opened && head.seq == 0) {
+            let r = keep(&store, s, &Checkpoint::sign(&s.key, &head, Kind::Running)).await;
+            opened = r.is_ok();
+            confirm.note(r);
+        } else if confirm.failing() {
             let r = sign(&store, &head, signer.as_ref(), false, &mut signed).await;
             confirm.note(r);
         }
@@ -367,6 +375,11 @@ async fn keep(store: &Store, signer: &Signer, c: &Checkpoint) -> Result<(), Stri
     }
     if !ours {
         // Another instance stored it first, and wrote its file.
+        return Ok(());
+    }
+    // A chain's opening (seq 0) covers no event: it stays in the store,
+    // where deleting it makes the chain an unsigned one.
+    if c.seq == 0 {
         return Ok(());
     }
     if let Some(dir) = &signer.dir {

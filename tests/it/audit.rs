@@ -996,7 +996,7 @@ on_both_backends! {
         let sqlite = backend == Backend::Sqlite;
         let closed = if sqlite { "0" } else { "false" };
         exec(store, &format!(
-            "INSERT INTO audit_checkpoints (chain_id, seq, closed, body) SELECT chain_id, {}, {closed}, body FROM audit_checkpoints WHERE chain_id = '{}'",
+            "INSERT INTO audit_checkpoints (chain_id, seq, closed, body) SELECT chain_id, {}, {closed}, body FROM audit_checkpoints WHERE chain_id = '{}' AND seq > 0",
             crashed.head - 1,
             crashed.chain
         )).await;
@@ -1349,14 +1349,14 @@ on_both_backends! {
             .start()
             .await;
         exec(&h.store, discard_checkpoints(backend)).await;
-        // The first exchange is acknowledged; its checkpoint is not
-        // confirmed: from then on, nothing is.
-        assert_eq!(h.patch(r#"{"show_as_button":true}"#).await.status, StatusCode::OK);
-        h.audit.flush().await;
+        // The chain's opening cannot be confirmed: nothing is acknowledged,
+        // from the first exchange on.
         let refused = h.patch(r#"{"show_as_button":false}"#).await;
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{backend:?}: {refused:?}");
         assert_eq!(refused.error_code(), "tollgate_audit_unavailable");
-        assert_eq!(h.forwarded(Method::PATCH), 1, "nothing forwarded while unconfirmed");
+        let refused = h.patch(r#"{"show_as_button":true}"#).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{backend:?}: {refused:?}");
+        assert_eq!(h.forwarded(Method::PATCH), 0, "nothing forwarded while unconfirmed");
         let admin = h.app.as_ref().expect("running").admin_addr.to_string();
         let ready = Harness::client_get(&admin, "/readyz").await;
         assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -1404,5 +1404,45 @@ on_both_backends! {
         assert!(!report.ok());
         assert!(report.breaks.iter().any(|b| b.reason.contains("forged, not deleted")), "{backend:?}: {report:?}");
         assert!(!report.breaks.iter().any(|b| b.reason.contains("missing from the store (deleted)")), "{report:?}");
+    }
+}
+
+on_both_backends! {
+    /// A chain forged with INSERT rights alone — a chain row and events
+    /// whose hashes are computed correctly — has no opening a key signed:
+    /// with the public key, `audit verify` reports it as an unsigned chain.
+    async fn a_forged_chain_is_an_unsigned_chain(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (h, public) = signed_log(backend, dir.path()).await;
+        let store = h.store.clone();
+        let mut head = tollgate::audit::ChainHead::new("01a2forged-chain".into());
+        let rows: Vec<_> = (0..3)
+            .map(|i| {
+                head.link(&tollgate::audit::NewEvent {
+                    exchange_id: format!("forged-{i}"),
+                    kind: tollgate::audit::Kind::Decision,
+                    time: chrono::Utc::now(),
+                    index: tollgate::audit::Index {
+                        operation: Some("organization_connection.update".into()),
+                        ..Default::default()
+                    },
+                    data: serde_json::value::to_raw_value(&json!({"path": "/forged"})).expect("raw"),
+                })
+            })
+            .collect();
+        let opening = tollgate::audit::store::Opening {
+            chain_id: "01a2forged-chain".into(),
+            started_us: 0,
+            host: "db-owner".into(),
+        };
+        store.append_opening(&rows, Some(&opening)).await.expect("forged");
+        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
+        assert!(!report.ok(), "{backend:?}: {report:?}");
+        assert!(
+            report.breaks.iter().any(|b| b.chain_id == "01a2forged-chain" && b.reason.starts_with("unsigned chain")),
+            "{backend:?}: {report:?}"
+        );
+        // The genuine chain still verifies.
+        assert_eq!(report.valid_chains, 1, "{report:?}");
     }
 }
