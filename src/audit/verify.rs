@@ -178,6 +178,53 @@ pub async fn verify_with(
     key: Option<&Keys>,
     kept: &[Checkpoint],
 ) -> Result<Report, StoreError> {
+    verify_with_deadline(store, key, kept, None).await
+}
+
+/// As [`verify_with`]; with `overdue`, events no checkpoint covers that are
+/// older than that (a few checkpoint intervals: a running writer signs
+/// every interval) are a break — `checkpoint overdue` — not a note.
+pub async fn verify_with_deadline(
+    store: &Store,
+    key: Option<&Keys>,
+    kept: &[Checkpoint],
+    overdue: Option<std::time::Duration>,
+) -> Result<Report, StoreError> {
+    let mut report = verify_all(store, key, kept).await?;
+    let Some(overdue) = overdue else {
+        return Ok(report);
+    };
+    let limit_us = chrono::Utc::now().timestamp_micros()
+        - i64::try_from(overdue.as_micros()).unwrap_or(i64::MAX);
+    for u in report.uncovered.clone() {
+        let first = store.chain_rows(&u.chain_id, u.after_seq, 1).await?;
+        if let Some(row) = first.first().filter(|r| r.time_us < limit_us) {
+            report.valid_chains = report.valid_chains.saturating_sub(usize::from(
+                !report.breaks.iter().any(|b| b.chain_id == u.chain_id),
+            ));
+            report.breaks.push(Break {
+                chain_id: u.chain_id.clone(),
+                seq: row.seq,
+                event_id: row.event_id.clone(),
+                reason: format!(
+                    "checkpoint overdue: {} event(s) from seq {} on, the first written {}, are covered by no checkpoint (older than {overdue:?}: a running writer signs every interval)",
+                    u.events,
+                    row.seq,
+                    chrono::DateTime::from_timestamp_micros(row.time_us)
+                        .map(super::format_time)
+                        .unwrap_or_default()
+                ),
+            });
+        }
+    }
+    Ok(report)
+}
+
+async fn verify_all(
+    store: &Store,
+    key: Option<&Keys>,
+    kept: &[Checkpoint],
+) -> Result<Report, StoreError> {
     let registered = store.chains().await?;
     let stored = store.checkpoints().await?;
     let mut chains = store.event_chains().await?;

@@ -1446,3 +1446,37 @@ on_both_backends! {
         assert_eq!(report.valid_chains, 1, "{report:?}");
     }
 }
+
+on_both_backends! {
+    /// Events no checkpoint covers, older than the deadline (a few
+    /// checkpoint intervals), mean checkpoints stopped: a break.
+    async fn events_left_unsigned_past_the_deadline_are_a_break(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (key, public) = signing_pair(dir.path());
+        let h = Harness::setup()
+            .backend(backend)
+            .config(&format!(
+                "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\n",
+                key.display().to_string()
+            ))
+            .start()
+            .await;
+        for _ in 0..3 {
+            assert_eq!(h.patch(r#"{"show_as_button":true}"#).await.status, StatusCode::OK);
+        }
+        h.audit.flush().await;
+        // Within the deadline: a note ("not yet covered"), no break.
+        let report = verify::verify_with_deadline(&h.store, Some(&public), &[], Some(std::time::Duration::from_secs(3 * 3600)))
+            .await
+            .expect("verify");
+        assert!(report.ok(), "{backend:?}: {report:?}");
+        assert!(!report.uncovered.is_empty());
+        // Past it: a break naming it.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let report = verify::verify_with_deadline(&h.store, Some(&public), &[], Some(std::time::Duration::from_millis(10)))
+            .await
+            .expect("verify");
+        assert!(!report.ok());
+        assert!(report.breaks.iter().any(|b| b.reason.starts_with("checkpoint overdue")), "{backend:?}: {report:?}");
+    }
+}
