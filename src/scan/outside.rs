@@ -159,6 +159,12 @@ async fn judge(
     policy: &PolicySet,
 ) -> Result<Option<Outside>, ScanError> {
     let audit_err = |e: &dyn std::fmt::Display| ScanError::Audit(e.to_string());
+    // An event dated beyond the clock skew allowed is not the tenant's:
+    // it would sit on top of every view for ever.
+    if seen.date.timestamp_micros() > Utc::now().timestamp_micros() + SKEW_US {
+        tracing::warn!(log_id = %seen.log_id, date = %seen.date, "a log event dated in the future: refused");
+        return Ok(None);
+    }
     if forwarded(&seen, log.store, SKEW_US)
         .await
         .map_err(|e| audit_err(&e))?
@@ -355,10 +361,16 @@ async fn forwarded(
     store: &Store,
     skew_us: i64,
 ) -> Result<bool, crate::audit::StoreError> {
-    if let Some(id) = &seen.correlation_id
-        && !store.exchange_events(id).await?.is_empty()
-    {
-        return store.claim(&format!("exchange:{id}"), &seen.log_id).await;
+    // A correlation id names an exchange; it claims that exchange only if
+    // the exchange is the very request the event shows — forwarded, the
+    // same method, canonical path and body, answered 2xx. An event pointing
+    // at a denied exchange, or at another request, claims nothing.
+    if let Some(id) = &seen.correlation_id {
+        let events = store.exchange_events(id).await?;
+        let decision = events.iter().find(|e| e.kind == "decision");
+        if decision.is_some_and(|d| same_request(d, seen)) && accepted(store, id).await? {
+            return store.claim(&format!("exchange:{id}"), &seen.log_id).await;
+        }
     }
     let at = seen.date.timestamp_micros();
     let filter = Filter {
@@ -372,17 +384,7 @@ async fn forwarded(
     // The earliest first: events and exchanges pair up in order.
     decisions.reverse();
     for row in decisions {
-        if !row.index.decision.is_some_and(Decision::forwards) {
-            continue;
-        }
-        let Ok(body) = serde_json::from_str::<Value>(&row.body) else {
-            continue;
-        };
-        let data = &body["data"];
-        let same = data["method"].as_str() == Some(seen.method.as_str())
-            && data["path"].as_str() == Some(seen.route.path.as_str())
-            && data["request_body"] == seen.body;
-        if !same || !accepted(store, &row.exchange_id).await? {
+        if !same_request(&row, seen) || !accepted(store, &row.exchange_id).await? {
             continue;
         }
         if store
@@ -393,6 +395,21 @@ async fn forwarded(
         }
     }
     Ok(false)
+}
+
+/// Whether a decision event is of a forwarded request that is the one the
+/// log event shows: the same method, canonical path and body.
+fn same_request(row: &crate::audit::Row, seen: &Seen<'_>) -> bool {
+    if !row.index.decision.is_some_and(Decision::forwards) {
+        return false;
+    }
+    let Ok(body) = serde_json::from_str::<Value>(&row.body) else {
+        return false;
+    };
+    let data = &body["data"];
+    data["method"].as_str() == Some(seen.method.as_str())
+        && data["path"].as_str() == Some(seen.route.path.as_str())
+        && data["request_body"] == seen.body
 }
 
 /// Whether the tenant accepted the exchange (its outcome is a 2xx).

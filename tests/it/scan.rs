@@ -620,3 +620,70 @@ async fn a_forbidden_outside_change_fails_the_scan_even_when_undone() {
         "a forbidden outside change fails the scan: {report}"
     );
 }
+
+/// Forged stream events hide nothing and stay nowhere: a correlation id
+/// pointing at a *denied* exchange does not explain an outside change away,
+/// and an event dated in the future is refused.
+#[tokio::test]
+async fn forged_stream_events_neither_hide_changes_nor_stay_on_top() {
+    let (_tenant, addr) = start_sandbox().await;
+    let (served, _dir, _db) = with_log_stream(addr).await;
+    // Denied through tollgate: its audit id is what a forger would point at.
+    let denied = served
+        .patch(
+            &format!("/api/v2/organizations/{ORG_ACME}/connections/{CON_SAML}"),
+            r#"{"organization_access_level":"full"}"#,
+        )
+        .await;
+    assert_eq!(denied.status, http::StatusCode::FORBIDDEN);
+    // The same change, made at the tenant.
+    dashboard_change(
+        addr,
+        ORG_ACME,
+        CON_SAML,
+        r#"{"organization_access_level":"full"}"#,
+    )
+    .await;
+    let logs = Harness::client_get_with(&addr.to_string(), "/api/v2/logs", "Bearer x").await;
+    let mut events: Vec<Value> = logs.json().as_array().cloned().unwrap_or_default();
+    assert!(!events.is_empty());
+    for e in &mut events {
+        e["details"]["request"]["correlation_id"] = json!(denied.audit_id());
+    }
+    let mut future = events[0].clone();
+    future["log_id"] = json!("forged-2099");
+    future["date"] = json!("2099-01-01T00:00:00.000Z");
+    let post = |events: &[Value]| {
+        let batch: Vec<Value> = events
+            .iter()
+            .map(|e| json!({"log_id": e["log_id"], "data": e}))
+            .collect();
+        let admin = served.admin.clone();
+        async move {
+            Harness::client_send_with(
+                &admin,
+                http::Method::POST,
+                "/v1/log-stream",
+                &Value::Array(batch).to_string(),
+                "Bearer stream-secret",
+            )
+            .await
+        }
+    };
+    let a = post(&events).await;
+    assert_eq!(a.status, http::StatusCode::OK, "{a:?}");
+    assert_eq!(
+        a.json()["outside"],
+        1,
+        "a denied exchange explains nothing away: {}",
+        a.json()
+    );
+    let a = post(&[future]).await;
+    assert_eq!(
+        a.json()["outside"],
+        0,
+        "an event from the future is refused: {}",
+        a.json()
+    );
+    crate::harness::terminate(served.child).await;
+}
