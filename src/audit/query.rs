@@ -141,24 +141,11 @@ pub fn exchange(decision: &Row, outcome: Option<&Row>) -> Exchange {
 /// (`observed` events) matching a filter, newest first, as rows of the same
 /// shape (`outcome`: `outside`).
 pub async fn outside(store: &Store, filter: &Filter) -> Result<Vec<Exchange>, StoreError> {
-    let since = filter.since_us.unwrap_or(0);
-    let rows = store.events_of_kind("observed", since, 1_000_000).await?;
-    let keep = |want: &Option<String>, got: &Option<String>| want.is_none() || want == got;
+    // Filtered and limited in the store: a flood of observed events costs
+    // one page, and cannot push the ones asked for out of view.
+    let rows = store.filtered("observed", filter).await?;
     Ok(rows
         .iter()
-        .filter(|r| filter.until_us.is_none_or(|u| r.time_us < u))
-        .filter(|r| keep(&filter.org, &r.index.org_id))
-        .filter(|r| keep(&filter.connection, &r.index.connection_id))
-        .filter(|r| keep(&filter.caller, &r.index.caller))
-        .filter(|r| keep(&filter.operation, &r.index.operation))
-        .filter(|r| filter.decision.is_none() || filter.decision == r.index.decision)
-        .filter(|r| {
-            filter
-                .rule
-                .as_ref()
-                .is_none_or(|rule| r.index.rules.contains(rule))
-        })
-        .take(usize::try_from(filter.limit).unwrap_or(usize::MAX))
         .map(|r| {
             let d = data(r);
             let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);

@@ -450,25 +450,6 @@ impl Store {
         Ok(())
     }
 
-    /// Events of `kind` in a time window, newest first.
-    pub async fn events_of_kind(
-        &self,
-        kind: &str,
-        since_us: i64,
-        limit: i64,
-    ) -> Result<Vec<Row>, StoreError> {
-        on_pool!(self, pool => {
-            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE kind = "));
-            qb.push_bind(kind.to_owned())
-                .push(" AND time_us >= ")
-                .push_bind(since_us)
-                .push(" ORDER BY time_us DESC LIMIT ")
-                .push_bind(limit);
-            let rows = qb.build().fetch_all(pool).await?;
-            rows.iter().map(decode).collect::<Result<Vec<_>, _>>().map_err(Into::into)
-        })
-    }
-
     /// The newest event of `kind` (`scan`), if any.
     pub async fn latest(&self, kind: &str) -> Result<Option<Row>, StoreError> {
         on_pool!(self, pool => {
@@ -491,8 +472,20 @@ impl Store {
 
     /// Decision events matching a filter, newest first.
     pub async fn decisions(&self, f: &super::query::Filter) -> Result<Vec<Row>, StoreError> {
+        self.filtered("decision", f).await
+    }
+
+    /// The events of `kind` matching `f`, newest first, filtered and
+    /// limited by the store (not read whole into memory: a flood of one
+    /// kind must not push the others out of every view).
+    pub async fn filtered(
+        &self,
+        kind: &str,
+        f: &super::query::Filter,
+    ) -> Result<Vec<Row>, StoreError> {
         on_pool!(self, pool => {
-            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE kind = 'decision'"));
+            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events WHERE kind = "));
+            qb.push_bind(kind.to_owned());
             if let Some(t) = f.since_us {
                 qb.push(" AND time_us >= ").push_bind(t);
             }
