@@ -123,6 +123,20 @@ pub async fn scan(
     orgs: &[String],
     rate_share: f64,
 ) -> Result<Report, ScanError> {
+    scan_with_log(upstream, auth, policy, orgs, rate_share, None).await
+}
+
+/// As [`scan`], reading in `store` (the audit log) who last changed each
+/// association, where an exception is scoped by caller.
+pub async fn scan_with_log(
+    upstream: &Upstream,
+    auth: Option<HeaderValue>,
+    policy: &PolicySet,
+    orgs: &[String],
+    rate_share: f64,
+    store: Option<&crate::audit::Store>,
+) -> Result<Report, ScanError> {
+    let by_caller = policy.exceptions.iter().any(|e| !e.callers.is_empty());
     let started = Instant::now();
     let started_at = crate::audit::format_time(Utc::now());
     let mut reader = Reader {
@@ -167,7 +181,11 @@ pub async fn scan(
                 continue;
             };
             associations += 1;
-            violations.extend(judge(policy, &org, &fields, &connections));
+            let caller = match store.filter(|_| by_caller) {
+                Some(store) => last_writer(store, &org_id, &fields).await?,
+                None => Caller::default(),
+            };
+            violations.extend(judge(policy, &org, &fields, &connections, caller));
         }
     }
     Ok(Report {
@@ -210,23 +228,29 @@ pub async fn run(
         token.or(config.scan.token.as_ref()),
     )
     .await?;
-    let mut report = scan(
-        &upstream,
-        Some(auth.clone()),
-        policy,
-        orgs,
-        config.scan.rate_share,
-    )
-    .await?;
+    // The tenant's log first: a change made outside tollgate is on record
+    // before the associations are judged, so a caller-scoped exception no
+    // longer covers a state someone else changed since.
     let mut reader = Reader {
         upstream: &upstream,
-        auth: Some(auth),
+        auth: Some(auth.clone()),
         pacer: Pacer::new(config.scan.rate_share),
         calls: 0,
         rate_limited: 0,
     };
     let checkpoint = outside::checkpoint_name(&url);
-    report.outside = outside::read(&mut reader, log, policy, &checkpoint).await?;
+    let outside = outside::read(&mut reader, log, policy, &checkpoint).await?;
+    log.audit.flush().await;
+    let mut report = scan_with_log(
+        &upstream,
+        Some(auth),
+        policy,
+        orgs,
+        config.scan.rate_share,
+        Some(log.store),
+    )
+    .await?;
+    report.outside = outside;
     report.tenant_calls += reader.calls;
     report.rate_limited += reader.rate_limited;
     Ok(report)
@@ -255,12 +279,73 @@ async fn credentials(
     }
 }
 
-/// One association, judged as it stands.
+/// Who made an association what it is, for exceptions scoped by caller:
+/// the caller of the last change tollgate forwarded to it that the tenant
+/// accepted — unless a change made outside tollgate came after it (then
+/// nobody in particular: no caller-scoped exception covers the state).
+/// What a caller-scoped exception means for a state at rest: the state is
+/// exempted while the last change to it was that caller's.
+async fn last_writer(
+    store: &crate::audit::Store,
+    org_id: &str,
+    fields: &Map<String, Value>,
+) -> Result<Caller, ScanError> {
+    let audit_err = |e: crate::audit::StoreError| ScanError::Audit(e.to_string());
+    let Some(cid) = text(&Value::Object(fields.clone()), "connection_id") else {
+        return Ok(Caller::default());
+    };
+    let filter = crate::audit::query::Filter {
+        org: Some(org_id.to_owned()),
+        connection: Some(cid),
+        limit: 50,
+        ..Default::default()
+    };
+    let outside = store
+        .filtered("observed", &filter)
+        .await
+        .map_err(audit_err)?;
+    let since = outside.first().map_or(i64::MIN, |o| o.time_us);
+    for row in store.decisions(&filter).await.map_err(audit_err)? {
+        if row.time_us < since {
+            break;
+        }
+        if !row
+            .index
+            .decision
+            .is_some_and(crate::policy::Decision::forwards)
+        {
+            continue;
+        }
+        let accepted = store
+            .outcomes(std::slice::from_ref(&row.exchange_id))
+            .await
+            .map_err(audit_err)?
+            .iter()
+            .any(|o| {
+                serde_json::from_str::<Value>(&o.body)
+                    .ok()
+                    .and_then(|b| b["data"]["status"].as_u64())
+                    .is_some_and(|s| (200..300).contains(&s))
+            });
+        if accepted {
+            // The index names the caller by client id or API key name.
+            return Ok(Caller {
+                client_id: row.index.caller.clone(),
+                key: row.index.caller.clone(),
+                ..Caller::default()
+            });
+        }
+    }
+    Ok(Caller::default())
+}
+
+/// One association, judged as it stands, as last changed by `caller`.
 fn judge(
     policy: &PolicySet,
     org: &Org,
     fields: &Map<String, Value>,
     connections: &HashMap<String, (Option<String>, Option<String>)>,
+    caller: Caller,
 ) -> Vec<Violation> {
     let cid = text(&Value::Object(fields.clone()), "connection_id");
     let (name, strategy) = cid
@@ -288,7 +373,7 @@ fn judge(
     };
     let input = RuleInput::new(
         Operation::OrganizationConnectionUpdate,
-        Caller::default(),
+        caller,
         request,
         Utc::now(),
         vec![change],

@@ -687,3 +687,55 @@ async fn forged_stream_events_neither_hide_changes_nor_stay_on_top() {
     );
     crate::harness::terminate(served.child).await;
 }
+
+on_both_backends! {
+/// An exception scoped by caller means the same at the gateway and in a
+/// scan: the state a caller made under it is exempted while the last change
+/// to it is that caller's; once someone else changes it (at the tenant),
+/// the state is a violation again.
+async fn a_caller_scoped_exception_means_the_same_in_the_gateway_and_the_scan(backend: Backend) {
+    let rules = format!(
+        "{}\n[[exception]]\nid = \"ci-migration\"\nrules = [\"no-full-access\"]\ncallers = [\"terraform-ci\"]\nexpires = \"{}\"\nreason = \"cut-over\"\n",
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/access.toml")).expect("rule"),
+        (chrono::Utc::now() + chrono::Duration::days(20)).to_rfc3339()
+    );
+    let h = Harness::setup().backend(backend).rule(&rules).start().await;
+    let tenant = h.tenant_addr();
+    let token = |client: &str| {
+        use base64::Engine;
+        let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "Bearer {}.{}.c2ln",
+            enc(br#"{"alg":"RS256","typ":"JWT"}"#),
+            enc(json!({"azp": client, "sub": format!("{client}@clients")}).to_string().as_bytes())
+        )
+    };
+    let full = br#"{"organization_access_level":"full"}"#;
+    // Someone else: denied. The exception's caller: exempted, forwarded.
+    assert_eq!(h.patch_as(&token("other-bot"), full).await.status, http::StatusCode::FORBIDDEN);
+    let a = h.patch_as(&token("terraform-ci"), full).await;
+    assert_eq!(a.status, http::StatusCode::OK, "{a:?}");
+    h.audit.flush().await;
+    let policy = h.policies.current();
+    let log = tollgate::scan::outside::Log { store: &h.store, audit: &h.audit };
+    let config = scan_config(tenant);
+    let report = tollgate::scan::run(&config, &policy, &[ORG_ACME.to_owned()], None, &log)
+        .await
+        .expect("scan");
+    assert!(
+        !report.violations.iter().any(|v| v.rule == "no-full-access" && v.connection_id == CON_SAML),
+        "{backend:?}: the scan agrees with the gateway: {:?}",
+        report.violations
+    );
+    // Changed at the tenant since: no longer the exempted caller's state.
+    dashboard_change(tenant, ORG_ACME, CON_SAML, r#"{"show_as_button":false}"#).await;
+    let report = tollgate::scan::run(&config, &policy, &[ORG_ACME.to_owned()], None, &log)
+        .await
+        .expect("scan");
+    assert!(
+        report.violations.iter().any(|v| v.rule == "no-full-access" && v.connection_id == CON_SAML),
+        "{backend:?}: {:?}",
+        report.violations
+    );
+}
+}
