@@ -141,30 +141,56 @@ impl PublicKey {
 /// The public keys checkpoints are verified with: the signing key's, and
 /// those of signing keys since retired, so a chain signed before a rotation
 /// still verifies. A checkpoint names its key (`key_id`); it verifies only
-/// with that key, and only if that key is one of these.
+/// with that key, and only if that key is one of these. A retired key may
+/// carry when it was retired (`retired_at=RFC3339` after it on its line):
+/// a checkpoint it signed later is not the old key's honest work.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Keys(Vec<PublicKey>);
+pub struct Keys {
+    keys: Vec<PublicKey>,
+    /// key id → when it was retired.
+    retired: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+}
 
 impl From<PublicKey> for Keys {
     fn from(key: PublicKey) -> Keys {
-        Keys(vec![key])
+        Keys {
+            keys: vec![key],
+            retired: Default::default(),
+        }
     }
 }
 
 impl Keys {
-    /// One `ed25519:<hex>` per line (the prefix may be left out); blank
-    /// lines and `#` comments, whole-line or after a key, skipped.
+    /// One `ed25519:<hex>` per line (the prefix may be left out), optionally
+    /// followed by `retired_at=<RFC 3339>`; blank lines and `#` comments,
+    /// whole-line or after a key, skipped.
     pub fn parse(text: &str) -> Result<Keys, KeyError> {
-        let keys = text
+        let mut keys = Vec::new();
+        let mut retired = std::collections::BTreeMap::new();
+        for line in text
             .lines()
             .map(|l| l.split('#').next().unwrap_or_default().trim())
             .filter(|l| !l.is_empty())
-            .map(PublicKey::parse)
-            .collect::<Result<Vec<_>, _>>()?;
+        {
+            let mut words = line.split_whitespace();
+            let key = PublicKey::parse(words.next().unwrap_or_default())?;
+            for word in words {
+                let Some(at) = word.strip_prefix("retired_at=") else {
+                    return Err(KeyError(format!(
+                        "after a key only retired_at=<RFC 3339> may follow, not {word:?}"
+                    )));
+                };
+                let at = chrono::DateTime::parse_from_rfc3339(at)
+                    .map_err(|e| KeyError(format!("retired_at={at}: {e}")))?
+                    .with_timezone(&chrono::Utc);
+                retired.insert(key.key_id(), at);
+            }
+            keys.push(key);
+        }
         if keys.is_empty() {
             return Err(KeyError("no public key (ed25519:<64 hex digits>)".into()));
         }
-        Ok(Keys(keys))
+        Ok(Keys { keys, retired })
     }
 
     /// Reads a public key file: one key, or several, one per line.
@@ -193,39 +219,64 @@ impl Keys {
         })
     }
 
-    /// These keys and `more`, each once.
+    /// These keys and `more`, each once (with when it was retired, if
+    /// either says).
     pub fn and(mut self, more: Keys) -> Keys {
-        for k in more.0 {
-            if !self.0.contains(&k) {
-                self.0.push(k);
+        for k in more.keys {
+            if !self.keys.contains(&k) {
+                self.keys.push(k);
             }
+        }
+        for (id, at) in more.retired {
+            self.retired.entry(id).or_insert(at);
         }
         self
     }
 
     pub fn contains(&self, key: &PublicKey) -> bool {
-        self.0.contains(key)
+        self.keys.contains(key)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &PublicKey> {
-        self.0.iter()
+        self.keys.iter()
     }
 
-    /// One key per line.
+    /// One key per line, with when it was retired.
     pub fn to_text(&self) -> String {
-        self.0.iter().map(|k| k.to_text() + "\n").collect()
+        self.keys
+            .iter()
+            .map(|k| match self.retired.get(&k.key_id()) {
+                Some(at) => format!("{} retired_at={}\n", k.to_text(), super::format_time(*at)),
+                None => k.to_text() + "\n",
+            })
+            .collect()
     }
 
-    /// Whether `c` was signed by the key it names, one of these; the
-    /// reason when not, to follow "the checkpoint … does not verify".
+    /// Whether `c` was signed by the key it names, one of these, before
+    /// that key was retired; the reason when not, to follow "the
+    /// checkpoint … does not verify".
     pub fn check(&self, c: &Checkpoint) -> Result<(), String> {
-        match self.0.iter().find(|k| k.key_id() == c.key_id) {
+        match self.keys.iter().find(|k| k.key_id() == c.key_id) {
             None => Err(format!(
                 ": it names key {}, not one of the public keys given",
                 c.key_id
             )),
-            Some(k) if c.verified_by(k) => Ok(()),
-            Some(_) => Err(" with its public key (forged or altered)".into()),
+            Some(k) if !c.verified_by(k) => Err(" with its public key (forged or altered)".into()),
+            Some(k) => match self.retired.get(&k.key_id()) {
+                Some(at)
+                    if chrono::DateTime::parse_from_rfc3339(&c.time)
+                        .is_ok_and(|t| t.with_timezone(&chrono::Utc) > *at)
+                        || chrono::DateTime::parse_from_rfc3339(&c.time).is_err() =>
+                {
+                    Err(format!(
+                        ": it is signed at {} by key {}, retired at {} (a retired key signs nothing new)",
+                        c.time,
+                        c.key_id,
+                        super::format_time(*at)
+                    ))
+                }
+                _ => Ok(()),
+            },
         }
     }
 }
@@ -354,6 +405,39 @@ pub fn checkpoints_in(dir: &Path) -> Result<Vec<Checkpoint>, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retired_key_signs_nothing_after_its_retirement() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (private, public) = new_pair().expect("pair");
+        std::fs::write(dir.path().join("k"), private).expect("write");
+        let key = SigningKey::load(&dir.path().join("k")).expect("load");
+        let head = crate::audit::ChainHead {
+            chain_id: "c1".into(),
+            seq: 3,
+            hash: "ab".into(),
+        };
+        let c = Checkpoint::sign(&key, &head, Kind::Running);
+        let at = |days: i64| {
+            crate::audit::format_time(chrono::Utc::now() + chrono::Duration::days(days))
+        };
+        // Retired yesterday: a checkpoint it signs today is a break.
+        let retired =
+            Keys::parse(&format!("{public} retired_at={}  # rotated", at(-1))).expect("keys");
+        let why = retired.check(&c).expect_err("signed after its retirement");
+        assert!(why.contains("retired at"), "{why}");
+        // Retired tomorrow (or not at all): it verifies.
+        assert!(
+            Keys::parse(&format!("{public} retired_at={}", at(1)))
+                .expect("keys")
+                .check(&c)
+                .is_ok()
+        );
+        assert!(Keys::parse(&public).expect("keys").check(&c).is_ok());
+        // Written back as read.
+        assert!(retired.to_text().contains("retired_at="));
+        assert!(Keys::parse(&format!("{public} retired=yesterday")).is_err());
+    }
 
     #[test]
     fn a_checkpoint_verifies_only_as_signed() {
