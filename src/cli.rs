@@ -185,6 +185,9 @@ pub enum AuditCommand {
         /// audit.checkpoint_dir, when set).
         #[arg(long)]
         checkpoint_dir: Option<PathBuf>,
+        /// Report every break of every chain, not only each chain's first.
+        #[arg(long)]
+        all: bool,
     },
     /// Write the events of a time window, their checkpoints, the public
     /// key and a manifest into a directory an auditor verifies offline.

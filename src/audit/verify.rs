@@ -135,6 +135,8 @@ struct ChainWalk {
     expected_seq: i64,
     prev: String,
     broken: bool,
+    /// Report every break, not only the first (`audit verify --all`).
+    all: bool,
     events: u64,
     valid: u64,
     /// The highest seq seen, and the hash at each signed seq.
@@ -143,9 +145,10 @@ struct ChainWalk {
 }
 
 impl ChainWalk {
-    /// Records the chain's first break (later ones are not looked for).
+    /// Records the chain's first break (later ones are not looked for,
+    /// unless `all`).
     fn brk(&mut self, breaks: &mut Vec<Break>, chain: &str, seq: i64, reason: String) {
-        if !self.broken {
+        if !self.broken || self.all {
             self.broken = true;
             breaks.push(Break {
                 chain_id: chain.to_owned(),
@@ -181,6 +184,16 @@ pub async fn verify_with(
     verify_with_deadline(store, key, kept, None).await
 }
 
+/// How far a verification goes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Depth {
+    /// Events left uncovered longer than this are a break.
+    pub overdue: Option<std::time::Duration>,
+    /// Every break of every chain, not only each chain's first: after a
+    /// break the walk carries on from the event that broke it.
+    pub all: bool,
+}
+
 /// As [`verify_with`]; with `overdue`, events no checkpoint covers that are
 /// older than that (a few checkpoint intervals: a running writer signs
 /// every interval) are a break — `checkpoint overdue` — not a note.
@@ -190,7 +203,27 @@ pub async fn verify_with_deadline(
     kept: &[Checkpoint],
     overdue: Option<std::time::Duration>,
 ) -> Result<Report, StoreError> {
-    let mut report = verify_all(store, key, kept).await?;
+    verify_to(
+        store,
+        key,
+        kept,
+        Depth {
+            overdue,
+            all: false,
+        },
+    )
+    .await
+}
+
+/// As [`verify_with`], as deep as `depth` says.
+pub async fn verify_to(
+    store: &Store,
+    key: Option<&Keys>,
+    kept: &[Checkpoint],
+    depth: Depth,
+) -> Result<Report, StoreError> {
+    let overdue = depth.overdue;
+    let mut report = verify_all(store, key, kept, depth.all).await?;
     let Some(overdue) = overdue else {
         return Ok(report);
     };
@@ -224,6 +257,7 @@ async fn verify_all(
     store: &Store,
     key: Option<&Keys>,
     kept: &[Checkpoint],
+    all: bool,
 ) -> Result<Report, StoreError> {
     let registered = store.chains().await?;
     let stored = store.checkpoints().await?;
@@ -236,7 +270,14 @@ async fn verify_all(
     }
     let mut report = Report::default();
     for chain in &chains {
-        verify_one(store, chain, &signed, key, &registered, &mut report).await?;
+        verify_one(
+            store,
+            chain,
+            (&signed, key),
+            (&registered, all),
+            &mut report,
+        )
+        .await?;
     }
     // A chain is registered with its first events: one left with none had
     // them all deleted.
@@ -271,7 +312,14 @@ pub async fn verify_chain(
         .collect();
     let signed = Signed::of(stored, &kept);
     let mut report = Report::default();
-    verify_one(store, chain, &signed, key, &registered, &mut report).await?;
+    verify_one(
+        store,
+        chain,
+        (&signed, key),
+        (&registered, false),
+        &mut report,
+    )
+    .await?;
     Ok(report)
 }
 
@@ -326,9 +374,8 @@ impl Signed {
 async fn verify_one(
     store: &Store,
     chain: &str,
-    signed: &Signed,
-    key: Option<&Keys>,
-    registered: &[String],
+    (signed, key): (&Signed, Option<&Keys>),
+    (registered, all): (&[String], bool),
     report: &mut Report,
 ) -> Result<(), StoreError> {
     let none = Vec::new();
@@ -337,6 +384,7 @@ async fn verify_one(
     let mut walk = ChainWalk {
         expected_seq: 1,
         prev: GENESIS.to_owned(),
+        all,
         signed_hashes: checkpoints.iter().map(|c| (c.seq, String::new())).collect(),
         ..ChainWalk::default()
     };
@@ -552,7 +600,9 @@ fn check_checkpoints(
 fn check_page(page: &[Row], walk: &mut ChainWalk, registered: &[String], breaks: &mut Vec<Break>) {
     for row in page {
         walk.events += 1;
-        if walk.broken {
+        // After a break, only `--all` goes on checking (from the event
+        // that broke the chain, as if it were sound).
+        if walk.broken && !walk.all {
             continue;
         }
         match check(row, walk, registered) {

@@ -81,6 +81,7 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
             json,
             public_key: key,
             checkpoint_dir,
+            all,
             ..
         } => {
             let key = public_keys(config, key.as_deref())?;
@@ -99,7 +100,8 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
             // With keys, events left uncovered for three checkpoint
             // intervals mean checkpoints stopped: a break, not a note.
             let overdue = key.as_ref().map(|_| config.audit.checkpoint_interval.0 * 3);
-            let report = verify::verify_with_deadline(&store, key.as_ref(), &kept, overdue).await?;
+            let depth = verify::Depth { overdue, all };
+            let report = verify::verify_to(&store, key.as_ref(), &kept, depth).await?;
             Ok(print_verify(&report, json))
         }
         AuditCommand::Export {

@@ -1480,3 +1480,24 @@ on_both_backends! {
         assert!(report.breaks.iter().any(|b| b.reason.starts_with("checkpoint overdue")), "{backend:?}: {report:?}");
     }
 }
+
+on_both_backends! {
+    /// `audit verify --all` reports every break of a chain, not only the
+    /// first: two edits, two breaks.
+    async fn verify_all_reports_every_break(backend: Backend) {
+        let h = Harness::setup().backend(backend).start().await;
+        for _ in 0..4 {
+            assert_eq!(h.patch(r#"{"show_as_button":true}"#).await.status, StatusCode::OK);
+        }
+        h.audit.flush().await;
+        exec(&h.store, drop_triggers(backend)).await;
+        exec(&h.store, "UPDATE audit_events SET body = replace(body, 'show_as_button', 'show_as_buttoN') WHERE seq IN (2, 6)").await;
+        let first = verify::verify_to(&h.store, None, &[], verify::Depth::default()).await.expect("verify");
+        assert_eq!(first.breaks.len(), 1, "{backend:?}: {first:?}");
+        let all = verify::verify_to(&h.store, None, &[], verify::Depth { all: true, ..Default::default() })
+            .await
+            .expect("verify");
+        let seqs: Vec<i64> = all.breaks.iter().map(|b| b.seq).collect();
+        assert_eq!(seqs, [2, 6], "{backend:?}: {all:?}");
+    }
+}
