@@ -324,7 +324,7 @@ impl Admin {
                     .clone()
             })
             .collect();
-        let outside = match crate::scan::outside::judge_batch(&events, &log, &policy).await {
+        let outside = match crate::scan::outside::judge_batch(&events, &log, &policy, false).await {
             Ok(found) => found.len(),
             Err(e) => {
                 return plain_error(

@@ -98,7 +98,7 @@ pub(crate) async fn read(
             None => Vec::new(),
         };
         let before = from.clone();
-        found.extend(judge_batch(&events, log, policy).await?);
+        found.extend(judge_batch(&events, log, policy, true).await?);
         if let Some(id) = events
             .iter()
             .rev()
@@ -127,15 +127,22 @@ pub(crate) async fn read(
 /// decided before them; only the events left are matched allowing for
 /// clock skew, so a change made at the dashboard just before the same change
 /// through tollgate cannot take tollgate's exchange from it.
+///
+/// `from_tenant`: the events were read from the tenant's log with
+/// tollgate's credential. Events pushed to tollgate (the log stream) are
+/// claims nobody has confirmed: they may be matched to exchanges but never
+/// claim one, so a forged event cannot take an exchange away from the
+/// tenant's real event of it.
 pub async fn judge_batch(
     events: &[Value],
     log: &Log<'_>,
     policy: &PolicySet,
+    from_tenant: bool,
 ) -> Result<Vec<Outside>, ScanError> {
     let audit_err = |e: &dyn std::fmt::Display| ScanError::Audit(e.to_string());
     let mut left = Vec::new();
     for seen in events.iter().filter_map(Seen::of) {
-        if !forwarded(&seen, log.store, 0)
+        if !forwarded(&seen, log.store, 0, from_tenant)
             .await
             .map_err(|e| audit_err(&e))?
         {
@@ -144,7 +151,7 @@ pub async fn judge_batch(
     }
     let mut found = Vec::new();
     for seen in left {
-        if let Some(outside) = judge(seen, log, policy).await? {
+        if let Some(outside) = judge(seen, log, policy, from_tenant).await? {
             found.push(outside);
         }
     }
@@ -157,6 +164,7 @@ async fn judge(
     seen: Seen<'_>,
     log: &Log<'_>,
     policy: &PolicySet,
+    from_tenant: bool,
 ) -> Result<Option<Outside>, ScanError> {
     let audit_err = |e: &dyn std::fmt::Display| ScanError::Audit(e.to_string());
     // An event dated beyond the clock skew allowed is not the tenant's:
@@ -165,7 +173,7 @@ async fn judge(
         tracing::warn!(log_id = %seen.log_id, date = %seen.date, "a log event dated in the future: refused");
         return Ok(None);
     }
-    if forwarded(&seen, log.store, SKEW_US)
+    if forwarded(&seen, log.store, SKEW_US, from_tenant)
         .await
         .map_err(|e| audit_err(&e))?
     {
@@ -360,7 +368,19 @@ async fn forwarded(
     seen: &Seen<'_>,
     store: &Store,
     skew_us: i64,
+    claim: bool,
 ) -> Result<bool, crate::audit::StoreError> {
+    let take = |exchange_id: String| async move {
+        if claim {
+            store
+                .claim(&format!("exchange:{exchange_id}"), &seen.log_id)
+                .await
+        } else {
+            // Unconfirmed: matched, and the exchange left for the tenant's
+            // own event of it.
+            Ok(true)
+        }
+    };
     // A correlation id names an exchange; it claims that exchange only if
     // the exchange is the very request the event shows — forwarded, the
     // same method, canonical path and body, answered 2xx. An event pointing
@@ -369,7 +389,7 @@ async fn forwarded(
         let events = store.exchange_events(id).await?;
         let decision = events.iter().find(|e| e.kind == "decision");
         if decision.is_some_and(|d| same_request(d, seen)) && accepted(store, id).await? {
-            return store.claim(&format!("exchange:{id}"), &seen.log_id).await;
+            return take(id.clone()).await;
         }
     }
     let at = seen.date.timestamp_micros();
@@ -387,10 +407,7 @@ async fn forwarded(
         if !same_request(&row, seen) || !accepted(store, &row.exchange_id).await? {
             continue;
         }
-        if store
-            .claim(&format!("exchange:{}", row.exchange_id), &seen.log_id)
-            .await?
-        {
+        if take(row.exchange_id.clone()).await? {
             return Ok(true);
         }
     }

@@ -739,3 +739,40 @@ async fn a_caller_scoped_exception_means_the_same_in_the_gateway_and_the_scan(ba
     );
 }
 }
+
+on_both_backends! {
+/// A forged stream event copying a change tollgate forwarded steals
+/// nothing: pushed events never claim an exchange, so the tenant's own
+/// event of that change, read by the next scan, still finds it, and the
+/// gateway's change is not reported as made outside.
+async fn a_forged_stream_event_cannot_steal_an_exchange(backend: Backend) {
+    let rule =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/access.toml"))
+            .expect("rule");
+    let h = Harness::setup().backend(backend).rule(&rule).start().await;
+    let tenant = h.tenant_addr();
+    assert_eq!(h.patch(r#"{"show_as_button":false}"#).await.status, http::StatusCode::OK);
+    h.audit.flush().await;
+    let logs = Harness::client_get_with(&tenant.to_string(), "/api/v2/logs", "Bearer x").await;
+    let real = logs
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e["type"] == "sapi")
+        .expect("the tenant logged the change");
+    let mut forged = real.clone();
+    forged["log_id"] = json!("forged-0001");
+    let policy = h.policies.current();
+    let log = tollgate::scan::outside::Log { store: &h.store, audit: &h.audit };
+    let pushed = tollgate::scan::outside::judge_batch(&[forged], &log, &policy, false)
+        .await
+        .expect("stream");
+    assert!(pushed.is_empty(), "{pushed:?}");
+    let report = tollgate::scan::run(&scan_config(tenant), &policy, &[], None, &log)
+        .await
+        .expect("scan");
+    assert!(report.outside.is_empty(), "{backend:?}: the gateway's own change reported as outside: {:?}", report.outside);
+}
+}
