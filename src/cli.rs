@@ -188,6 +188,10 @@ pub enum AuditCommand {
         /// Report every break of every chain, not only each chain's first.
         #[arg(long)]
         all: bool,
+        /// Accept a store that holds no event (otherwise: nothing was
+        /// verified, exit 1).
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Write the events of a time window, their checkpoints, the public
     /// key and a manifest into a directory an auditor verifies offline.
@@ -354,7 +358,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             admin,
         } => approve(&config, &id, &reason, &token, admin).await,
         Command::Approvals(ApprovalsCommand::List { json }) => {
-            let store = Store::open(&config.audit.url).await?;
+            let store = Store::open_existing(&config.audit.url).await?;
             let list = store.approvals(1000).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&list)?);

@@ -26,6 +26,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     InUse(String),
+    /// A read command was pointed at a store that does not exist.
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// Claims a SQLite store for one gateway: an exclusive lock on `PATH.lock`,
@@ -137,6 +140,41 @@ impl Store {
                 "must start with sqlite:// or postgres://".into(),
             ))
         }
+    }
+
+    /// Opens a store that must exist already (commands that read the log):
+    /// a SQLite file that is not there, or a Postgres schema without the
+    /// log's tables, is an error naming the URL — never a new, empty log
+    /// that reads as a clean one.
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        let shown = super::redact_url(url);
+        let missing = |why: &str| {
+            StoreError::Missing(format!(
+                "no audit log at {shown} ({why}): run the command where `tollgate serve` runs, or set audit.url (TOLLGATE_AUDIT_URL or --config)"
+            ))
+        };
+        if url.starts_with("sqlite:") {
+            let options =
+                SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+            let path = options.get_filename();
+            let in_memory =
+                path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:");
+            if !in_memory && !path.exists() {
+                return Err(missing("the file does not exist"));
+            }
+        }
+        let store = Store::connect(url).await?;
+        if let Store::Postgres(pool) = &store {
+            let found: Option<String> =
+                sqlx::query_scalar("SELECT to_regclass('audit_events')::text")
+                    .fetch_one(pool)
+                    .await?;
+            if found.is_none() {
+                return Err(missing("it holds no audit_events table"));
+            }
+        }
+        store.migrate().await?;
+        Ok(store)
     }
 
     /// Connects and applies the embedded migrations.

@@ -32,11 +32,18 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
         let verified = crate::audit::bundle::verify(dir, key.as_ref())?;
         return Ok(print_bundle(&verified, *json, *trust_bundle_key));
     }
-    let store = Store::open(&config.audit.url).await?;
+    // Reading the log: a store that is not there is an error, not an
+    // empty log created where the command happened to run.
+    let store = Store::open_existing(&config.audit.url).await?;
     match cmd {
         AuditCommand::Query(q) => {
             let now = chrono::Utc::now();
             let time = |t: &str| query::parse_time(t, now).map_err(|e| anyhow::anyhow!(e));
+            if q.limit < 1 {
+                anyhow::bail!("--limit must be at least 1 (got {})", q.limit);
+            }
+            // One more than asked: whether the selection was cut is said,
+            // never left for the reader to guess.
             let filter = query::Filter {
                 since_us: Some(time(&q.since)?),
                 until_us: q.until.as_deref().map(time).transpose()?,
@@ -46,14 +53,22 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
                 operation: q.operation,
                 decision: q.decision,
                 rule: q.rule,
-                limit: q.limit.max(1),
+                limit: q.limit.saturating_add(1),
             };
-            let rows = if q.outside {
+            let mut rows = if q.outside {
                 query::outside(&store, &filter).await?
             } else {
                 query::exchanges(&store, &filter).await?
             };
+            let cut = rows.len() > usize::try_from(q.limit).unwrap_or(usize::MAX);
+            rows.truncate(usize::try_from(q.limit).unwrap_or(usize::MAX));
             out!("{}", query::render(&rows, q.format));
+            if cut {
+                eprintln!(
+                    "showing the newest {} exchanges; more match: raise --limit, or narrow --since/--until",
+                    q.limit
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Show { exchange_id } => {
@@ -82,6 +97,7 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
             public_key: key,
             checkpoint_dir,
             all,
+            allow_empty,
             ..
         } => {
             let key = public_keys(config, key.as_deref())?;
@@ -102,7 +118,15 @@ pub(super) async fn audit_command(cmd: AuditCommand, config: &Config) -> anyhow:
             let overdue = key.as_ref().map(|_| config.audit.checkpoint_interval.0 * 3);
             let depth = verify::Depth { overdue, all };
             let report = verify::verify_to(&store, key.as_ref(), &kept, depth).await?;
-            Ok(print_verify(&report, json))
+            let code = print_verify(&report, json);
+            if report.events == 0 && !allow_empty {
+                eprintln!(
+                    "the audit log at {} holds no event: nothing was verified (--allow-empty accepts that)",
+                    crate::audit::redact_url(&config.audit.url)
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(code)
         }
         AuditCommand::Export {
             since,
@@ -267,7 +291,7 @@ fn render_verify(r: &verify::Report) -> String {
 pub(super) async fn replay(config: &Config, dir: &Path, since: &str) -> anyhow::Result<ExitCode> {
     let candidate = policy::load_dir(dir).map_err(|e| load_errors(&e))?;
     let since_us = query::parse_time(since, chrono::Utc::now()).map_err(|e| anyhow::anyhow!(e))?;
-    let store = Store::open(&config.audit.url).await?;
+    let store = Store::open_existing(&config.audit.url).await?;
     let result = crate::audit::replay::replay(&store, &candidate, since_us).await?;
     for c in &result.changed {
         let to = c.candidate.map_or_else(

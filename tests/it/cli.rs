@@ -419,3 +419,102 @@ fn policy_test_without_cases_exits_1() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
 }
+
+/// `tollgate ARGS` run in `dir`, with no configuration but `env`.
+fn tollgate_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let config = tempfile::NamedTempFile::new().expect("config");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("TOLLGATE_CONFIG", config.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run")
+}
+
+/// Read commands never create a log, nor report an empty one as clean: run
+/// from the wrong directory, `audit verify` fails naming where it looked.
+#[test]
+fn reading_a_log_that_is_not_there_fails_clearly() {
+    let dir = tempfile::tempdir().expect("dir");
+    for args in [
+        &["audit", "verify"][..],
+        &["audit", "query"][..],
+        &["approvals", "list"][..],
+    ] {
+        let out = tollgate_in(dir.path(), args, &[]);
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("no audit log at sqlite://tollgate.db"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !dir.path().join("tollgate.db").exists(),
+        "no log was created"
+    );
+    // An existing, empty log: nothing verified is a failure unless allowed.
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let env = [("TOLLGATE_AUDIT_URL", url.as_str())];
+    assert!(tollgate_in(dir.path(), &["migrate"], &env).status.success());
+    let out = tollgate_in(dir.path(), &["audit", "verify"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("holds no event"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tollgate_in(dir.path(), &["audit", "verify", "--allow-empty"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A list cut at its limit says so; a limit of 0 is refused.
+#[tokio::test]
+async fn a_query_cut_at_its_limit_says_so() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let h = crate::harness::Harness::setup()
+        .store_url(&url)
+        .start()
+        .await;
+    for _ in 0..3 {
+        assert_eq!(
+            h.patch(r#"{"show_as_button":true}"#).await.status,
+            http::StatusCode::OK
+        );
+    }
+    h.audit.flush().await;
+    let env = [("TOLLGATE_AUDIT_URL", url.as_str())];
+    let out = tollgate_in(
+        dir.path(),
+        &["audit", "query", "--limit", "2", "--format", "jsonl"],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+    assert!(
+        text(&out.stderr).contains("showing the newest 2 exchanges; more match"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tollgate_in(
+        dir.path(),
+        &["audit", "query", "--limit", "3", "--format", "jsonl"],
+        &env,
+    );
+    assert!(
+        !text(&out.stderr).contains("more match"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tollgate_in(dir.path(), &["audit", "query", "--limit", "0"], &env);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--limit must be at least 1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
