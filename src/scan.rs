@@ -305,16 +305,23 @@ async fn last_writer(
         .await
         .map_err(audit_err)?;
     let since = outside.first().map_or(i64::MIN, |o| o.time_us);
-    for row in store.decisions(&filter).await.map_err(audit_err)? {
+    // Only decisions that forwarded, each kind asked of the store: a flood
+    // of denials cannot push the last change out of view.
+    let mut forwarded = Vec::new();
+    for d in crate::policy::Decision::ALL
+        .into_iter()
+        .filter(|d| d.forwards())
+    {
+        let f = crate::audit::query::Filter {
+            decision: Some(d),
+            ..filter.clone()
+        };
+        forwarded.extend(store.decisions(&f).await.map_err(audit_err)?);
+    }
+    forwarded.sort_by_key(|r| std::cmp::Reverse(r.time_us));
+    for row in forwarded {
         if row.time_us < since {
             break;
-        }
-        if !row
-            .index
-            .decision
-            .is_some_and(crate::policy::Decision::forwards)
-        {
-            continue;
         }
         let accepted = store
             .outcomes(std::slice::from_ref(&row.exchange_id))

@@ -142,7 +142,9 @@ pub async fn export(
     let mut kept = Vec::new();
     for chain in store.event_chains().await? {
         let mut rows = Vec::new();
-        let mut after = 0;
+        // Every row of the chain, whatever its seq: rows placed at seq 0 or
+        // below go into the bundle, where they break the chain.
+        let mut after = i64::MIN;
         loop {
             let page = store.chain_rows(&chain, after, 5000).await?;
             let Some(last) = page.last() else { break };
@@ -169,7 +171,11 @@ pub async fn export(
             checkpoints
                 .iter()
                 .filter(|c| {
-                    c.chain_id == chain && (range.first_seq..=range.last_seq).contains(&c.seq)
+                    // The chain's opening with its first events: what says
+                    // a writer, not the store's owner, began it.
+                    let opening = c.seq == 0 && range.first_seq <= 1;
+                    c.chain_id == chain
+                        && (opening || (range.first_seq..=range.last_seq).contains(&c.seq))
                 })
                 .cloned(),
         );
@@ -305,10 +311,12 @@ pub fn verify(dir: &Path, pinned: Option<&Keys>) -> Result<Verified, BundleError
                 "{SIGNATURE} is missing: the bundle is not signed (export it where audit.signing_key is set)"
             ))
         })?;
-        if !key
-            .iter()
-            .any(|k| k.verifies(&manifest_bytes, signature.trim()))
-        {
+        // By a key that was not retired when the bundle was made: a leaked
+        // retired key signs no new bundle.
+        if !key.iter().any(|k| {
+            !key.retired_before(k, &manifest.created)
+                && k.verifies(&manifest_bytes, signature.trim())
+        }) {
             return Err(BundleError::Invalid(format!(
                 "{MANIFEST} is not signed by the public key (altered, or signed by another key)"
             )));

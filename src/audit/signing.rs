@@ -252,6 +252,15 @@ impl Keys {
             .collect()
     }
 
+    /// Whether `key` was retired before `at` (RFC 3339; an unreadable time
+    /// counts as after any retirement).
+    pub fn retired_before(&self, key: &PublicKey, at: &str) -> bool {
+        self.retired.get(&key.key_id()).is_some_and(|retired| {
+            chrono::DateTime::parse_from_rfc3339(at)
+                .map_or(true, |t| t.with_timezone(&chrono::Utc) > *retired)
+        })
+    }
+
     /// Whether `c` was signed by the key it names, one of these, before
     /// that key was retired; the reason when not, to follow "the
     /// checkpoint … does not verify".

@@ -142,6 +142,8 @@ struct ChainWalk {
     /// The highest seq seen, and the hash at each signed seq.
     last_seq: i64,
     signed_hashes: std::collections::HashMap<i64, String>,
+    /// The time of the event at each signed seq.
+    signed_times: std::collections::HashMap<i64, i64>,
 }
 
 impl ChainWalk {
@@ -390,7 +392,9 @@ async fn verify_one(
     };
     // Pipelined: the next page is read (on the store's side) while this
     // one is checked.
-    let mut page = store.chain_rows(chain, 0, PAGE).await?;
+    // From the lowest seq there is, not from 1: rows placed at seq 0 or
+    // below are events too, and must not go unseen.
+    let mut page = store.chain_rows(chain, i64::MIN, PAGE).await?;
     loop {
         let next_after = page.last().map_or(0, |r| r.seq);
         let more = page.len() as i64 == PAGE;
@@ -422,12 +426,26 @@ async fn verify_one(
             ),
         }
     });
-    let bad = signed.bad.iter().find(|b| b.chain_id == chain);
-    if let Some((seq, reason)) = lost
-        .map(|r| (signed.lost[chain][0].seq, r))
-        .or_else(|| bad.map(|b| (b.seq, b.reason.clone())))
-    {
-        walk.brk(&mut report.breaks, chain, seq, reason);
+    if let Some(reason) = lost {
+        walk.brk(&mut report.breaks, chain, signed.lost[chain][0].seq, reason);
+    }
+    // Each further file the store lost, and every checkpoint row that is
+    // not one: reported too (all of them with --all).
+    for c in signed.lost.get(chain).into_iter().flatten().skip(1) {
+        let reason = match key.map(|k| k.check(c)) {
+            Some(Err(why)) => format!(
+                "the checkpoint file at seq {} in the checkpoint directory does not verify{why}: forged, not deleted from the store",
+                c.seq
+            ),
+            _ => format!(
+                "the signed checkpoint at seq {} kept in the checkpoint directory is missing from the store (deleted)",
+                c.seq
+            ),
+        };
+        walk.brk(&mut report.breaks, chain, c.seq, reason);
+    }
+    for b in signed.bad.iter().filter(|b| b.chain_id == chain) {
+        walk.brk(&mut report.breaks, chain, b.seq, b.reason.clone());
     }
     check_checkpoints(chain, &checkpoints, &mut walk, key, true, report);
     report.chains += 1;
@@ -470,6 +488,16 @@ pub fn verify_ranges(
                     range.last_seq
                 ),
             });
+        }
+        // A stretch from the chain's start that no checkpoint in the
+        // bundle opens or covers: the bundle vouches for nothing of it.
+        if key.is_some() && range.first_seq <= 1 && signed.is_empty() && walk.events > 0 {
+            walk.brk(
+                &mut report.breaks,
+                &range.chain_id,
+                range.first_seq,
+                "unsigned chain: no checkpoint in the bundle opens or covers it".into(),
+            );
         }
         check_checkpoints(&range.chain_id, &signed, &mut walk, key, false, &mut report);
         report.chains += 1;
@@ -539,6 +567,22 @@ fn check_checkpoints(
                 ),
                 walk,
             );
+        } else if chrono::DateTime::parse_from_rfc3339(&c.time)
+            .map(|t| t.timestamp_micros())
+            .is_ok_and(|t| {
+                walk.signed_times
+                    .get(&c.seq)
+                    .is_some_and(|at| t + FUTURE_SKEW_US < *at)
+            })
+        {
+            brk(
+                c.seq,
+                format!(
+                    "the checkpoint at seq {} is dated before the event it signs (backdated)",
+                    c.seq
+                ),
+                walk,
+            );
         } else if walk.signed_hashes.get(&c.seq) != Some(&c.hash) {
             brk(
                 c.seq,
@@ -574,7 +618,7 @@ fn check_checkpoints(
             walk,
         );
     }
-    if whole && own == 0 && !opened && covered > 0 {
+    if whole && own == 0 && covered > 0 {
         // No instance signs a chain its own writer never signed.
         brk(
             covered,
@@ -622,13 +666,22 @@ fn check_page(page: &[Row], walk: &mut ChainWalk, registered: &[String], breaks:
         walk.last_seq = walk.last_seq.max(row.seq);
         if let Some(h) = walk.signed_hashes.get_mut(&row.seq) {
             h.clone_from(&row.hash);
+            walk.signed_times.insert(row.seq, row.time_us);
         }
     }
 }
 
+/// How far in the future an event's time may be (clocks disagree a
+/// little; a forged event dated later never grows old enough to be
+/// overdue).
+const FUTURE_SKEW_US: i64 = 10 * 60 * 1_000_000;
+
 fn check(row: &Row, walk: &ChainWalk, registered: &[String]) -> Result<(), String> {
     if walk.events == 1 && !registered.contains(&row.chain_id) {
         return Err("the chain was never registered by a writer (inserted)".into());
+    }
+    if row.time_us > chrono::Utc::now().timestamp_micros() + FUTURE_SKEW_US {
+        return Err("the event is dated in the future (forged, or a clock far ahead)".into());
     }
     if row.seq != walk.expected_seq {
         return Err(format!(

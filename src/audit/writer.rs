@@ -247,7 +247,10 @@ async fn write_loop(
         // A chain exists only if a key said so: its opening (a checkpoint
         // of the empty chain) is signed and confirmed before its first
         // event is written.
-        if let Some(s) = signer.as_ref().filter(|_| !opened && head.seq == 0) {
+        if let Some(s) = signer
+            .as_ref()
+            .filter(|_| !opened && head.seq == 0 && !events.is_empty())
+        {
             let r = keep(&store, s, &Checkpoint::sign(&s.key, &head, Kind::Running)).await;
             opened = r.is_ok();
             confirm.note(r);
@@ -366,22 +369,21 @@ async fn keep(store: &Store, signer: &Signer, c: &Checkpoint) -> Result<(), Stri
                 c.chain_id, c.seq
             )
         })?;
-    let ours = stored == *c;
-    if !ours && (stored.hash != c.hash || signer.keys.check(&stored).is_err()) {
+    if stored != *c && (stored.hash != c.hash || signer.keys.check(&stored).is_err()) {
         return Err(format!(
             "checkpoint {}#{} in the store is not the head this writer signed",
             c.chain_id, c.seq
         ));
-    }
-    if !ours {
-        // Another instance stored it first, and wrote its file.
-        return Ok(());
     }
     // A chain's opening (seq 0) covers no event: it stays in the store,
     // where deleting it makes the chain an unsigned one.
     if c.seq == 0 {
         return Ok(());
     }
+    // The file of the checkpoint the store holds for this head — ours, an
+    // earlier attempt's, or another instance's: written (again) whoever
+    // stored it, so a failed write is retried, never taken as done.
+    let c = &stored;
     if let Some(dir) = &signer.dir {
         let suffix = match (c.closed, c.adopted) {
             (true, _) => "-final",
@@ -427,7 +429,9 @@ async fn adopt_unsigned_heads(store: &Store, signer: &Signer) -> Result<(), Stor
         None => Vec::new(),
     };
     for (chain, signed, closed) in store.checkpoint_marks().await? {
-        if closed {
+        // Closed, or vouched for by its opening alone (its writer signed
+        // none of its events): never signed for it.
+        if closed || signed == 0 {
             continue;
         }
         let Some((seq, hash)) = store.chain_head(&chain).await? else {

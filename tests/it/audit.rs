@@ -1501,3 +1501,124 @@ on_both_backends! {
         assert_eq!(seqs, [2, 6], "{backend:?}: {all:?}");
     }
 }
+
+on_both_backends! {
+    /// Rows a database owner places at seq 0 or below are events too:
+    /// verify walks from the lowest seq there is, and a bundle carries them.
+    async fn rows_below_seq_one_are_not_invisible(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (h, public) = signed_log(backend, dir.path()).await;
+        let store = h.store.clone();
+        exec(&store, drop_triggers(backend)).await;
+        let chain = store.event_chains().await.expect("chains")[0].clone();
+        let first = store.chain_rows(&chain, 0, 1).await.expect("rows")[0].clone();
+        let mut forged = first.clone();
+        forged.seq = 0;
+        forged.event_id = "forged-zero".into();
+        forged.exchange_id = "forged-zero".into();
+        store.append(&[forged]).await.expect("append");
+        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
+        assert!(!report.ok(), "{backend:?}: {report:?}");
+    }
+}
+
+on_both_backends! {
+    /// A writer that records nothing leaves nothing: no opening a forger
+    /// could fill with events of their own.
+    async fn a_writer_without_traffic_opens_no_chain(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (key, _) = signing_pair(dir.path());
+        let mut h = Harness::setup()
+            .backend(backend)
+            .config(&format!(
+                "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\n",
+                key.display().to_string()
+            ))
+            .start()
+            .await;
+        h.shutdown();
+        h.stopped().await;
+        let stored = h.store.checkpoints().await.expect("checkpoints");
+        assert!(stored.good.is_empty() && stored.bad.is_empty(), "{backend:?}: {:?}", stored.good);
+    }
+}
+
+on_both_backends! {
+    /// A checkpoint whose file cannot be written is not confirmed, however
+    /// often it is retried: nothing is acknowledged until the file is there.
+    async fn an_unwritable_checkpoint_directory_stops_acknowledgements(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (key, _) = signing_pair(dir.path());
+        let checkpoints = dir.path().join("checkpoints");
+        let h = Harness::setup()
+            .backend(backend)
+            .config(&format!(
+                "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
+                key.display().to_string(),
+                checkpoints.display().to_string()
+            ))
+            .start()
+            .await;
+        // The directory replaced by a file: no checkpoint file can be written.
+        std::fs::remove_dir_all(&checkpoints).ok();
+        std::fs::write(&checkpoints, "not a directory").expect("write");
+        assert_eq!(h.patch(r#"{"show_as_button":true}"#).await.status, StatusCode::OK);
+        h.audit.flush().await;
+        for _ in 0..3 {
+            let a = h.patch(r#"{"show_as_button":false}"#).await;
+            assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{backend:?}: {a:?}");
+        }
+        assert!(h.audit.unconfirmed().is_some());
+        // The directory back: the retry writes the file, acknowledgements resume.
+        std::fs::remove_file(&checkpoints).expect("remove");
+        std::fs::create_dir(&checkpoints).expect("mkdir");
+        assert_eq!(h.patch(r#"{"show_as_button":false}"#).await.status, StatusCode::OK);
+        assert!(std::fs::read_dir(&checkpoints).expect("dir").count() >= 1);
+    }
+}
+
+/// An export does not launder a forged chain: the bundle of a chain no key
+/// opened or covered verifies as an unsigned chain.
+#[tokio::test]
+async fn a_bundle_of_a_forged_chain_is_not_clean() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (h, public) = signed_log(Backend::Sqlite, dir.path()).await;
+    let store = h.store.clone();
+    let mut head = tollgate::audit::ChainHead::new("01a2forged-bundled".into());
+    let rows: Vec<_> = (0..3)
+        .map(|i| {
+            head.link(&tollgate::audit::NewEvent {
+                exchange_id: format!("forged-{i}"),
+                kind: tollgate::audit::Kind::Decision,
+                time: chrono::Utc::now(),
+                index: tollgate::audit::Index::default(),
+                data: serde_json::value::to_raw_value(&json!({"path": "/forged"})).expect("raw"),
+            })
+        })
+        .collect();
+    let opening = tollgate::audit::store::Opening {
+        chain_id: "01a2forged-bundled".into(),
+        started_us: 0,
+        host: "db-owner".into(),
+    };
+    store
+        .append_opening(&rows, Some(&opening))
+        .await
+        .expect("forged");
+    let key =
+        tollgate::audit::signing::SigningKey::load(&dir.path().join("signing.key")).expect("key");
+    let out = dir.path().join("bundle");
+    tollgate::audit::bundle::export(&store, 0, i64::MAX, Some(&public), Some(&key), &[], &out)
+        .await
+        .expect("export");
+    let verified = tollgate::audit::bundle::verify(&out, Some(&public)).expect("verify");
+    assert!(
+        verified
+            .report
+            .breaks
+            .iter()
+            .any(|b| b.chain_id == "01a2forged-bundled" && b.reason.starts_with("unsigned chain")),
+        "{:?}",
+        verified.report
+    );
+}

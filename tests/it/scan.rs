@@ -727,6 +727,20 @@ async fn a_caller_scoped_exception_means_the_same_in_the_gateway_and_the_scan(ba
         "{backend:?}: the scan agrees with the gateway: {:?}",
         report.violations
     );
+    // Denied requests by someone else change nothing at the tenant, and
+    // nothing in the scan's reading of who made the state.
+    for _ in 0..60 {
+        assert_eq!(h.patch_as(&token("other-bot"), full).await.status, http::StatusCode::FORBIDDEN);
+    }
+    h.audit.flush().await;
+    let report = tollgate::scan::run(&config, &policy, &[ORG_ACME.to_owned()], None, &log)
+        .await
+        .expect("scan");
+    assert!(
+        !report.violations.iter().any(|v| v.rule == "no-full-access" && v.connection_id == CON_SAML),
+        "{backend:?}: a flood of denials moved the scan: {:?}",
+        report.violations
+    );
     // Changed at the tenant since: no longer the exempted caller's state.
     dashboard_change(tenant, ORG_ACME, CON_SAML, r#"{"show_as_button":false}"#).await;
     let report = tollgate::scan::run(&config, &policy, &[ORG_ACME.to_owned()], None, &log)
