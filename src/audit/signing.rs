@@ -347,6 +347,20 @@ impl Checkpoint {
         .unwrap_or_default()
     }
 
+    /// Signs a chain's head as of `time` (RFC 3339): for tests that need a
+    /// checkpoint dated otherwise than now.
+    pub fn sign_at(
+        key: &SigningKey,
+        head: &super::ChainHead,
+        kind: Kind,
+        time: &str,
+    ) -> Checkpoint {
+        let mut c = Checkpoint::sign(key, head, kind);
+        c.time = time.to_owned();
+        c.signature = key.sign(&c.message());
+        c
+    }
+
     /// Signs a chain's head.
     pub fn sign(key: &SigningKey, head: &super::ChainHead, kind: Kind) -> Checkpoint {
         let mut c = Checkpoint {

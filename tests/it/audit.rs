@@ -1622,3 +1622,30 @@ async fn a_bundle_of_a_forged_chain_is_not_clean() {
         verified.report
     );
 }
+
+on_both_backends! {
+    /// A checkpoint dated before the event it signs — a leaked key dating
+    /// its signature into its valid years — is a break.
+    async fn a_backdated_checkpoint_is_a_break(backend: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (h, public) = signed_log(backend, dir.path()).await;
+        let store = h.store.clone();
+        let key = tollgate::audit::signing::SigningKey::load(&dir.path().join("signing.key")).expect("key");
+        let chain = store.event_chains().await.expect("chains")[0].clone();
+        let rows = store.chain_rows(&chain, 0, 100).await.expect("rows");
+        let last = rows.last().expect("a row").clone();
+        exec(&store, drop_triggers(backend)).await;
+        exec(&store, "DELETE FROM audit_checkpoints WHERE seq > 0").await;
+        let head = tollgate::audit::ChainHead { chain_id: chain.clone(), seq: last.seq, hash: last.hash.clone() };
+        // Signed with the genuine key, dated years before the event.
+        let c = tollgate::audit::signing::Checkpoint::sign_at(
+            &key,
+            &head,
+            tollgate::audit::signing::Kind::Final,
+            "2020-01-01T00:00:00.000000Z",
+        );
+        store.add_checkpoint(&c).await.expect("store");
+        let report = verify::verify_with(&store, Some(&public), &[]).await.expect("verify");
+        assert!(report.breaks.iter().any(|b| b.reason.contains("backdated")), "{backend:?}: {report:?}");
+    }
+}
