@@ -31,6 +31,14 @@ pub enum StoreError {
     Missing(String),
 }
 
+/// Whether a SQLite filename names an in-memory database: sqlx names
+/// `sqlite://:memory:` `file:sqlx-in-memory-N`, a file nobody should find
+/// (or create) beside the process.
+fn in_memory(path: &std::path::Path) -> bool {
+    let name = path.to_string_lossy();
+    name.is_empty() || name.contains(":memory:") || name.starts_with("file:sqlx-in-memory")
+}
+
 /// Claims a SQLite store for one gateway: an exclusive lock on `PATH.lock`,
 /// held while the returned file is open. A second `serve` on the same file
 /// would judge against the same `before` as the first without either
@@ -46,7 +54,7 @@ pub fn claim(url: &str) -> Result<Option<std::fs::File>, StoreError> {
     let options =
         SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
     let path = options.get_filename();
-    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+    if in_memory(path) {
         return Ok(None);
     }
     // One file, however it is named: a symbolic link resolves to it. (A
@@ -157,9 +165,7 @@ impl Store {
             let options =
                 SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
             let path = options.get_filename();
-            let in_memory =
-                path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:");
-            if !in_memory && !path.exists() {
+            if !in_memory(path) && !path.exists() {
                 return Err(missing("the file does not exist"));
             }
         }

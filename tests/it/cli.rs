@@ -313,6 +313,17 @@ fn bad_configuration_is_refused_naming_the_key() {
         "{}",
         text(&out.stderr)
     );
+    // An in-memory store leaves no lock file where the command ran.
+    let stray: Vec<_> = std::fs::read_dir(REPO)
+        .expect("repo")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("file:sqlx-in-memory")
+        })
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
 }
 
 // `migrate`, `audit verify` (text, `--json`, exit 1 on a break) and

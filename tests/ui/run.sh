@@ -13,8 +13,8 @@ command -v chromium >/dev/null || { apt-get install -y chromium >/dev/null || { 
 npm ci --silent --no-audit --no-fund >/dev/null
 mkdir -p screenshots
 
-ADMIN_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-start_sandbox TOLLGATE_ADMIN_ADDR=127.0.0.1:$ADMIN_PORT TOLLGATE_ADMIN_REVIEWER_TOKEN=review-secret-0123456
+start_sandbox TOLLGATE_ADMIN_REVIEWER_TOKEN=review-secret-0123456
+[ -n "$ADMIN" ] || { cat "$WORK/err.log" >&2; echo "the admin listener's address was not logged" >&2; exit 1; }
 patch() {
   curl -s -D - -o /dev/null -X PATCH "http://127.0.0.1:$PORT/api/v2/organizations/org_acme/connections/con_saml" \
     -H 'Authorization: Bearer reviewer-check' -H 'Content-Type: application/json' -d "$1"
@@ -23,5 +23,5 @@ patch() {
 ID=$(patch '{"organization_connection_name":"<script>alert(1)</script>"}' | sed -n 's/^x-tollgate-audit-id: *\([^[:space:]]*\).*/\1/Ip')
 patch '{"organization_access_level":"full"}' >/dev/null
 (cd "$WORK" && TOLLGATE_UPSTREAM_URL=$TENANT RUST_LOG=warn "$BIN" scan --token sandbox --starter --fail-on never >/dev/null)
-node "$HERE/check.js" "http://127.0.0.1:$ADMIN_PORT" review-secret-0123456 "$ID" "$HERE/screenshots"
+node "$HERE/check.js" "http://$ADMIN" review-secret-0123456 "$ID" "$HERE/screenshots"
 echo "ui: screenshots in tests/ui/screenshots/"
