@@ -239,6 +239,9 @@ pub async fn run(
         rate_limited: 0,
     };
     let checkpoint = outside::checkpoint_name(&url);
+    // Outcomes this process queued (a scan inside `serve`) are written
+    // first: an exchange is matched only once its 2xx is on record.
+    log.audit.flush().await;
     let outside = outside::read(&mut reader, log, policy, &checkpoint).await?;
     log.audit.flush().await;
     let mut report = scan_with_log(
