@@ -282,15 +282,7 @@ impl Gateway {
         // written: a store slow to commit (a failover) must not let a change
         // leave for a caller who left, or under a lock its session lost.
         // The decision is on record; its outcome says why nothing left.
-        if hangup.has_left() {
-            self.not_forwarded(
-                ex,
-                "abandoned",
-                "the caller left while the decision was written",
-            )
-            .await;
-            return Err(left());
-        }
+        self.still_awaited(ex, hangup).await?;
         if let Err(e) = self.locks.confirm(&mut held).await {
             error!(audit_id = %ex.id, error = %e, "association lock lost before the forward: nothing forwarded");
             self.not_forwarded(ex, "lock_lost", &e.to_string()).await;
@@ -358,15 +350,7 @@ impl Gateway {
         if audited {
             ex.decision = Some(Decision::Allow);
             self.record_decision(ex).await?;
-            if hangup.has_left() {
-                self.not_forwarded(
-                    ex,
-                    "abandoned",
-                    "the caller left while the decision was written",
-                )
-                .await;
-                return Err(Refusal::Abandoned { recorded: true });
-            }
+            self.still_awaited(ex, hangup).await?;
         }
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
@@ -873,6 +857,22 @@ impl Gateway {
             }
             Err(e) => Err(Refusal::AuditUnavailable(e)),
         }
+    }
+
+    /// After the decision is written (a slow store can take seconds): a
+    /// caller who left meanwhile gets nothing forwarded, and the outcome on
+    /// record says so.
+    async fn still_awaited(&self, ex: &Exchange, hangup: &Hangup) -> Result<(), Refusal> {
+        if !hangup.has_left() {
+            return Ok(());
+        }
+        self.not_forwarded(
+            ex,
+            "abandoned",
+            "the caller left while the decision was written",
+        )
+        .await;
+        Err(Refusal::Abandoned { recorded: true })
     }
 
     /// Records, as the outcome of an exchange whose decision is on record,

@@ -372,6 +372,21 @@ impl Signed {
     }
 }
 
+/// Why a checkpoint file the store does not hold is a break: deleted from
+/// the store, or — when no key given signed it — made up.
+fn lost_reason(c: &Checkpoint, key: Option<&Keys>) -> String {
+    match key.map(|k| k.check(c)) {
+        Some(Err(why)) => format!(
+            "the checkpoint file at seq {} in the checkpoint directory does not verify{why}: forged, not deleted from the store",
+            c.seq
+        ),
+        _ => format!(
+            "the signed checkpoint at seq {} kept in the checkpoint directory is missing from the store (deleted)",
+            c.seq
+        ),
+    }
+}
+
 /// Walks one chain and checks its checkpoints, into `report`.
 async fn verify_one(
     store: &Store,
@@ -412,37 +427,10 @@ async fn verify_one(
             None => break,
         }
     }
-    let lost = signed.lost.get(chain).and_then(|l| l.first()).map(|c| {
-        // A file the store never had and no key of ours signed is not a
-        // deleted checkpoint: it was made up.
-        match key.map(|k| k.check(c)) {
-            Some(Err(why)) => format!(
-                "the checkpoint file at seq {} in the checkpoint directory does not verify{why}: forged, not deleted from the store",
-                c.seq
-            ),
-            _ => format!(
-                "the signed checkpoint at seq {} kept in the checkpoint directory is missing from the store (deleted)",
-                c.seq
-            ),
-        }
-    });
-    if let Some(reason) = lost {
-        walk.brk(&mut report.breaks, chain, signed.lost[chain][0].seq, reason);
-    }
-    // Each further file the store lost, and every checkpoint row that is
-    // not one: reported too (all of them with --all).
-    for c in signed.lost.get(chain).into_iter().flatten().skip(1) {
-        let reason = match key.map(|k| k.check(c)) {
-            Some(Err(why)) => format!(
-                "the checkpoint file at seq {} in the checkpoint directory does not verify{why}: forged, not deleted from the store",
-                c.seq
-            ),
-            _ => format!(
-                "the signed checkpoint at seq {} kept in the checkpoint directory is missing from the store (deleted)",
-                c.seq
-            ),
-        };
-        walk.brk(&mut report.breaks, chain, c.seq, reason);
+    // Every file the store lost (the first is the chain's break; all of
+    // them with --all), and every checkpoint row that is not one.
+    for c in signed.lost.get(chain).into_iter().flatten() {
+        walk.brk(&mut report.breaks, chain, c.seq, lost_reason(c, key));
     }
     for b in signed.bad.iter().filter(|b| b.chain_id == chain) {
         walk.brk(&mut report.breaks, chain, b.seq, b.reason.clone());

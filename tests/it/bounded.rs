@@ -515,20 +515,7 @@ async fn a_caller_who_leaves_while_the_decision_is_written_is_not_forwarded() {
         .await
         .expect("write");
     // The decision waits on the table: the caller hangs up.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'leaves-mid-record' AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&admin)
-        .await
-        .expect("activity");
-        if waiting > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the decision never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::harness::until_a_commit_waits(&admin, "leaves-mid-record").await;
     drop(tcp);
     tokio::time::sleep(Duration::from_millis(200)).await;
     blocker.rollback().await.expect("release");

@@ -725,3 +725,27 @@ impl Drop for Harness {
         self.shutdown();
     }
 }
+
+/// Waits until a session of the gateway whose store URL set
+/// `application_name = app` waits on a table lock (its audit commit held
+/// up by a test).
+pub async fn until_a_commit_waits(admin: &sqlx::PgPool, app: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(app)
+        .fetch_one(admin)
+        .await
+        .expect("activity");
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the decision never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -733,23 +733,7 @@ async fn a_lock_lost_while_the_decision_is_written_forwards_nothing() {
     let p = db_path(ORG_ACME);
     let release = async {
         // The audit writer waits on the table; the change holds its lock.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'slow-store' AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&admin)
-            .await
-            .expect("activity");
-            if waiting > 0 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the decision never waited"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::harness::until_a_commit_waits(&admin, "slow-store").await;
         terminate_the_held_lock(&admin, "slow-store").await;
         blocker.rollback().await.expect("release");
     };
