@@ -99,8 +99,10 @@ pub enum LockError {
 /// The lock table of one gateway.
 pub struct AssociationLocks {
     local: Mutex<HashMap<Pair, Weak<tokio::sync::Mutex<()>>>>,
-    /// (caller, pair) → changes of that caller queued on or holding it.
-    queued: Arc<Mutex<HashMap<(String, Pair), usize>>>,
+    /// (caller, pair) → that caller's places in the pair's queue: at most
+    /// [`PER_CALLER`] of its changes wait for or hold the pair; more wait
+    /// here, behind their own, not in front of anyone else's.
+    places: Mutex<HashMap<(String, Pair), Weak<tokio::sync::Semaphore>>>,
     shared: Option<PgPool>,
     /// Mixed into the shared keys: the tenant, so that gateways in front of
     /// different tenants sharing one database do not wait on each other.
@@ -114,25 +116,8 @@ pub struct Held {
     shared: Option<Transaction<'static, Postgres>>,
     /// The advisory keys taken in `shared`.
     keys: Vec<i64>,
-    queued: Vec<Queued>,
-}
-
-/// A caller's place in an association's queue; given up on drop.
-struct Queued {
-    table: Arc<Mutex<HashMap<(String, Pair), usize>>>,
-    key: (String, Pair),
-}
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = table.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                table.remove(&self.key);
-            }
-        }
-    }
+    /// The caller's places in the pairs' queues.
+    places: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for Held {
@@ -154,7 +139,7 @@ impl AssociationLocks {
     pub fn local(wait: Duration) -> AssociationLocks {
         AssociationLocks {
             local: Mutex::new(HashMap::new()),
-            queued: Arc::new(Mutex::new(HashMap::new())),
+            places: Mutex::new(HashMap::new()),
             shared: None,
             namespace: String::new(),
             wait,
@@ -223,7 +208,9 @@ impl AssociationLocks {
 
     /// Locks every pair for `caller` (a credential's fingerprint or an API
     /// key's name), who may have at most [`PER_CALLER`] changes queued on
-    /// or holding each: one more is busy at once.
+    /// or holding each: more wait behind the caller's own (each within the
+    /// deadline), so one caller's flood delays another's change by at most
+    /// that many.
     pub async fn acquire_for(&self, caller: &str, pairs: &[Pair]) -> Result<Held, LockError> {
         self.acquire_as(Some(caller), pairs).await
     }
@@ -233,12 +220,16 @@ impl AssociationLocks {
             local: Vec::with_capacity(pairs.len()),
             shared: None,
             keys: Vec::new(),
-            queued: Vec::with_capacity(pairs.len()),
+            places: Vec::with_capacity(pairs.len()),
         };
         let pairs: BTreeSet<&Pair> = pairs.iter().collect();
         if let Some(caller) = caller {
             for pair in &pairs {
-                held.queued.push(self.queue(caller, pair)?);
+                let place = self.place(caller, pair).acquire_owned();
+                match tokio::time::timeout(self.wait, place).await {
+                    Ok(Ok(p)) => held.places.push(p),
+                    _ => return Err(busy(pair)),
+                }
             }
         }
         self.extend(&mut held, &pairs.into_iter().cloned().collect::<Vec<_>>())
@@ -246,18 +237,20 @@ impl AssociationLocks {
         Ok(held)
     }
 
-    fn queue(&self, caller: &str, pair: &Pair) -> Result<Queued, LockError> {
+    /// The caller's places in the pair's queue.
+    fn place(&self, caller: &str, pair: &Pair) -> Arc<tokio::sync::Semaphore> {
         let key = (caller.to_owned(), pair.clone());
-        let mut table = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        let n = table.entry(key.clone()).or_insert(0);
-        if *n >= PER_CALLER {
-            return Err(busy(pair));
+        let mut map = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
+            return s;
         }
-        *n += 1;
-        Ok(Queued {
-            table: self.queued.clone(),
-            key,
-        })
+        // As the lock table: dead entries swept when the table has doubled.
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let s = Arc::new(tokio::sync::Semaphore::new(PER_CALLER));
+        map.insert(key, Arc::downgrade(&s));
+        s
     }
 
     /// Proves the shared locks of `held` are still held: their session is
@@ -450,23 +443,33 @@ mod tests {
             }));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        // One more of the same caller is busy at once, not queued.
-        let err = locks
-            .acquire_for("flood", &[pair("o", "c")])
-            .await
-            .err()
-            .expect("busy");
-        assert!(matches!(err, LockError::Busy { .. }), "{err}");
-        // Another caller queues; another association is free.
-        let l = locks.clone();
-        let other =
-            tokio::spawn(async move { l.acquire_for("legit", &[pair("o", "c")]).await.is_ok() });
+        // One more of the same caller waits behind its own, not in the
+        // association's queue: another caller's change arriving later goes
+        // before it.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (l, o) = (locks.clone(), order.clone());
+        let extra = tokio::spawn(async move {
+            let h = l.acquire_for("flood", &[pair("o", "c")]).await;
+            o.lock().expect("order").push("flood");
+            h.is_ok()
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (l, o) = (locks.clone(), order.clone());
+        let other = tokio::spawn(async move {
+            let h = l.acquire_for("legit", &[pair("o", "c")]).await;
+            o.lock().expect("order").push("legit");
+            h.is_ok()
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Another association is free.
         assert!(locks.acquire_for("flood", &[pair("o", "d")]).await.is_ok());
         drop(held);
         for w in waiting {
             assert!(w.await.expect("join"));
         }
         assert!(other.await.expect("join"));
+        assert!(extra.await.expect("join"));
+        assert_eq!(*order.lock().expect("order"), ["legit", "flood"]);
         // Places are given back: the caller may queue again.
         assert!(locks.acquire_for("flood", &[pair("o", "c")]).await.is_ok());
     }
