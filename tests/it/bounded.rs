@@ -40,6 +40,10 @@ struct Faulty {
     auth_calls: Arc<AtomicUsize>,
     /// Reads of `/api/v2/clients` in progress at the tenant.
     slow_reads: Arc<AtomicUsize>,
+    /// Reads that ever reached the tenant.
+    arrived_reads: Arc<AtomicUsize>,
+    /// Reads the tenant answered (not cancelled before their 2 s were up).
+    answered_reads: Arc<AtomicUsize>,
 }
 
 impl Faulty {
@@ -49,6 +53,8 @@ impl Faulty {
             fault: Arc::new(std::sync::Mutex::new(Fault::None)),
             auth_calls: Arc::new(AtomicUsize::new(0)),
             slow_reads: Arc::new(AtomicUsize::new(0)),
+            arrived_reads: Arc::new(AtomicUsize::new(0)),
+            answered_reads: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -96,8 +102,18 @@ impl Handler for Faulty {
         let path = req.uri().path().to_owned();
         if path == "/api/v2/clients" {
             self.slow_reads.fetch_add(1, Ordering::SeqCst);
+            self.arrived_reads.fetch_add(1, Ordering::SeqCst);
             let _counted = InProgress(self.slow_reads.clone());
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // A tenant stops working for a client that closed its
+            // connection (this one is served by tollgate's own server,
+            // which tells it so).
+            let hangup = req.extensions().get::<server::Hangup>().cloned();
+            let hangup = hangup.unwrap_or_default();
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                () = hangup.left() => return answer(StatusCode::BAD_GATEWAY, &[]),
+            }
+            self.answered_reads.fetch_add(1, Ordering::SeqCst);
             return self.sandbox.handle(req).await;
         }
         if path == "/oauth/token" || path == "/.well-known/jwks.json" {
@@ -135,10 +151,14 @@ async fn gauges(served: &Served) -> (f64, f64, f64) {
 }
 
 /// One h2c connection: 200 streams that start a slow read, each reset once
-/// its exchange has started, again and again for 3 s. The reads are
-/// cancelled with their streams, the process stays within a few hundred
-/// tasks and descriptors, and another client is served in its usual time.
-#[tokio::test]
+/// the tenant has the reads in hand, again and again until thousands were
+/// reset. The reads are cancelled with their streams: the tenant never has
+/// more than a connection's worth in progress, the process stays within a
+/// few hundred tasks and descriptors, and another client is still served.
+///
+/// Bounded by counts, not by the machine's speed: the flood runs until it
+/// has reset 2,000 started streams and been sent away at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resetting_started_streams_leaves_no_work_behind() {
     let faulty = Faulty::new(Sandbox::new());
     let tenant = faulty.serve().await;
@@ -159,10 +179,11 @@ async fn resetting_started_streams_leaves_no_work_behind() {
     .await;
     let (tasks_before, fds_before, _) = gauges(&served).await;
     let addr = served.addr.clone();
+    let arrived = faulty.arrived_reads.clone();
     let flood = tokio::spawn(async move {
-        let until = Instant::now() + Duration::from_secs(3);
+        let give_up = Instant::now() + Duration::from_secs(60);
         let (mut reset, mut goaways) = (0usize, 0usize);
-        while Instant::now() < until {
+        while (reset < 2000 || goaways == 0) && Instant::now() < give_up {
             let tcp = tokio::net::TcpStream::connect(&addr)
                 .await
                 .expect("connect");
@@ -174,7 +195,8 @@ async fn resetting_started_streams_leaves_no_work_behind() {
                 let _ = conn.await;
             });
             let mut client = client;
-            'conn: while Instant::now() < until {
+            'conn: while (reset < 2000 || goaways == 0) && Instant::now() < give_up {
+                let before = arrived.load(Ordering::SeqCst);
                 let mut streams = Vec::with_capacity(200);
                 for _ in 0..200 {
                     let Ok(ready) = client.clone().ready().await else {
@@ -194,7 +216,16 @@ async fn resetting_started_streams_leaves_no_work_behind() {
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Started: half of this round's reads reached the tenant
+                // (or a second has gone by, if this connection is being
+                // sent away).
+                let started = Instant::now() + Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if arrived.load(Ordering::SeqCst) >= before + 100 || Instant::now() >= started {
+                        break;
+                    }
+                }
                 for (resp, mut stream) in streams {
                     stream.send_reset(h2::Reason::CANCEL);
                     drop(resp);
@@ -204,11 +235,10 @@ async fn resetting_started_streams_leaves_no_work_behind() {
         }
         (reset, goaways)
     });
-    // Meanwhile another client's read: served in its usual time.
+    // Meanwhile another client's reads, and the process's gauges.
     let mut worst = Duration::ZERO;
     let mut peak = (0.0f64, 0.0f64, 0.0f64);
-    let deadline = Instant::now() + Duration::from_millis(2900);
-    while Instant::now() < deadline {
+    while !flood.is_finished() {
         let started = Instant::now();
         let a = Harness::client_get_with(&served.addr, "/api/v2/organizations", TOKEN).await;
         assert_eq!(a.status, StatusCode::OK);
@@ -218,10 +248,7 @@ async fn resetting_started_streams_leaves_no_work_behind() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (reset, goaways) = flood.await.expect("join");
-    assert!(reset >= 1000, "the flood ran: {reset} streams reset");
-    // The stated bounds (README "Limits"): what one client leaves behind
-    // is its streams' worth of work at most, and reads end with their
-    // streams.
+    assert!(reset >= 2000, "the flood ran: {reset} streams reset");
     assert!(
         peak.0 < tasks_before + 600.0,
         "tasks {tasks_before} → {}",
@@ -233,16 +260,27 @@ async fn resetting_started_streams_leaves_no_work_behind() {
         peak.1
     );
     assert!(peak.2 < 150.0 * 1024.0 * 1024.0, "RSS {} bytes", peak.2);
+    // Served, and not behind the flood's 2 s reads (the time itself is
+    // the machine's: the load benchmark measures it, not this test).
     assert!(
-        worst < Duration::from_millis(500),
+        worst < Duration::from_secs(2),
         "another client waited {worst:?}"
     );
-    // Nothing keeps running at the tenant for callers who left.
-    let settle = Instant::now() + Duration::from_secs(3);
+    // Nothing keeps running at the tenant for callers who left: each read
+    // was reset within a second of reaching it and takes two, so a read
+    // the tenant answered is one tollgate went on with after its caller
+    // left (without cancellation, every one of them).
+    let settle = Instant::now() + Duration::from_secs(10);
     while faulty.slow_reads.load(Ordering::SeqCst) > 0 && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(faulty.slow_reads.load(Ordering::SeqCst), 0);
+    let arrived = faulty.arrived_reads.load(Ordering::SeqCst);
+    let answered = faulty.answered_reads.load(Ordering::SeqCst);
+    assert!(
+        arrived >= 1000 && answered * 10 < arrived,
+        "{answered} of the {arrived} reads that reached the tenant were carried on to their answer"
+    );
     let metrics = Harness::client_get(&served.admin, "/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     assert!(
