@@ -184,13 +184,18 @@ impl TokenRequest {
             .ok_or_else(|| fail("no access_token in the answer".into()))?;
         let lifetime =
             Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(0));
-        // Refresh a little before expiry, never after.
-        let margin = (lifetime / 10).min(Duration::from_secs(60));
         Ok((
             token.to_owned(),
-            Instant::now() + lifetime.saturating_sub(margin),
+            Instant::now() + lifetime.saturating_sub(refresh_margin(lifetime)),
         ))
     }
+}
+
+/// How long before its expiry a token of this lifetime is let go: a tenth
+/// of its life, at most a minute (refreshed a little early, never used up
+/// to its last instant, never thrown away long before it has to be).
+fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 10).min(Duration::from_secs(60))
 }
 
 /// A new API key and the line that configures it.
@@ -206,4 +211,20 @@ pub fn new_key() -> (String, String) {
     );
     let hash = format!("sha256:{}", fingerprint(&key));
     (key, hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_let_go_a_tenth_of_their_life_early_at_most_a_minute() {
+        let secs = Duration::from_secs;
+        assert_eq!(refresh_margin(secs(2)), Duration::from_millis(200));
+        assert_eq!(refresh_margin(secs(300)), secs(30));
+        assert_eq!(refresh_margin(secs(600)), secs(60));
+        // Auth0's default Management API token: a day.
+        assert_eq!(refresh_margin(secs(86_400)), secs(60));
+        assert_eq!(refresh_margin(Duration::ZERO), Duration::ZERO);
+    }
 }

@@ -113,12 +113,13 @@ async fn an_approval_lets_exactly_one_identical_request_through_once(backend: Ba
 #[tokio::test]
 async fn an_expired_approval_is_no_approval() {
     let h = Harness::setup()
-        .config(&config("1s"))
+        // Long enough to ask and approve within it on a loaded machine.
+        .config(&config("3s"))
         .rule(RULE)
         .start()
         .await;
     let id = approval_id(&change(&h, "ci-bot", FULL).await);
-    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3300)).await;
     assert_eq!(
         approve(&h, &id, "alice-token").await.status,
         StatusCode::CONFLICT
@@ -130,7 +131,7 @@ async fn an_expired_approval_is_no_approval() {
     // Approved in time, used too late: denied.
     let id = approval_id(&change(&h, "ci-bot", FULL).await);
     assert_eq!(approve(&h, &id, "alice-token").await.status, StatusCode::OK);
-    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3300)).await;
     assert_eq!(
         change(&h, "ci-bot", FULL).await.status,
         StatusCode::FORBIDDEN

@@ -269,3 +269,71 @@ async fn traces_reach_an_otlp_collector_and_the_tenant() {
     );
     assert!(!has("hyper"), "HTTP-stack spans are not exported");
 }
+
+/// `--log-format json`: every line the running binary writes is one JSON
+/// object, its fields at the top level (what log shippers index).
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--log-format", "json", "serve", "--sandbox"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
+        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
+        .env(
+            "TOLLGATE_AUDIT_URL",
+            format!("sqlite://{}", dir.path().join("a.db").display()),
+        )
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    let listening = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            // The sandbox's banner for people is not a log line.
+            if !line.starts_with('{') {
+                continue;
+            }
+            let event: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            seen.push(event.clone());
+            if event["message"] == "tollgate listening" {
+                return event;
+            }
+        }
+        panic!("exited before listening: {seen:?}");
+    })
+    .await
+    .expect("listening in time");
+    assert_eq!(listening["level"], "INFO");
+    assert!(listening["timestamp"].is_string(), "{listening}");
+    assert!(
+        listening["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{listening}"
+    );
+    assert!(seen.len() >= 2, "{seen:?}");
+    crate::harness::send_signal(&child, "TERM");
+    // What it writes while stopping is JSON too.
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest
+    })
+    .await
+    .expect("stopped in time");
+    for line in rest.iter().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    assert!(child.wait().await.expect("wait").success());
+}

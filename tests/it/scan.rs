@@ -177,13 +177,15 @@ async fn a_scan_of_2000_organizations_stays_within_the_rate_limit() {
 }
 
 /// With `scan.interval`, `serve` scans on its own: the newest report at
-/// `/v1/scan`, its violations in `tollgate_scan_violations`.
+/// `/v1/scan`, its violations in `tollgate_scan_violations`, the changes
+/// made at the tenant outside it in `tollgate_outside_changes_total`.
 #[tokio::test]
 async fn serve_scans_on_its_own_and_shows_the_result() {
     let (tenant, addr) = start_sandbox().await;
     let mut planted = tollgate::sandbox::association_defaults();
     planted.insert("organization_access_level".into(), json!("full"));
     tenant.set_association(ORG_GLOBEX, CON_OIDC, planted);
+    dashboard_change(addr, ORG_ACME, CON_SAML, r#"{"show_as_button":false}"#).await;
     let (served, _dir, _db) = Served::in_front_of(
         addr,
         &[
@@ -212,6 +214,41 @@ async fn serve_scans_on_its_own_and_shows_the_result() {
     let metrics = Harness::client_get(&served.admin, "/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains("tollgate_scan_violations 1"), "{text}");
+    let outside = text
+        .lines()
+        .find(|l| l.starts_with("tollgate_outside_changes_total{"))
+        .unwrap_or_else(|| panic!("no outside changes counted:\n{text}"));
+    assert!(outside.ends_with(" 1"), "{outside}");
+    crate::harness::terminate(served.child).await;
+}
+
+/// A scheduled scan that cannot reach the tenant is counted in
+/// `tollgate_scan_failures_total` (and `serve` goes on).
+#[tokio::test]
+async fn a_scheduled_scan_that_fails_is_counted() {
+    let (_reserved, addr) = crate::harness::refused_address();
+    let (served, _dir, _db) = Served::in_front_of(
+        addr,
+        &[
+            ("TOLLGATE_SCAN_INTERVAL", "1h"),
+            ("TOLLGATE_SCAN_TOKEN", "scan-token"),
+        ],
+    )
+    .await;
+    let text = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let metrics = Harness::client_get(&served.admin, "/metrics").await;
+            let text = String::from_utf8_lossy(&metrics.body).into_owned();
+            if text.contains("tollgate_scan_failures_total") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the scan failed and was counted");
+    assert!(text.contains("tollgate_scan_failures_total 1"), "{text}");
+    assert!(served.log().contains("scan failed"), "{}", served.log());
     crate::harness::terminate(served.child).await;
 }
 

@@ -229,20 +229,7 @@ async fn http2_over_alpn_and_an_https_admin_listener() {
 /// certificate, without a restart.
 #[tokio::test]
 async fn sighup_reloads_the_running_binarys_certificate() {
-    let dir = tempfile::tempdir().expect("dir");
-    let ca = Ca::new();
-    let files = write_server_files(dir.path(), &ca, None);
-    let db = format!("sqlite://{}", dir.path().join("a.db").display());
-    let served = crate::harness::Served::start(
-        dir.path(),
-        &["--sandbox"],
-        &[
-            ("TOLLGATE_LISTEN_TLS_CERT", files.cert.display().to_string()),
-            ("TOLLGATE_LISTEN_TLS_KEY", files.key.display().to_string()),
-            ("TOLLGATE_AUDIT_URL", db),
-        ],
-    )
-    .await;
+    let (served, ca, dir) = sandbox_with_tls("LISTEN", &[]).await;
     let port = served.port();
     assert_eq!(
         get(&client(&ca.pem(), None), port).await,
@@ -335,4 +322,85 @@ async fn stalled_handshakes_do_not_hold_the_connection_cap() {
         "a new client waited {:?}",
         started.elapsed()
     );
+}
+
+/// `admin.tls_cert` / `admin.tls_key` on the running binary: the admin
+/// listener speaks HTTPS only, and the reviewers' session cookie it sets
+/// is `Secure`.
+#[tokio::test]
+async fn the_running_binarys_admin_listener_serves_https_and_a_secure_cookie() {
+    let reviewer = (
+        "TOLLGATE_ADMIN_REVIEWER_TOKEN",
+        "review-secret-0123456".into(),
+    );
+    let (served, ca, _dir) = sandbox_with_tls("ADMIN", &[reviewer]).await;
+    let port = served
+        .admin
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("admin port");
+    let c = client(&ca.pem(), None);
+    let health = Request::get(format!("https://localhost:{port}/healthz"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(
+        c.request(health).await.expect("answer").status(),
+        StatusCode::OK
+    );
+    let login = Request::post(format!("https://localhost:{port}/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from("token=review-secret-0123456")))
+        .expect("request");
+    let resp = c.request(login).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie")
+        .to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    // Plain HTTP on the admin port gets no HTTP answer.
+    let plain = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&served.admin)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+    crate::harness::terminate(served.child).await;
+}
+
+/// `serve --sandbox` with a certificate from a new CA on one listener
+/// (`LISTEN` or `ADMIN`) and these extra variables; the CA, and the
+/// directory it all lives in.
+async fn sandbox_with_tls(
+    listener: &str,
+    extra: &[(&str, String)],
+) -> (crate::harness::Served, Ca, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let files = write_server_files(dir.path(), &ca, None);
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let (cert, key) = (
+        format!("TOLLGATE_{listener}_TLS_CERT"),
+        format!("TOLLGATE_{listener}_TLS_KEY"),
+    );
+    let mut env = vec![
+        (cert.as_str(), files.cert.display().to_string()),
+        (key.as_str(), files.key.display().to_string()),
+        ("TOLLGATE_AUDIT_URL", db),
+    ];
+    env.extend(extra.iter().cloned());
+    let served = crate::harness::Served::start(dir.path(), &["--sandbox"], &env).await;
+    (served, ca, dir)
 }
