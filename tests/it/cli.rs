@@ -5,20 +5,22 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Runs the binary from the repository (its `policies/`) with a cleared
-/// environment but for `env` (no `TOLLGATE_*` of the caller's leaks in, no
-/// `./tollgate.toml` is read),
-/// ephemeral listen ports (a `serve` that should have failed cannot take
-/// 8080), and a deadline (it cannot hang the suite).
+/// Runs the binary in a new directory, with the repository's `policies/`,
+/// a cleared environment but for `env` (no `TOLLGATE_*` of the caller's
+/// leaks in, no `./tollgate.toml` is read), ephemeral listen ports (a
+/// `serve` that should have failed cannot take 8080), and a deadline (it
+/// cannot hang the suite). Nothing it writes lands in the checkout.
 fn tollgate(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     // An empty configuration file of its own: a `tollgate.toml` someone
     // left in the repository is never read.
     let config = tempfile::NamedTempFile::new().expect("config");
+    let cwd = tempfile::tempdir().expect("dir");
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(args)
-        .current_dir(REPO)
+        .current_dir(cwd.path())
         .env_clear()
         .env("TOLLGATE_CONFIG", config.path())
+        .env("TOLLGATE_POLICY_DIR", format!("{REPO}/policies"))
         .env("TOLLGATE_LISTEN_ADDR", "127.0.0.1:0")
         .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0");
     for (k, v) in env {
@@ -261,11 +263,13 @@ fn output_to_a_closed_pipe_ends_quietly() {
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
     let config = tempfile::NamedTempFile::new().expect("config");
+    let cwd = tempfile::tempdir().expect("dir");
     let out = std::process::Command::new(BIN)
         .args(["policy", "test"])
-        .current_dir(REPO)
+        .current_dir(cwd.path())
         .env_clear()
         .env("TOLLGATE_CONFIG", config.path())
+        .env("TOLLGATE_POLICY_DIR", format!("{REPO}/policies"))
         .stdout(writer)
         .output()
         .expect("run tollgate");
