@@ -72,5 +72,25 @@ fn parse_and_validate(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, policy, parse_and_validate);
+/// Finding an ungoverned write's operation in the registry (what an
+/// audited write pays on top of its record): the first lookup parses the
+/// table once; the figure is the steady state.
+fn registry_lookup(c: &mut Criterion) {
+    let registry = tollgate::registry::registry();
+    let method = http::Method::PATCH;
+    let path = "/api/v2/clients/abc123DEF456ghi789";
+    c.bench_function("registry_classify_write", |b| {
+        b.iter(|| {
+            registry
+                .classify(black_box(&method), black_box(path))
+                .expect("decodes")
+                .expect("matches")
+                .op
+                .id
+                .len()
+        })
+    });
+}
+
+criterion_group!(benches, policy, parse_and_validate, registry_lookup);
 criterion_main!(benches);

@@ -53,6 +53,9 @@ impl App {
     /// simulated tenant started here, enforcing the built-in starter set
     /// where there is no policy directory.
     pub async fn start(mut config: Config, sandbox: bool) -> anyhow::Result<App> {
+        // The route registry is parsed now, not on the first write that
+        // needs it (a few milliseconds, once).
+        let _ = crate::registry::registry();
         let sandbox_tenant = if sandbox {
             let url = start_sandbox().await?;
             config.upstream.url = Some(url.clone());

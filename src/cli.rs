@@ -19,6 +19,7 @@ macro_rules! outln {
 
 mod audit;
 mod policy;
+mod routes;
 mod scan;
 
 use std::path::{Path, PathBuf};
@@ -95,6 +96,19 @@ pub enum Command {
     /// Manage broker-mode API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List the Management API's write operations: how tollgate treats
+    /// each (governed, audited, pass, denied) and the rules naming it.
+    Routes {
+        /// Reads too.
+        #[arg(long)]
+        all: bool,
+        /// The policy directory whose rules to count (default: policy.dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// table or json.
+        #[arg(long, value_enum, default_value_t)]
+        format: crate::audit::query::Format,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -318,6 +332,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { sandbox } => serve(config, sandbox).await.map(|()| ExitCode::SUCCESS),
         Command::Policy(cmd) => policy::policy_command(cmd, &config).await,
+        Command::Routes { all, dir, format } => routes::routes(&config, all, dir, format),
         Command::Audit(cmd) => audit::audit_command(cmd, &config).await,
         Command::Keys(KeysCommand::New {
             signing: true, out, ..

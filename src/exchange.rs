@@ -20,8 +20,9 @@ pub enum Class {
     #[default]
     Unclassified,
     Governed(Operation),
-    /// Everything else, under `routes.other`.
-    Other,
+    /// Everything else, under `routes.other`: a write names its operation
+    /// from the registry (`client.update`) where it has one.
+    Other(Option<&'static str>),
 }
 
 impl Class {
@@ -30,7 +31,7 @@ impl Class {
         match self {
             Class::Unclassified => None,
             Class::Governed(op) => Some(op.id()),
-            Class::Other => Some("other"),
+            Class::Other(op) => Some(op.unwrap_or("other")),
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod identity;
 pub mod lock;
 pub mod policy;
 pub mod proxy;
+pub mod registry;
 pub mod route;
 pub mod sandbox;
 pub mod scan;

@@ -334,7 +334,7 @@ impl Gateway {
         ex: &mut Exchange,
         hangup: &Hangup,
     ) -> Result<Response<BoxBody>, Refusal> {
-        ex.class = Class::Other;
+        ex.class = Class::Other(api_operation(req.method(), req.uri().path()));
         self.identify(req.headers(), None, ex).await?;
         let mode = self.config.other_routes(req.method());
         if mode == OtherRoutes::Deny {
@@ -1101,4 +1101,16 @@ fn forward_request(
     *req.uri_mut() = upstream.uri(&route.path)?;
     *req.headers_mut() = headers;
     Ok(req)
+}
+
+/// The Management API operation an ungoverned write addresses, from the
+/// registry: what its record and metrics name. Reads are not looked up
+/// (they are neither recorded nor judged, and they are most requests).
+fn api_operation(method: &http::Method, path: &str) -> Option<&'static str> {
+    if matches!(*method, http::Method::GET | http::Method::HEAD) {
+        return None;
+    }
+    let registry = crate::registry::registry();
+    let found = registry.classify(method, path).ok().flatten()?;
+    Some(found.op.id.as_str())
 }

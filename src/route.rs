@@ -81,13 +81,26 @@ impl serde::Serialize for Operation {
 impl<'de> serde::Deserialize<'de> for Operation {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
         let id = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Operation::from_id(&id).ok_or_else(|| {
-            let all: Vec<&str> = Operation::ALL.iter().map(|o| o.id()).collect();
-            serde::de::Error::custom(format!(
-                "unknown operation {id:?}; one of {}",
-                all.join(", ")
-            ))
-        })
+        Operation::from_id(&id).ok_or_else(|| serde::de::Error::custom(unknown_operation(&id)))
+    }
+}
+
+/// Why `id` is no operation a rule can name: a typo, or an operation of the
+/// Management API tollgate records but does not judge yet (`tollgate
+/// routes` lists them), said as such.
+pub fn unknown_operation(id: &str) -> String {
+    let all: Vec<&str> = Operation::ALL.iter().map(|o| o.id()).collect();
+    let known = crate::registry::registry()
+        .get(id)
+        .filter(|op| op.is_write());
+    match known {
+        Some(op) => format!(
+            "{id:?} ({} {}) is recorded but not yet judged by tollgate; rules can name {}",
+            op.method,
+            op.path,
+            all.join(", ")
+        ),
+        None => format!("unknown operation {id:?}; known: {}", all.join(", ")),
     }
 }
 

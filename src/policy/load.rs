@@ -213,12 +213,7 @@ fn compile_rule(env: &cel::Env, file: &str, def: &RuleDef) -> Result<Rule, Strin
         }
         Some(ops) => ops
             .iter()
-            .map(|o| {
-                Operation::from_id(o).ok_or_else(|| {
-                    let known: Vec<&str> = Operation::ALL.iter().map(|o| o.id()).collect();
-                    format!("unknown operation {o:?}; known: {}", known.join(", "))
-                })
-            })
+            .map(|o| Operation::from_id(o).ok_or_else(|| crate::route::unknown_operation(o)))
             .collect::<Result<_, _>>()?,
     };
     if def.message.trim().is_empty() {

@@ -265,9 +265,17 @@ fn load_errors_name_file_rule_and_position() {
     let e = errors("[[rule]]\nid = \"No_Caps\"\ndeny = 'true'\nmessage = \"m\"\n");
     assert!(e[0].contains("[a-z0-9-]+"), "{e:?}");
     let e = errors(
-        "[[rule]]\nid = \"r\"\noperations = [\"organization.delete\"]\ndeny = 'true'\nmessage = \"m\"\n",
+        "[[rule]]\nid = \"r\"\noperations = [\"organisation.create\"]\ndeny = 'true'\nmessage = \"m\"\n",
     );
     assert!(e[0].contains("unknown operation"), "{e:?}");
+    // A real operation tollgate does not judge yet is named as such.
+    let e = errors(
+        "[[rule]]\nid = \"r\"\noperations = [\"organization.delete\"]\ndeny = 'true'\nmessage = \"m\"\n",
+    );
+    assert!(
+        e[0].contains("(DELETE /api/v2/organizations/{id}) is recorded but not yet judged"),
+        "{e:?}"
+    );
     let e = errors("[[rule]]\nid = \"r\"\nmode = \"audit\"\ndeny = 'true'\nmessage = \"m\"\n");
     assert!(e[0].contains("mode") || e[0].contains("audit"), "{e:?}");
     let e = errors("[[rule]]\nid = \"r\"\nwhen = '(('\ndeny = 'true'\nmessage = \"m\"\n");

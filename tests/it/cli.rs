@@ -533,3 +533,65 @@ async fn a_query_cut_at_its_limit_says_so() {
         text(&out.stderr)
     );
 }
+
+/// `tollgate routes`: every write operation of the registry, with its level
+/// and the rules naming it; a rule naming one tollgate records but does not
+/// judge yet is refused, saying so.
+#[test]
+fn routes_lists_every_write_operation_with_its_level() {
+    let out = tollgate(&["routes"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(": 236 write operations"), "{stdout}");
+    assert!(
+        stdout.contains("8 governed, 228 audited, 0 pass, 0 denied"),
+        "{stdout}"
+    );
+    let line = |id: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(id))
+            .unwrap_or_else(|| panic!("{id} in:\n{stdout}"))
+            .to_owned()
+    };
+    let update = line("organization_connection.update");
+    assert!(update.starts_with("governed"), "{update}");
+    assert!(update.contains("no-full-access"), "{update}");
+    let client = line("client.update");
+    assert!(client.starts_with("audited"), "{client}");
+    assert!(client.contains("PATCH  /api/v2/clients/{id}"), "{client}");
+
+    // routes.other decides the rest.
+    let out = tollgate(
+        &["routes", "--format", "json"],
+        &[("TOLLGATE_ROUTES_OTHER", "deny")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let ops = doc["operations"].as_array().expect("operations");
+    assert_eq!(ops.len(), 236);
+    let levels = |l: &str| ops.iter().filter(|o| o["level"] == l).count();
+    assert_eq!((levels("governed"), levels("denied")), (8, 228));
+    assert!(
+        doc["schema"]["sha256"]
+            .as_str()
+            .is_some_and(|s| s.len() == 64)
+    );
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("clients.toml"),
+        "[[rule]]\nid = \"c\"\noperations = [\"client.update\"]\ndeny = 'true'\nmessage = \"m\"\n",
+    )
+    .expect("write");
+    let d = dir.path().to_str().expect("utf-8");
+    let out = tollgate(&["policy", "check", d], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "\"client.update\" (PATCH /api/v2/clients/{id}) is recorded but not yet judged"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -70,7 +70,8 @@ async fn the_binary_serves_its_metrics_and_reloads_policies_on_sighup() {
     let a = served.patch(&path, r#"{"x":1}"#).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     // An ungoverned write: recorded (routes.other = audit), forwarded
-    // without a judgement: `pass` in the metrics.
+    // without a judgement: `pass` in the metrics, under its operation in
+    // the registry.
     let a = Harness::client_send(&served.addr, Method::POST, "/api/v2/roles", "{}").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     let metrics = || async {
@@ -81,7 +82,7 @@ async fn the_binary_serves_its_metrics_and_reloads_policies_on_sighup() {
     for series in [
         r#"tollgate_requests_total{operation="organization_connection.update",decision="allow",status="2xx"} 2"#,
         r#"tollgate_requests_total{operation="organization_connection.update",decision="invalid",status="4xx"} 1"#,
-        r#"tollgate_requests_total{operation="other",decision="pass",status="4xx"} 1"#,
+        r#"tollgate_requests_total{operation="role.create",decision="pass",status="4xx"} 1"#,
         "tollgate_request_duration_seconds_bucket{operation=\"organization_connection.update\",le=\"0.005\"}",
         "tollgate_upstream_duration_seconds_bucket",
         "tollgate_audit_write_duration_seconds_bucket",
