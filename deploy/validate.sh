@@ -48,4 +48,29 @@ fi
 
 grep -q '^FROM rust:.* AS build' Dockerfile
 grep -q '^USER 10001' Dockerfile
+# Every file the build embeds (include_str!, include_bytes!, sqlx::migrate!)
+# is inside what the build stage copies: an image that cannot build is
+# caught here, without a container engine.
+python3 - <<'PY'
+import pathlib, re
+root = pathlib.Path("..").resolve()
+stage = open("Dockerfile").read().split("\nFROM ")[1]
+copied = set()
+for line in stage.splitlines():
+    parts = line.split()
+    if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+        copied.update(pathlib.PurePath(p).parts[0] for p in parts[1:-1])
+missing = []
+for source in sorted((root / "src").rglob("*.rs")):
+    text = source.read_text()
+    embedded = [
+        (source.parent / m).resolve().relative_to(root)
+        for m in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', text)
+    ] + [pathlib.PurePath(m) for m in re.findall(r'migrate!\("([^"]+)"\)', text)]
+    for path in embedded:
+        if path.parts[0] not in copied:
+            missing.append(f"{source.relative_to(root)} embeds {path}")
+assert not missing, "the Dockerfile's build stage does not copy: " + "; ".join(missing)
+assert {"Cargo.toml", "Cargo.lock", "build.rs", "src"} <= copied, copied
+PY
 echo "Dockerfile: ok"

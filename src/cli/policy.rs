@@ -200,5 +200,10 @@ fn explain(set: &policy::PolicySet, args: &ExplainArgs) -> ExitCode {
             );
         }
     }
-    ExitCode::SUCCESS
+    // As `policy test` and CI checks read it: a denial is a failure.
+    if decision.decision == policy::Decision::Deny {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -272,6 +272,11 @@ fn compile(env: &cel::Env, key: &str, source: &str) -> Result<Compiled, String> 
                     super::VARIABLES.join(", ")
                 ));
             }
+            // A field the input never has (`after.organisation_access_level`)
+            // or a value that is no verdict would also fail every evaluation.
+            if let Some(problem) = shape_problem(program.expression(), &bound) {
+                return Err(format!("{key}: {problem}"));
+            }
             Ok(Compiled {
                 source: source.to_owned(),
                 program,
@@ -286,6 +291,125 @@ fn compile(env: &cel::Env, key: &str, source: &str) -> Result<Compiled, String> 
             Err(message)
         }
     }
+}
+
+/// The fields of the variables whose shape is fixed: `before` and `after`
+/// are the association (every field, null where unset), `org` and
+/// `connection` what the tenant says of them.
+fn fields_of(variable: &str) -> Option<Vec<&'static str>> {
+    match variable {
+        "after" | "before" => Some(crate::association::FIELDS.iter().map(|f| f.name).collect()),
+        "org" => Some(vec!["id", "name"]),
+        "connection" => Some(vec!["id", "name", "is_database", "strategy"]),
+        _ => None,
+    }
+}
+
+/// Whether a field of a fixed-shape variable holds a boolean.
+fn is_boolean_field(variable: &str, field: &str) -> bool {
+    match variable {
+        "after" | "before" => crate::association::field_named(field).is_some_and(|f| {
+            matches!(
+                f.ty,
+                crate::association::Type::Bool | crate::association::Type::NullableOnUpdateBool
+            )
+        }),
+        "connection" => field == "is_database",
+        _ => false,
+    }
+}
+
+/// What would make an expression fail on every input: a field of `after`,
+/// `before`, `org` or `connection` that they never have (with the nearest
+/// one it may have meant), or a whole expression that is a plain value
+/// rather than a verdict (a string field, a number or string literal).
+fn shape_problem(e: &cel::IdedExpr, bound: &[&str]) -> Option<String> {
+    use cel::common::ast::{Expr, LiteralValue};
+    let root = match &e.expr {
+        Expr::Literal(LiteralValue::Boolean(_)) => None,
+        Expr::Literal(_) => Some("is a constant, not a boolean verdict".to_owned()),
+        Expr::Select(s) => match &s.operand.expr {
+            Expr::Ident(v)
+                if !s.test
+                    && !bound.contains(&v.as_str())
+                    && fields_of(v).is_some_and(|f| f.contains(&s.field.as_str()))
+                    && !is_boolean_field(v, &s.field) =>
+            {
+                Some(format!(
+                    "{v}.{} is a value, not a boolean verdict (compare it, e.g. {v}.{} == \"…\")",
+                    s.field, s.field
+                ))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    root.or_else(|| unknown_field(e, bound))
+}
+
+/// The first `variable.field` the expression reads that its variable never
+/// has.
+fn unknown_field(e: &cel::IdedExpr, bound: &[&str]) -> Option<String> {
+    use cel::common::ast::{EntryExpr, Expr};
+    match &e.expr {
+        Expr::Select(s) => {
+            if let Expr::Ident(v) = &s.operand.expr
+                && !bound.contains(&v.as_str())
+                && let Some(fields) = fields_of(v)
+                && !fields.contains(&s.field.as_str())
+            {
+                let near = fields
+                    .iter()
+                    .min_by_key(|f| edit_distance(f, &s.field))
+                    .filter(|f| edit_distance(f, &s.field) <= 3);
+                let hint = match near {
+                    Some(f) => format!(" (did you mean {v}.{f}?)"),
+                    None => format!(" (its fields: {})", fields.join(", ")),
+                };
+                return Some(format!("{v}.{} is no field of {v}{hint}", s.field));
+            }
+            unknown_field(&s.operand, bound)
+        }
+        Expr::Call(call) => call
+            .target
+            .iter()
+            .map(|t| &**t)
+            .chain(call.args.iter())
+            .find_map(|a| unknown_field(a, bound)),
+        Expr::List(l) => l.elements.iter().find_map(|x| unknown_field(x, bound)),
+        Expr::Map(m) => m.entries.iter().find_map(|entry| match &entry.expr {
+            EntryExpr::MapEntry(me) => {
+                unknown_field(&me.key, bound).or_else(|| unknown_field(&me.value, bound))
+            }
+            EntryExpr::StructField(_) => None,
+        }),
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .find_map(|x| unknown_field(x, bound)),
+        Expr::Struct(_) | Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => None,
+    }
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Names bound by macros (`exists(s, …)`, `all`, `map`, …): not variables

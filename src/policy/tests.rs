@@ -12,9 +12,14 @@ fn set(rules: &str) -> PolicySet {
 }
 
 fn errors(rules: &str) -> Vec<String> {
+    load_errors(rules).unwrap_or_else(|| panic!("loaded: {rules}"))
+}
+
+/// The load errors of one file; `None` when it loads.
+fn load_errors(rules: &str) -> Option<Vec<String>> {
     match load_sources(&[("rules.toml".to_owned(), rules.to_owned())]) {
-        Ok(_) => panic!("loaded"),
-        Err(e) => e.iter().map(ToString::to_string).collect(),
+        Ok(_) => None,
+        Err(e) => Some(e.iter().map(ToString::to_string).collect()),
     }
 }
 
@@ -238,7 +243,9 @@ fn runtime_errors_deny_and_name_the_rule() {
     for deny in [
         "body.missing == 1",
         "1 / 0 == 1",
-        "\"not a bool\"",
+        // Not a boolean, though no load check can tell (a constant or a
+        // field alone is refused at load).
+        "1 + 1",
         "after.organization_access_level > 3",
     ] {
         let d = judge(&set(&rule(deny)), &g).expect("judged");
@@ -276,6 +283,57 @@ fn load_errors_name_file_rule_and_position() {
         e[0].contains("(DELETE /api/v2/organizations/{id}) is recorded but not yet judged"),
         "{e:?}"
     );
+    // Fields the input never has, and values that are no verdict: every
+    // evaluation would fail (and deny), so they fail the load.
+    let e = errors(
+        "[[rule]]\nid = \"r\"\ndeny = 'after.organisation_access_level == \"full\"'\nmessage = \"m\"\n",
+    );
+    assert!(
+        e[0].contains(
+            "deny: after.organisation_access_level is no field of after (did you mean after.organization_access_level?)"
+        ),
+        "{e:?}"
+    );
+    let e = errors(
+        "[[rule]]\nid = \"r\"\nwhen = 'connection.stratgy == \"auth0\"'\ndeny = 'true'\nmessage = \"m\"\n",
+    );
+    assert!(
+        e[0].contains(
+            "when: connection.stratgy is no field of connection (did you mean connection.strategy?)"
+        ),
+        "{e:?}"
+    );
+    let e =
+        errors("[[rule]]\nid = \"r\"\ndeny = 'org.metadata.tier == \"gold\"'\nmessage = \"m\"\n");
+    assert!(
+        e[0].contains("org.metadata is no field of org (its fields: id, name)"),
+        "{e:?}"
+    );
+    let e =
+        errors("[[rule]]\nid = \"r\"\ndeny = 'after.organization_access_level'\nmessage = \"m\"\n");
+    assert!(
+        e[0].contains("deny: after.organization_access_level is a value, not a boolean verdict"),
+        "{e:?}"
+    );
+    let e = errors("[[rule]]\nid = \"r\"\ndeny = '\"full\"'\nmessage = \"m\"\n");
+    assert!(
+        e[0].contains("deny: is a constant, not a boolean verdict"),
+        "{e:?}"
+    );
+    // What they may read loads: boolean fields as verdicts, fields inside
+    // macros, names bound by macros, `has()`.
+    for ok in [
+        "after.is_signup_enabled",
+        "before != null && before.show_as_button && !after.show_as_button",
+        "[\"full\", \"limited\"].exists(l, after.organization_access_level == l)",
+        "has(body.organization_access_level) && connection.is_database",
+        "caller.client_id == \"x\" || org.name.startsWith(\"test-\")",
+    ] {
+        let e = load_errors(&format!(
+            "[[rule]]\nid = \"r\"\ndeny = '{ok}'\nmessage = \"m\"\n"
+        ));
+        assert!(e.is_none(), "{ok}: {e:?}");
+    }
     let e = errors("[[rule]]\nid = \"r\"\nmode = \"audit\"\ndeny = 'true'\nmessage = \"m\"\n");
     assert!(e[0].contains("mode") || e[0].contains("audit"), "{e:?}");
     let e = errors("[[rule]]\nid = \"r\"\nwhen = '(('\ndeny = 'true'\nmessage = \"m\"\n");

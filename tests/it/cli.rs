@@ -180,7 +180,8 @@ fn policy_commands_report_and_exit_as_documented() {
         ],
         &[],
     );
-    assert!(out.status.success());
+    // A denial exits 1 (an allowed change 0, a bad invocation 2).
+    assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     assert!(stdout.starts_with("decision: deny"), "{stdout}");
     assert!(
