@@ -53,8 +53,21 @@ SECRET_NAMES = {
 SECRET_SUFFIXES = ("_secret", "_password", "_private_key", "_api_key", "_token", "_passphrase")
 
 
+# A write to a literal path segment starting with one of these verbs, where
+# nothing can be read, is an action on what precedes it.
+ACTION_VERBS = {
+    "clear", "deploy", "invalidate", "preview", "redeliver", "register", "rekey",
+    "reset", "revoke", "rollback", "rotate", "test", "try", "verify", "retry",
+}
+
+# Words that end in "s" and are not plurals.
+NOT_PLURAL = {"sms", "sns", "apns", "status", "settings", "credentials_details", "logs_search"}
+
+
 def singular(word):
     word = word.replace("-", "_")
+    if word in NOT_PLURAL:
+        return word
     for plural, one in (("ies", "y"), ("sses", "ss"), ("xes", "x"), ("ches", "ch"), ("shes", "sh")):
         if word.endswith(plural):
             return word[: -len(plural)] + one
@@ -86,10 +99,12 @@ def operation_id(method, template, methods_here):
         if not parts or parts[-1] != singular(s):
             parts.append(singular(s))
     verb = None
-    if not item and method == "POST" and "GET" not in methods_here and len(segments) > 1 \
-            and is_param(segments[-2]):
-        # A POST to a literal after an item, with nothing to GET there, is an
-        # action on the item (`actions/{id}/deploy` → action.deploy).
+    if not item and method != "DELETE" and "GET" not in methods_here and len(segments) > 1 \
+            and last.split("-")[0] in ACTION_VERBS:
+        # A write to a literal with nothing to GET there is an action on
+        # what precedes it (`actions/{id}/deploy` → action.deploy,
+        # `keys/signing/rotate` → key_signing.rotate,
+        # `tickets/password-change` → ticket.password_change).
         verb = last.replace("-", "_")
         parts = parts[:-1]
     if verb is None:

@@ -105,7 +105,7 @@ pub enum Command {
         /// The policy directory whose rules to count (default: policy.dir).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// table or json.
+        /// table, json, jsonl or csv.
         #[arg(long, value_enum, default_value_t)]
         format: crate::audit::query::Format,
     },

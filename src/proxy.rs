@@ -1111,6 +1111,13 @@ fn api_operation(method: &http::Method, path: &str) -> Option<&'static str> {
         return None;
     }
     let registry = crate::registry::registry();
-    let found = registry.classify(method, path).ok().flatten()?;
+    // `post` is forwarded as sent, and a tenant may read it as POST: it is
+    // named as what it may be.
+    let upper = method.as_str().to_ascii_uppercase();
+    let method = http::Method::from_bytes(upper.as_bytes()).ok()?;
+    if matches!(method, http::Method::GET | http::Method::HEAD) {
+        return None;
+    }
+    let found = registry.classify(&method, path).ok().flatten()?;
     Some(found.op.id.as_str())
 }

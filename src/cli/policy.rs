@@ -82,10 +82,18 @@ pub(super) async fn policy_command(
         }
         PolicyCommand::Explain(args) => {
             let dir = dir_or(args.dir.clone());
-            (
-                dir.clone(),
-                policy::load_dir(&dir).map(|set| explain(&set, &args)),
-            )
+            let set = match policy::load_dir(&dir) {
+                Ok(set) => set,
+                Err(errors) => {
+                    // Could not judge: 2, not the 1 of a denial.
+                    eprintln!("{}: the policy set does not load", dir.display());
+                    for e in errors {
+                        eprintln!("  {e}");
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            (dir.clone(), Ok(explain(&set, &args)))
         }
         PolicyCommand::Replay { dir, since } => {
             return super::audit::replay(config, &dir, &since).await;

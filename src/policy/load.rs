@@ -103,7 +103,12 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<LoadError>> {
         }
     }
     files.sort();
-    load_sources(&files)
+    let set = load_sources(&files)?;
+    let failing = probe(&set);
+    if !failing.is_empty() {
+        return Err(failing);
+    }
+    Ok(set)
 }
 
 /// A path as the operator should look for it: absolute.
@@ -193,6 +198,101 @@ pub fn load_sources(files: &[(String, String)]) -> Result<PolicySet, Vec<LoadErr
         empty_files,
         env,
     })
+}
+
+/// Runs every enforce rule on one ordinary request of each operation it
+/// applies to (the association at the tenant's defaults, a database
+/// connection, a caller and a request with every field set): a rule that
+/// fails to evaluate there fails on most real requests too — and a failing
+/// enforce rule denies — so a policy directory holding one does not load
+/// (`policy check`, `serve`, reloads). The usual causes: a variable that is
+/// null for that operation (`before` on a create, `org.id` of a new
+/// organization), a field read from `body` that a request need not carry,
+/// a result that is not a boolean. Warn and dry-run rules that fail only
+/// say so (their errors forward).
+pub(crate) fn probe(set: &PolicySet) -> Vec<LoadError> {
+    use super::Verdict;
+    let mut failing: Vec<LoadError> = Vec::new();
+    for op in Operation::ALL {
+        if !set.rules.iter().any(|r| r.operations.contains(&op)) {
+            continue;
+        }
+        let given = probe_request(op);
+        let Ok(input) = super::testcases::input(&given) else {
+            continue;
+        };
+        for result in super::evaluate(set, &input).results {
+            let Verdict::Error(e) = &result.verdict else {
+                continue;
+            };
+            if failing
+                .iter()
+                .any(|f| f.rule.as_deref() == Some(result.id.as_str()))
+            {
+                continue;
+            }
+            let Some(rule) = set
+                .rules
+                .iter()
+                .find(|r| r.id == result.id && r.mode == Mode::Enforce)
+            else {
+                continue;
+            };
+            let hint = if e.contains("null_type") || e.contains("null") {
+                " (before is null on creates, after on deletes, org.id for a new organization: guard with `before != null && …`)"
+            } else if e.contains("No such key") {
+                " (a field a request need not carry: test it with has(body.field), or read after)"
+            } else if e.contains("expected a boolean") {
+                " (deny and when must be true or false)"
+            } else {
+                ""
+            };
+            failing.push(LoadError {
+                file: rule.file.clone(),
+                rule: Some(rule.id.clone()),
+                message: format!("fails on an ordinary {} request: {e}{hint}", op.id()),
+            });
+        }
+    }
+    failing
+}
+
+/// An ordinary request of `op`, as `policy test` would give it.
+fn probe_request(op: Operation) -> super::testcases::Given {
+    use serde_json::{Map, Value, json};
+    let obj = |v: Value| v.as_object().cloned().unwrap_or_default();
+    let association = Value::Object(crate::association::tenant_defaults());
+    let body = match op {
+        Operation::OrganizationConnectionCreate
+        | Operation::OrganizationEnabledConnectionCreate => {
+            obj(json!({"connection_id": "con_probe"}))
+        }
+        Operation::OrganizationCreate => {
+            obj(json!({"name": "probe", "enabled_connections": [{"connection_id": "con_probe"}]}))
+        }
+        Operation::SsoTicketCreate => obj(json!({
+            "connection_id": "con_probe",
+            "enabled_organizations": [{"organization_id": "org_probe"}]
+        })),
+        _ => Map::new(),
+    };
+    super::testcases::Given {
+        operation: op.id().to_owned(),
+        body,
+        connection: obj(json!({"id": "con_probe", "name": "probe", "strategy": "auth0"})),
+        org: obj(json!({"id": "org_probe", "name": "probe"})),
+        before: (!op.is_create()).then(|| obj(association)),
+        caller: obj(json!({
+            "client_id": "probe", "subject": "probe", "grant_type": "client_credentials",
+            "scopes": ["update:organizations"], "verified": true, "key": "probe",
+        })),
+        request: super::input::Request {
+            method: Some("PATCH".into()),
+            path: Some("/api/v2/probe".into()),
+            source_ip: Some("192.0.2.1".into()),
+            user_agent: Some("probe".into()),
+        },
+    }
 }
 
 fn compile_rule(env: &cel::Env, file: &str, def: &RuleDef) -> Result<Rule, String> {
@@ -327,7 +427,7 @@ fn shape_problem(e: &cel::IdedExpr, bound: &[&str]) -> Option<String> {
     use cel::common::ast::{Expr, LiteralValue};
     let root = match &e.expr {
         Expr::Literal(LiteralValue::Boolean(_)) => None,
-        Expr::Literal(_) => Some("is a constant, not a boolean verdict".to_owned()),
+        Expr::Literal(_) => Some("the expression is a constant, not a boolean verdict".to_owned()),
         Expr::Select(s) => match &s.operand.expr {
             Expr::Ident(v)
                 if !s.test
@@ -370,12 +470,15 @@ fn unknown_field(e: &cel::IdedExpr, bound: &[&str]) -> Option<String> {
             }
             unknown_field(&s.operand, bound)
         }
-        Expr::Call(call) => call
-            .target
-            .iter()
-            .map(|t| &**t)
-            .chain(call.args.iter())
-            .find_map(|a| unknown_field(a, bound)),
+        Expr::Call(call) => keyed_field(call, bound)
+            .or_else(|| never_equal(call, bound))
+            .or_else(|| {
+                call.target
+                    .iter()
+                    .map(|t| &**t)
+                    .chain(call.args.iter())
+                    .find_map(|a| unknown_field(a, bound))
+            }),
         Expr::List(l) => l.elements.iter().find_map(|x| unknown_field(x, bound)),
         Expr::Map(m) => m.entries.iter().find_map(|entry| match &entry.expr {
             EntryExpr::MapEntry(me) => {
@@ -393,6 +496,100 @@ fn unknown_field(e: &cel::IdedExpr, bound: &[&str]) -> Option<String> {
         .into_iter()
         .find_map(|x| unknown_field(x, bound)),
         Expr::Struct(_) | Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => None,
+    }
+}
+
+/// `after["field"]` and `after.?field`: the field by its name, checked as
+/// `after.field` is.
+fn keyed_field(call: &cel::common::ast::CallExpr, bound: &[&str]) -> Option<String> {
+    use cel::common::ast::{Expr, LiteralValue, operators};
+    if call.func_name != operators::INDEX
+        && call.func_name != operators::OPT_INDEX
+        && call.func_name != operators::OPT_SELECT
+    {
+        return None;
+    }
+    let [operand, key] = call.args.as_slice() else {
+        return None;
+    };
+    let (Expr::Ident(v), Expr::Literal(LiteralValue::String(field))) = (&operand.expr, &key.expr)
+    else {
+        return None;
+    };
+    let fields = fields_of(v).filter(|_| !bound.contains(&v.as_str()))?;
+    let field: &str = field;
+    if fields.contains(&field) {
+        return None;
+    }
+    let near = fields
+        .iter()
+        .min_by_key(|f| edit_distance(f, field))
+        .filter(|f| edit_distance(f, field) <= 3);
+    Some(match near {
+        Some(f) => format!("{v}[{field:?}] is no field of {v} (did you mean {v}.{f}?)"),
+        None => format!(
+            "{v}[{field:?}] is no field of {v} (its fields: {})",
+            fields.join(", ")
+        ),
+    })
+}
+
+/// A comparison that can never hold: an access level against a value that
+/// is none of the levels, a boolean field against a string or number, the
+/// operation against an id that is no operation.
+fn never_equal(call: &cel::common::ast::CallExpr, bound: &[&str]) -> Option<String> {
+    use cel::common::ast::{Expr, LiteralValue, operators};
+    if call.func_name != operators::EQUALS && call.func_name != operators::NOT_EQUALS {
+        return None;
+    }
+    let [a, b] = call.args.as_slice() else {
+        return None;
+    };
+    let (side, literal) = match (&a.expr, &b.expr) {
+        (Expr::Literal(l), other) | (other, Expr::Literal(l)) => (other, l),
+        _ => return None,
+    };
+    match side {
+        Expr::Ident(v) if v == "operation" && !bound.contains(&"operation") => match literal {
+            LiteralValue::String(id) if Operation::from_id(id).is_none() => Some(format!(
+                "operation is never {:?}: {}",
+                &**id,
+                crate::route::unknown_operation(id)
+            )),
+            _ => None,
+        },
+        Expr::Select(s) => {
+            let Expr::Ident(v) = &s.operand.expr else {
+                return None;
+            };
+            if bound.contains(&v.as_str()) || !matches!(v.as_str(), "after" | "before") {
+                return None;
+            }
+            let field = crate::association::field_named(&s.field)?;
+            use crate::association::Type;
+            match (field.ty, literal) {
+                (Type::AccessLevel, LiteralValue::String(level))
+                    if !crate::association::ACCESS_LEVELS.contains(&&**level) =>
+                {
+                    Some(format!(
+                        "{v}.{} is never {:?}: it is one of {} (or null)",
+                        s.field,
+                        &**level,
+                        crate::association::ACCESS_LEVELS.join(", ")
+                    ))
+                }
+                (
+                    Type::Bool | Type::NullableOnUpdateBool,
+                    LiteralValue::Boolean(_) | LiteralValue::Null,
+                ) => None,
+                (Type::Bool | Type::NullableOnUpdateBool, _) => Some(format!(
+                    "{v}.{} is a boolean: comparing it with a string or number never holds",
+                    s.field
+                )),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

@@ -52,7 +52,7 @@ pub fn judge(set: &PolicySet, given: &Given) -> Result<Judgement, String> {
 /// schema exactly as at the gateway.
 pub fn input(given: &Given) -> Result<RuleInput, String> {
     let operation = Operation::from_id(&given.operation)
-        .ok_or_else(|| format!("unknown operation {:?}", given.operation))?;
+        .ok_or_else(|| crate::route::unknown_operation(&given.operation))?;
     let text =
         |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
     let org_id = text(&given.org, "id").unwrap_or_else(|| "org_example".into());

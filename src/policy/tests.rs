@@ -283,8 +283,9 @@ fn load_errors_name_file_rule_and_position() {
         e[0].contains("(DELETE /api/v2/organizations/{id}) is recorded but not yet judged"),
         "{e:?}"
     );
-    // Fields the input never has, and values that are no verdict: every
-    // evaluation would fail (and deny), so they fail the load.
+    // Fields the input never has, values that are no verdict, comparisons
+    // that never hold: every evaluation would fail (and deny) or the rule
+    // never fire, so they fail the load.
     let e = errors(
         "[[rule]]\nid = \"r\"\ndeny = 'after.organisation_access_level == \"full\"'\nmessage = \"m\"\n",
     );
@@ -317,9 +318,38 @@ fn load_errors_name_file_rule_and_position() {
     );
     let e = errors("[[rule]]\nid = \"r\"\ndeny = '\"full\"'\nmessage = \"m\"\n");
     assert!(
-        e[0].contains("deny: is a constant, not a boolean verdict"),
+        e[0].contains("deny: the expression is a constant, not a boolean verdict"),
         "{e:?}"
     );
+    for (deny, said) in [
+        (
+            r#"after["organisation_access_level"] == "full""#,
+            r#"after["organisation_access_level"] is no field of after (did you mean after.organization_access_level?)"#,
+        ),
+        (
+            r#"after.?organisation_access_level == "full""#,
+            r#"after["organisation_access_level"] is no field of after"#,
+        ),
+        (
+            r#"after.organization_access_level == "FULL""#,
+            r#"after.organization_access_level is never "FULL": it is one of none, readonly, limited, full"#,
+        ),
+        (
+            r#"after.is_signup_enabled == "true""#,
+            "after.is_signup_enabled is a boolean",
+        ),
+        (
+            r#"operation == "client.update" && true"#,
+            r#"operation is never "client.update""#,
+        ),
+        (
+            r#"operation != "organisation_connection.update""#,
+            r#"unknown operation "organisation_connection.update""#,
+        ),
+    ] {
+        let e = load_errors(&rule(deny)).unwrap_or_else(|| panic!("{deny} loaded"));
+        assert!(e[0].contains(said), "{deny}: {e:?}");
+    }
     // What they may read loads: boolean fields as verdicts, fields inside
     // macros, names bound by macros, `has()`.
     for ok in [
@@ -571,4 +601,75 @@ fn a_new_organization_is_in_no_organization_scope() {
     );
     g.connection = obj(json!({"strategy": "samlp"}));
     assert_eq!(judge(&s, &g).expect("judged").decision, Decision::Deny);
+}
+
+/// Enforce rules that fail on an ordinary request of an operation they
+/// apply to fail the load of a directory (a failing enforce rule denies
+/// every such request); warn rules that fail only say so at run time.
+#[test]
+fn rules_that_fail_on_ordinary_requests_do_not_load() {
+    let probe = |rules: &str| {
+        let set = set(rules);
+        super::load::probe(&set)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    for (deny, ops, said) in [
+        (
+            r#"before.organization_access_level == "full""#,
+            "",
+            "fails on an ordinary organization_connection.create request",
+        ),
+        (
+            r#"after.organization_access_level == "full""#,
+            r#""organization_connection.delete""#,
+            "organization_connection.delete",
+        ),
+        (
+            r#"org.id.startsWith("org_")"#,
+            r#""organization.create""#,
+            "guard with",
+        ),
+        (
+            r#"body.organization_access_level == "full""#,
+            "",
+            "test it with has(body.field)",
+        ),
+        (
+            "size(after.organization_connection_name) > 0",
+            r#""organization_connection.update""#,
+            "",
+        ),
+        ("1 + 1", "", "expected a boolean"),
+        (
+            r#"[after].exists(a, a.organisation_access_level == "full")"#,
+            "",
+            "No such key",
+        ),
+        ("after.organization_access_level.foo == 1", "", ""),
+    ] {
+        let operations = if ops.is_empty() {
+            String::new()
+        } else {
+            format!("operations = [{ops}]\n")
+        };
+        let e = probe(&format!(
+            "[[rule]]\nid = \"r\"\n{operations}deny = '{deny}'\nmessage = \"m\"\n"
+        ));
+        assert!(!e.is_empty() && e[0].contains(said), "{deny}: {e:?}");
+    }
+    for fine in [
+        r#"before != null && before.organization_access_level == "full""#,
+        r#"has(body.organization_access_level) && body.organization_access_level == "full""#,
+        r#"after.organization_access_level == "full""#,
+        r#"org.id != null && org.id.startsWith("org_")"#,
+        r#"caller.client_id.startsWith("ci-")"#,
+    ] {
+        let e = probe(&rule(fine));
+        assert!(e.is_empty(), "{fine}: {e:?}");
+    }
+    // A warn rule that fails forwards with its error: not a load error.
+    let warn = "[[rule]]\nid = \"r\"\nmode = \"warn\"\ndeny = 'body.nope == 1'\nmessage = \"m\"\n";
+    assert!(probe(warn).is_empty());
 }

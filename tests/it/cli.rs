@@ -180,8 +180,21 @@ fn policy_commands_report_and_exit_as_documented() {
         ],
         &[],
     );
-    // A denial exits 1 (an allowed change 0, a bad invocation 2).
+    // A denial exits 1 (an allowed change 0, a bad invocation or a policy
+    // set that does not load 2).
     assert_eq!(out.status.code(), Some(1));
+    let unjudged = tollgate(
+        &[
+            "policy",
+            "explain",
+            "--operation",
+            "organization_connection.update",
+            "--body",
+            "{}",
+        ],
+        &[("TOLLGATE_POLICY_DIR", "/nonexistent/policies")],
+    );
+    assert_eq!(unjudged.status.code(), Some(2));
     let stdout = text(&out.stdout);
     assert!(stdout.starts_with("decision: deny"), "{stdout}");
     assert!(
@@ -578,6 +591,37 @@ fn routes_lists_every_write_operation_with_its_level() {
             .as_str()
             .is_some_and(|s| s.len() == 64)
     );
+
+    // One object a line, or CSV; reads too with --all.
+    let out = tollgate(&["routes", "--format", "jsonl"], &[]);
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 236);
+    let out = tollgate(&["routes", "--format", "csv", "--all"], &[]);
+    let csv = text(&out.stdout);
+    assert_eq!(
+        csv.lines().next(),
+        Some("operation,method,path,level,rules")
+    );
+    assert_eq!(csv.lines().count(), 1 + 406);
+    assert!(
+        csv.contains("\norganization.list,GET,/api/v2/organizations,pass,\"\"\n"),
+        "{csv}"
+    );
+    // Without a policy directory the levels are still listed, with a warning.
+    let out = tollgate(
+        &["routes"],
+        &[("TOLLGATE_POLICY_DIR", "/nonexistent/policies")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("rules are not shown"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("8 governed, 228 audited"));
 
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(

@@ -62,6 +62,14 @@ async fn ungoverned_writes_are_recorded_without_their_bodies() {
     assert!(evs[1]["data"]["body"].is_null());
     let all = serde_json::to_string(&evs).expect("json");
     assert!(!all.contains(secret));
+    // A method in lower case is forwarded as sent (a tenant may read it as
+    // POST) and named as what it may be.
+    let lower = http::Method::from_bytes(b"post").expect("method");
+    let a = h
+        .send(lower, "/api/v2/roles", Some(r#"{"name":"r"}"#))
+        .await;
+    let evs = events(&h, &a.audit_id()).await;
+    assert_eq!(evs[0]["operation"], "role.create", "{evs:?}");
 }
 
 type Headers = &'static [(&'static str, &'static str)];
