@@ -96,6 +96,9 @@ pub enum Command {
     /// Manage broker-mode API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check the configuration and print the one in effect.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// List the Management API's write operations: how tollgate treats
     /// each (governed, audited, pass, denied) and the rules naming it.
     Routes {
@@ -109,6 +112,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: crate::audit::query::Format,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (the file, then TOLLGATE_* variables)
+    /// and print it as in effect, every key with its value, secrets
+    /// redacted.
+    Check,
 }
 
 #[derive(Debug, Args)]
@@ -327,12 +338,42 @@ pub fn load_config(path: &Path, explicit: bool) -> anyhow::Result<Config> {
     )?)
 }
 
+/// `tollgate config check`: the configuration in effect, as TOML a
+/// `tollgate.toml` could hold, secrets and URL credentials redacted. It
+/// loaded (or this would not run): every value passed validation.
+fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
+    let mut value = toml::Table::try_from(config)?;
+    // URLs can carry a password (`postgres://user:pass@…`, `?password=`).
+    for (section, key) in [("audit", "url"), ("upstream", "url")] {
+        if let Some(toml::Value::String(url)) = value
+            .get_mut(section)
+            .and_then(|s| s.as_table_mut())
+            .and_then(|t| t.get_mut(key))
+        {
+            *url = crate::audit::redact_url(url);
+        }
+    }
+    let mut overrides: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("TOLLGATE_") && k.len() > "TOLLGATE_".len())
+        .collect();
+    overrides.sort();
+    outln!("# ok: the configuration in effect (the file, then TOLLGATE_* variables)");
+    if !overrides.is_empty() {
+        outln!("# from the environment: {}", overrides.join(", "));
+    }
+    outln!("# secrets are shown as <redacted>; unset optional keys are not shown");
+    outln!("{}", toml::to_string(&value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a command.
 pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { sandbox } => serve(config, sandbox).await.map(|()| ExitCode::SUCCESS),
         Command::Policy(cmd) => policy::policy_command(cmd, &config).await,
         Command::Routes { all, dir, format } => routes::routes(&config, all, dir, format),
+        Command::Config(ConfigCommand::Check) => config_check(&config),
         Command::Audit(cmd) => audit::audit_command(cmd, &config).await,
         Command::Keys(KeysCommand::New {
             signing: true, out, ..

@@ -128,10 +128,17 @@ impl Default for Admin {
     }
 }
 
-/// A secret from the configuration: never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// A secret from the configuration: never printed by `Debug`, serialised
+/// as `<redacted>` (`tollgate config check`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Secret {

@@ -640,3 +640,53 @@ fn routes_lists_every_write_operation_with_its_level() {
         text(&out.stderr)
     );
 }
+
+/// `tollgate config check`: the configuration in effect, as TOML that
+/// loads again, with secrets and URL passwords redacted; a bad value is
+/// refused naming the variable it came from.
+#[test]
+fn config_check_prints_the_configuration_in_effect_without_secrets() {
+    let out = tollgate(
+        &["config", "check"],
+        &[
+            ("TOLLGATE_ADMIN_TOKEN", "sekrit-admin-token"),
+            (
+                "TOLLGATE_AUDIT_URL",
+                "postgres://tollgate:pa55word@db/tollgate",
+            ),
+            ("TOLLGATE_LIMITS_MAX_ELEMENTS", "7"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains("sekrit") && !stdout.contains("pa55word"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("TOLLGATE_ADMIN_TOKEN"), "{stdout}");
+    let table: toml::Table = toml::from_str(&stdout).expect("TOML");
+    assert_eq!(table["admin"]["token"].as_str(), Some("<redacted>"));
+    assert_eq!(table["limits"]["max_elements"].as_integer(), Some(7));
+    assert_eq!(table["listen"]["addr"].as_str(), Some("127.0.0.1:0"));
+    // What it prints loads as a configuration file.
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("tollgate.toml");
+    std::fs::write(&file, &stdout).expect("write");
+    let again = tollgate(
+        &["--config", file.to_str().expect("utf-8"), "config", "check"],
+        &[],
+    );
+    assert!(again.status.success(), "{}", text(&again.stderr));
+
+    let bad = tollgate(
+        &["config", "check"],
+        &[("TOLLGATE_LIMITS_MAX_ELEMENTS", "many")],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr)
+            .contains("environment variable TOLLGATE_LIMITS_MAX_ELEMENTS: expected an integer"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
