@@ -9,7 +9,7 @@ python3 - <<'PY'
 import sys, yaml
 expected = {
     "kubernetes/configmap.yaml": ["ConfigMap", "ConfigMap"],
-    "kubernetes/secret.yaml": ["Secret"],
+    "kubernetes/secret.yaml": ["Secret", "Secret", "Secret"],
     "kubernetes/deployment.yaml": ["Deployment"],
     "kubernetes/service.yaml": ["Service"],
     "kubernetes/pdb.yaml": ["PodDisruptionBudget"],
@@ -25,6 +25,22 @@ assert dep["spec"]["replicas"] >= 2
 assert spec["readinessProbe"]["httpGet"]["path"] == "/readyz"
 assert spec["livenessProbe"]["httpGet"]["path"] == "/healthz"
 assert spec["resources"]["requests"]
+# HTTPS on the listener, its certificate and the signing key from Secrets
+# that exist in the bundle, and the Service in front of that port.
+env = {e["name"]: e.get("value") for e in spec["env"]}
+mounts = {m["name"]: m["mountPath"] for m in spec["volumeMounts"]}
+volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open("kubernetes/secret.yaml")) if d}
+assert env["TOLLGATE_LISTEN_TLS_CERT"].startswith(mounts["tls"] + "/")
+assert env["TOLLGATE_LISTEN_TLS_KEY"].startswith(mounts["tls"] + "/")
+assert env["TOLLGATE_AUDIT_SIGNING_KEY"].startswith(mounts["signing"] + "/")
+assert secrets[volumes["tls"]["secret"]["secretName"]]["type"] == "kubernetes.io/tls"
+assert volumes["signing"]["secret"]["secretName"] in secrets
+listen_port = int(env["TOLLGATE_LISTEN_ADDR"].rsplit(":", 1)[1])
+ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+assert ports["https"] == listen_port, (ports, listen_port)
+svc = yaml.safe_load(open("kubernetes/service.yaml"))
+assert [p["targetPort"] for p in svc["spec"]["ports"] if p["port"] == 443] == ["https"]
 compose = yaml.safe_load(open("compose.yaml"))
 assert set(compose["services"]) == {"postgres", "tollgate"}
 # The policies shipped in the ConfigMap are the repository's starter set.
