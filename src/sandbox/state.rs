@@ -148,6 +148,33 @@ impl Bucket {
     }
 }
 
+/// A Management API token as the tenant issues them: a JWT naming the
+/// client (`azp`, `sub` `CLIENT@clients`, `gty`), so the gateway has a
+/// caller to record, to scope exceptions by and to ask approvals for. It
+/// is unsigned (its third part is `sandbox-mgmt-token-N`): the sandbox
+/// accepts any token, and tollgate reads a passthrough caller's claims
+/// without verifying them (`identity.verify` is for real tenants).
+fn client_token(client_id: &str, n: u64, ttl: u64) -> String {
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let header = json!({"alg": "none", "typ": "JWT", "kid": "sandbox"});
+    let claims = json!({
+        "iss": "tollgate-sandbox",
+        "sub": format!("{client_id}@clients"),
+        "aud": "tollgate-sandbox/api/v2/",
+        "azp": client_id,
+        "gty": "client-credentials",
+        "scope": "read:organizations update:organizations",
+        "iat": now,
+        "exp": now + ttl,
+    });
+    format!("{}.{}.sandbox-mgmt-token-{n}", b64(header), b64(claims))
+}
+
 impl State {
     /// The client-credentials grant: any client id with a non-empty secret.
     pub(super) fn issue_token(&mut self, body: &Map<String, Value>) -> (StatusCode, Value) {
@@ -163,7 +190,7 @@ impl State {
             );
         }
         self.tokens_issued += 1;
-        let token = format!("sandbox-mgmt-token-{}", self.tokens_issued);
+        let token = client_token(s("client_id"), self.tokens_issued, self.token_ttl);
         self.token_clients
             .insert(token.clone(), s("client_id").to_owned());
         (

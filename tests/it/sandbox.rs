@@ -90,3 +90,45 @@ async fn the_token_endpoint_takes_the_form_the_sdks_send() {
         .await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
 }
+
+/// The sandbox's tokens name their client, as the tenant's do: a change
+/// made with one is recorded under that caller, and a request only an
+/// approvable rule denies gets an approval to ask for.
+#[tokio::test]
+async fn sandbox_tokens_name_their_client() {
+    let h = Harness::setup()
+        .rule(
+            "[[rule]]\nid = \"no-full\"\ndeny = 'after.organization_access_level == \"full\"'\nmessage = \"m\"\napprovable = true\n",
+        )
+        .start()
+        .await;
+    let token = h
+        .send_with(
+            Method::POST,
+            "/oauth/token",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            b"grant_type=client_credentials&client_id=ci-bot&client_secret=s",
+        )
+        .await
+        .json()["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let auth = format!("Bearer {token}");
+    let allowed = h.patch_as(&auth, br#"{"show_as_button":false}"#).await;
+    assert_eq!(allowed.status, StatusCode::OK, "{allowed:?}");
+    let denied = h
+        .patch_as(&auth, br#"{"organization_access_level":"full"}"#)
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert!(
+        denied.json()["approval"]["id"].is_string(),
+        "an approval to ask for: {}",
+        denied.json()
+    );
+    h.audit.flush().await;
+    let events = tollgate::audit::query::show(&h.store, &allowed.audit_id())
+        .await
+        .expect("show");
+    assert_eq!(events[0]["event"]["caller"], "ci-bot", "{events:?}");
+}
