@@ -176,6 +176,10 @@ pub enum KeysCommand {
         /// Write `signing.key` (private) and `signing.pub` (public) instead.
         #[arg(long, conflicts_with = "name")]
         signing: bool,
+        /// An approver's token (for `tollgate approve` and
+        /// `POST /v1/approvals/{id}`), not a caller's key.
+        #[arg(long, conflicts_with = "signing")]
+        approver: bool,
         /// Where --signing writes its files.
         #[arg(long, default_value = ".")]
         out: PathBuf,
@@ -392,6 +396,21 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 public_path.display(),
                 key.display().to_string(),
                 public_path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::New {
+            name,
+            approver: true,
+            ..
+        }) => {
+            let name = name.unwrap_or_default();
+            let (token, hash) = crate::identity::new_key();
+            outln!(
+                "Approver token for {name} (shown once; give it to them, keep no copy):\n\n  {token}\n"
+            );
+            outln!(
+                "Add to tollgate.toml:\n\n[[admin.approver_tokens]]\nname = {name:?}\nhash = \"{hash}\""
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -11,7 +11,19 @@ use tollgate::cli::{self, Cli};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<std::process::ExitCode> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(code) => code,
+        Err(e) => {
+            // A user's error is one line with its causes, never a backtrace
+            // (RUST_BACKTRACE is for panics).
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<std::process::ExitCode> {
     let matches = Cli::command().get_matches();
     // A --config the user named must exist; the default may be absent.
     let explicit = matches

@@ -690,3 +690,36 @@ fn config_check_prints_the_configuration_in_effect_without_secrets() {
         text(&bad.stderr)
     );
 }
+
+/// `keys new NAME --approver`: an approver's token and the lines that
+/// configure it, not a caller's key.
+#[test]
+fn keys_new_approver_prints_an_approver_token() {
+    let out = tollgate(&["keys", "new", "alice", "--approver"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("[[admin.approver_tokens]]\nname = \"alice\"\nhash = \""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("[[identity.keys]]"), "{stdout}");
+}
+
+/// A user's error is one line with its causes, even with RUST_BACKTRACE
+/// set (backtraces are for panics).
+#[test]
+fn user_errors_are_one_line_without_a_backtrace() {
+    let out = tollgate(
+        &["serve"],
+        &[
+            ("TOLLGATE_LIMITS_MAX_BODY", "lots"),
+            ("RUST_BACKTRACE", "1"),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("Error: "), "{stderr}");
+    assert!(stderr.contains("TOLLGATE_LIMITS_MAX_BODY"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
