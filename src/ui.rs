@@ -278,6 +278,12 @@ impl Ui<'_> {
         for r in &rows {
             let o = |v: &Option<String>| esc(v.as_deref().unwrap_or("-"));
             let decision = r.decision.map_or("-".to_owned(), |d| d.to_string());
+            // Who let an approved request through, and why, where reviewers look.
+            let shown = match (&r.approver, &r.approval_reason) {
+                (Some(who), Some(why)) => format!("{decision} by {who}: {why}"),
+                (Some(who), None) => format!("{decision} by {who}"),
+                _ => decision.clone(),
+            };
             let _ = write!(
                 body,
                 "<tr class=\"{}\"><td>{}</td><td><a href=\"/ui/exchanges/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -289,7 +295,7 @@ impl Ui<'_> {
                 o(&r.org_id),
                 o(&r.connection_id),
                 o(&r.caller),
-                esc(&decision),
+                esc(&shown),
                 esc(&r.rules.join(", ")),
                 esc(&r
                     .status

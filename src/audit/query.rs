@@ -61,6 +61,9 @@ pub struct Exchange {
     pub latency_ms: Option<f64>,
     /// Why tollgate answered itself, or the transport error.
     pub error: Option<String>,
+    /// For a request an approval let through: who approved it, and why.
+    pub approver: Option<String>,
+    pub approval_reason: Option<String>,
 }
 
 fn data(row: &Row) -> Value {
@@ -134,6 +137,8 @@ pub fn exchange(decision: &Row, outcome: Option<&Row>) -> Exchange {
             .and_then(|o| o.get("latency_ms"))
             .and_then(Value::as_f64),
         error: refused.or(transport),
+        approver: d.get("approval").and_then(|a| s(a, "approver")),
+        approval_reason: d.get("approval").and_then(|a| s(a, "reason")),
     }
 }
 
@@ -165,6 +170,8 @@ pub async fn outside(store: &Store, filter: &Filter) -> Result<Vec<Exchange>, St
                 status: d.get("status").and_then(Value::as_u64),
                 latency_ms: None,
                 error: None,
+                approver: None,
+                approval_reason: None,
             }
         })
         .collect())
@@ -212,7 +219,7 @@ pub enum Format {
     Csv,
 }
 
-const CSV_COLUMNS: [&str; 15] = [
+const CSV_COLUMNS: [&str; 17] = [
     "exchange_id",
     "time",
     "operation",
@@ -228,9 +235,11 @@ const CSV_COLUMNS: [&str; 15] = [
     "status",
     "latency_ms",
     "error",
+    "approver",
+    "approval_reason",
 ];
 
-fn fields(e: &Exchange) -> [String; 15] {
+fn fields(e: &Exchange) -> [String; 17] {
     let o = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         e.exchange_id.clone(),
@@ -248,6 +257,8 @@ fn fields(e: &Exchange) -> [String; 15] {
         e.status.map(|s| s.to_string()).unwrap_or_default(),
         e.latency_ms.map(|l| format!("{l:.1}")).unwrap_or_default(),
         o(&e.error),
+        o(&e.approver),
+        o(&e.approval_reason),
     ]
 }
 

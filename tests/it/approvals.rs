@@ -104,6 +104,14 @@ async fn an_approval_lets_exactly_one_identical_request_through_once(backend: Ba
     let listed = h.store.approvals(10).await.expect("approvals");
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().any(|a| a.id == id && a.status == "used" && a.used_by.as_deref() == Some(through.audit_id().as_str())));
+    // Who approved it, and why, in the rows reviewers query and export.
+    let rows = tollgate::audit::query::exchanges(&h.store, &tollgate::audit::query::Filter { limit: 100, ..Default::default() }).await.expect("query");
+    let row = rows.iter().find(|r| r.exchange_id == through.audit_id()).expect("the approved exchange");
+    assert_eq!(row.approver.as_deref(), Some("alice"));
+    assert_eq!(row.approval_reason.as_deref(), Some("SSO cut-over, CHG-1234"));
+    let csv = tollgate::audit::query::render(&rows, tollgate::audit::query::Format::Csv);
+    assert!(csv.lines().next().is_some_and(|h| h.ends_with(",approver,approval_reason")), "{csv}");
+    assert!(csv.contains(",alice,\"SSO cut-over, CHG-1234\""), "{csv}");
     assert!(tollgate::audit::verify::verify(&h.store).await.expect("verify").ok());
 }
 }
