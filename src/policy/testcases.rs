@@ -123,9 +123,23 @@ struct Case {
     given: Given,
     /// `allow`, `deny`, `warn` or `dry_run_deny`.
     expect: String,
-    /// The rules expected to be violated (all of them, in any order).
+    /// Rules expected among the violated ones (others may be violated too:
+    /// adding a rule does not break the cases that do not name it).
     expect_rules: Option<Vec<String>>,
+    /// The rules expected to be violated, all of them and no other.
+    expect_exact_rules: Option<Vec<String>>,
 }
+
+/// The decisions a case may expect.
+const DECISIONS: [&str; 7] = [
+    "allow",
+    "deny",
+    "warn",
+    "dry_run_deny",
+    "exempted",
+    "approved",
+    "unavailable",
+];
 
 /// The result of running a directory's test cases.
 pub struct Report {
@@ -188,19 +202,41 @@ fn check(set: &PolicySet, case: &Case) -> Result<(), String> {
     violated.sort();
     violated.dedup();
     let expect = case.expect.replace('-', "_");
+    if !DECISIONS.contains(&expect.as_str()) {
+        return Err(format!(
+            "expect = {:?} is no decision; one of {}",
+            case.expect,
+            DECISIONS.join(", ")
+        ));
+    }
     let mut why = String::new();
     if got != expect {
         let _ = write!(why, "expected {expect}, got {got}");
+        // Which rules decided it.
+        if !violated.is_empty() {
+            let _ = write!(why, " (violated: {})", violated.join(", "));
+        }
     }
+    let mut note = |text: String| {
+        if !why.is_empty() {
+            why.push_str("; ");
+        }
+        why.push_str(&text);
+    };
     if let Some(rules) = &case.expect_rules {
+        let missing: Vec<&String> = rules.iter().filter(|r| !violated.contains(r)).collect();
+        if !missing.is_empty() {
+            note(format!(
+                "expected rules {missing:?} to be violated, got {violated:?}"
+            ));
+        }
+    }
+    if let Some(rules) = &case.expect_exact_rules {
         let mut want = rules.clone();
         want.sort();
         want.dedup();
         if want != violated {
-            if !why.is_empty() {
-                why.push_str("; ");
-            }
-            let _ = write!(why, "expected rules {want:?}, got {violated:?}");
+            note(format!("expected exactly rules {want:?}, got {violated:?}"));
         }
     }
     for r in decision.violations() {

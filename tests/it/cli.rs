@@ -138,10 +138,37 @@ fn policy_commands_report_and_exit_as_documented() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("FAIL t.toml: hidden is fine: expected allow, got deny"),
+        stdout.contains("FAIL t.toml: hidden is fine: expected allow, got deny (violated: r)"),
         "{stdout}"
     );
     assert!(stdout.trim_end().ends_with("0 passed, 1 failed"));
+
+    // expect_rules: among the violated (a second rule firing too is fine);
+    // expect_exact_rules: all of them; an expect that is no decision fails.
+    std::fs::write(
+        dir.path().join("r2.toml"),
+        "[[rule]]\nid = \"w\"\nmode = \"warn\"\ndeny = 'after.show_as_button == false'\nmessage = \"m\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("tests/t.toml"),
+        "[[case]]\nname = \"subset\"\noperation = \"organization_connection.update\"\nbody = { show_as_button = false }\nexpect = \"deny\"\nexpect_rules = [\"r\"]\n\n[[case]]\nname = \"exact\"\noperation = \"organization_connection.update\"\nbody = { show_as_button = false }\nexpect = \"deny\"\nexpect_exact_rules = [\"r\"]\n\n[[case]]\nname = \"typo\"\noperation = \"organization_connection.update\"\nbody = {}\nexpect = \"denied\"\n",
+    )
+    .expect("write");
+    let out = tollgate(&["policy", "test", d], &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ok   t.toml: subset"), "{stdout}");
+    assert!(
+        stdout.contains(r#"FAIL t.toml: exact: expected exactly rules ["r"], got ["r", "w"]"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains(r#"FAIL t.toml: typo: expect = "denied" is no decision; one of allow, deny"#),
+        "{stdout}"
+    );
+    std::fs::remove_file(dir.path().join("r2.toml")).expect("remove");
 
     // An empty file beside the rules: reported, exit 1.
     std::fs::write(dir.path().join("signup.toml"), "").expect("write");
