@@ -40,7 +40,12 @@ pub enum Refusal {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("{}", denial_message(.0))]
-    PolicyDenied(Judgement, Option<Box<crate::exchange::ApprovalNote>>),
+    /// Denied: the approval asked for, if one could be, or why none was.
+    PolicyDenied(
+        Judgement,
+        Option<Box<crate::exchange::ApprovalNote>>,
+        Option<&'static str>,
+    ),
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error(transparent)]
@@ -138,7 +143,7 @@ impl Refusal {
             Refusal::OtherRouteDenied => {
                 plain(StatusCode::FORBIDDEN, "tollgate_route_denied").decided(Some(Deny))
             }
-            Refusal::PolicyDenied(d, approval) => self.denied(d, approval.as_deref()),
+            Refusal::PolicyDenied(d, approval, none) => self.denied(d, approval.as_deref(), *none),
             Refusal::Context(_) | Refusal::Locked(_) => self.unavailable(),
             Refusal::Identity(e) => self.unidentified(e),
             Refusal::AuditUnavailable(_) => plain(
@@ -175,7 +180,12 @@ impl Refusal {
 
     /// The rules denied it: each enforcing rule that was violated, and the
     /// approval a second person may grant when only approvable rules did.
-    fn denied(&self, d: &Judgement, approval: Option<&crate::exchange::ApprovalNote>) -> Answer {
+    fn denied(
+        &self,
+        d: &Judgement,
+        approval: Option<&crate::exchange::ApprovalNote>,
+        no_approval: Option<&'static str>,
+    ) -> Answer {
         let rules: Vec<Value> = d
             .violations()
             .filter(|r| r.mode == Mode::Enforce)
@@ -187,6 +197,12 @@ impl Refusal {
             .decided(Some(Decision::Deny));
         if let Some(p) = approval {
             a = a.with("approval", json!({"id": p.id, "expires": p.expires}));
+        } else if let Some(why) = no_approval {
+            // Only approvable rules denied it, yet no approval is offered:
+            // the caller is told why rather than left to wonder.
+            a = a
+                .with("approval", Value::Null)
+                .with("approval_unavailable", json!(why));
         }
         a
     }

@@ -604,9 +604,21 @@ impl Gateway {
         }
         // The record keeps every verdict; the answer lists the rules.
         ex.judged(judgement.clone());
-        let approval = match policy.approvable(&judgement) {
-            Some(rules) => self.approval(ex, &rules, text).await,
+        let approvable = policy.approvable(&judgement);
+        let approval = match &approvable {
+            Some(rules) => self.approval(ex, rules, text).await,
             None => None,
+        };
+        // Why an approvable denial offers no approval.
+        let anonymous = ex.caller.client_id.is_none() && ex.caller.key.is_none();
+        let no_approval = match (&approvable, &approval) {
+            (Some(_), None) if anonymous => Some(
+                "only approvable rules denied this request, but approvals are for identified callers: send a token naming its client (azp or client_id) or a broker key",
+            ),
+            (Some(_), None) => Some(
+                "only approvable rules denied this request, but no approval could be recorded (the audit store did not answer); retry later",
+            ),
+            _ => None,
         };
         match approval {
             Some(note) if note.status == "used" => {
@@ -616,7 +628,11 @@ impl Gateway {
             }
             note => {
                 ex.approval = note.clone();
-                Err(Refusal::PolicyDenied(judgement, note.map(Box::new)))
+                Err(Refusal::PolicyDenied(
+                    judgement,
+                    note.map(Box::new),
+                    no_approval,
+                ))
             }
         }
     }

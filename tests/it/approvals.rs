@@ -375,3 +375,25 @@ async fn an_oversized_approval_body_is_a_413_naming_the_limit() {
         answer.json()
     );
 }
+
+/// A request only approvable rules deny, from a caller with no identity
+/// (an opaque token): no approval is offered, and the answer says why.
+#[tokio::test]
+async fn an_anonymous_caller_is_told_why_no_approval_is_offered() {
+    let h = Harness::setup()
+        .config(&config("1h"))
+        .rule(RULE)
+        .start()
+        .await;
+    let denied = h.patch_as("Bearer opaque-token", FULL.as_bytes()).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let body = denied.json();
+    assert!(body["approval"].is_null(), "{body}");
+    assert!(
+        body["approval_unavailable"]
+            .as_str()
+            .is_some_and(|w| w.contains("approvals are for identified callers")),
+        "{body}"
+    );
+    assert!(h.store.approvals(10).await.expect("approvals").is_empty());
+}
