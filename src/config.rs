@@ -392,7 +392,7 @@ pub struct Schema {
 }
 
 /// A configuration that could not be used; says which key and why.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{source_name}: {message}")]
     Parse {
@@ -437,8 +437,32 @@ impl Config {
             source_name: source_name.to_owned(),
             message: e.to_string(),
         })?;
-        apply_env(&mut table, env)?;
-        let config = Config::from_table(table, source_name)?;
+        let applied = apply_env(&mut table, env)?;
+        let config = Config::from_table(table, source_name).map_err(|e| {
+            // A key the configuration does not have, set by a variable: the
+            // variable is what is misspelled, not the file.
+            let ConfigError::Parse { message, .. } = &e else {
+                return e;
+            };
+            applied
+                .iter()
+                .find(|(_, section, key)| {
+                    message.contains(&format!("unknown field `{key}`"))
+                        && message.contains(&format!("in `{section}`"))
+                })
+                .map_or(e.clone(), |(var, section, key)| ConfigError::Env {
+                    var: var.clone(),
+                    message: format!(
+                        "[{section}] has no key {key} ({})",
+                        message.split_once(", expected ").map_or(
+                            "see the README's configuration table".to_owned(),
+                            |(_, rest)| {
+                                format!("expected {}", rest.lines().next().unwrap_or(rest))
+                            }
+                        )
+                    ),
+                })
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -446,7 +470,8 @@ impl Config {
     fn from_table(table: toml::Table, source_name: &str) -> Result<Config, ConfigError> {
         Config::deserialize(table).map_err(|e| ConfigError::Parse {
             source_name: source_name.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            // One line: "unknown field `x`, expected one of … in `limits`".
+            message: e.to_string().trim_end().replace('\n', " "),
         })
     }
 
@@ -652,10 +677,14 @@ fn is_loopback(host: &str) -> bool {
 /// Applies `TOLLGATE_<SECTION>_<KEY>` variables to a parsed document. A
 /// value's type is the default's type for that key, so `TOLLGATE_LIMITS_MAX_BODY=1024`
 /// is a number and `TOLLGATE_ADMIN_TOKEN=1234` stays a string.
+/// Applies `TOLLGATE_<SECTION>_<KEY>` variables to the file's table;
+/// returns which variable set which `(section, key)`, so an error about a
+/// key can name the variable it came from.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<(String, String, String)>, ConfigError> {
+    let mut applied = Vec::new();
     let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse {
         source_name: "defaults".into(),
         message: e.to_string(),
@@ -711,9 +740,10 @@ fn apply_env(
         let toml::Value::Table(section_table) = entry else {
             return Err(env_err(format!("[{section}] in the file is not a table")));
         };
+        applied.push((var.clone(), section.to_owned(), key.clone()));
         section_table.insert(key, value);
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// The sections of the configuration, longest first so that a section whose

@@ -705,6 +705,17 @@ fn config_check_prints_the_configuration_in_effect_without_secrets() {
     );
     assert!(again.status.success(), "{}", text(&again.stderr));
 
+    // A misspelled variable is named as the variable, not blamed on a file.
+    let typo = tollgate(&["config", "check"], &[("TOLLGATE_LIMITS_MAX_BODDY", "1")]);
+    assert!(!typo.status.success());
+    assert!(
+        text(&typo.stderr).contains(
+            "environment variable TOLLGATE_LIMITS_MAX_BODDY: [limits] has no key max_boddy (expected one of `max_body`"
+        ),
+        "{}",
+        text(&typo.stderr)
+    );
+
     let bad = tollgate(
         &["config", "check"],
         &[("TOLLGATE_LIMITS_MAX_ELEMENTS", "many")],
