@@ -284,6 +284,14 @@ impl Ui<'_> {
                 (Some(who), None) => format!("{decision} by {who}"),
                 _ => decision.clone(),
             };
+            // A write that names no association (audited, or refused before
+            // it could): its method and path say what it was.
+            let operation = match (&r.org_id, &r.method, &r.path) {
+                (None, Some(m), Some(p)) => {
+                    format!("{} {m} {p}", r.operation.as_deref().unwrap_or("-"))
+                }
+                _ => r.operation.clone().unwrap_or_else(|| "-".to_owned()),
+            };
             let _ = write!(
                 body,
                 "<tr class=\"{}\"><td>{}</td><td><a href=\"/ui/exchanges/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -291,7 +299,7 @@ impl Ui<'_> {
                 esc(&r.time),
                 esc(&enc(&r.exchange_id)),
                 esc(&r.exchange_id),
-                o(&r.operation),
+                esc(&operation),
                 o(&r.org_id),
                 o(&r.connection_id),
                 o(&r.caller),

@@ -72,6 +72,19 @@ async fn reviewers_log_in_with_their_own_token_and_see_everything_escaped() {
             .expect("csp")
             .contains("default-src 'none'")
     );
+    // An audited write shows its operation, method and path.
+    let role = h
+        .send(
+            Method::POST,
+            "/api/v2/roles",
+            Some(r#"{"name":"<b>r</b>"}"#),
+        )
+        .await;
+    h.audit.flush().await;
+    let list = get(&admin, "/ui/?since=1h", &session).await;
+    let html = String::from_utf8_lossy(&list.body);
+    assert!(html.contains(&role.audit_id()), "{html}");
+    assert!(html.contains("role.create POST /api/v2/roles"), "{html}");
     // A filter that matches nothing.
     let none = get(&admin, "/ui/?since=1h&decision=deny", &session).await;
     assert!(!String::from_utf8_lossy(&none.body).contains(&id));
