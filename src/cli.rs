@@ -99,6 +99,12 @@ pub enum Command {
     /// Check the configuration and print the one in effect.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (e.g. `tollgate completions bash >
+    /// /etc/bash_completion.d/tollgate`).
+    Completions {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
     /// List the Management API's write operations: how tollgate treats
     /// each (governed, audited, pass, denied) and the rules naming it.
     Routes {
@@ -378,6 +384,13 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Policy(cmd) => policy::policy_command(cmd, &config).await,
         Command::Routes { all, dir, format } => routes::routes(&config, all, dir, format),
         Command::Config(ConfigCommand::Check) => config_check(&config),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut script);
+            write_stdout(format_args!("{}", String::from_utf8_lossy(&script)));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit(cmd) => audit::audit_command(cmd, &config).await,
         Command::Keys(KeysCommand::New {
             signing: true, out, ..

@@ -761,3 +761,24 @@ fn user_errors_are_one_line_without_a_backtrace() {
     assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+/// `tollgate completions SHELL` prints a completion script naming every
+/// command.
+#[test]
+fn completions_name_every_command() {
+    let out = tollgate(&["completions", "bash"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let script = text(&out.stdout);
+    for command in [
+        "serve", "policy", "audit", "scan", "routes", "config", "approve",
+    ] {
+        assert!(script.contains(command), "{command} in:\n{script}");
+    }
+    assert!(script.contains("complete -F _tollgate"), "{script}");
+    let zsh = tollgate(&["completions", "zsh"], &[]);
+    assert!(
+        text(&zsh.stdout).starts_with("#compdef tollgate"),
+        "{}",
+        text(&zsh.stdout)
+    );
+}
