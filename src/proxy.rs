@@ -1129,11 +1129,16 @@ fn api_operation(method: &http::Method, path: &str) -> Option<&'static str> {
     let registry = crate::registry::registry();
     // `post` is forwarded as sent, and a tenant may read it as POST: it is
     // named as what it may be.
-    let upper = method.as_str().to_ascii_uppercase();
-    let method = http::Method::from_bytes(upper.as_bytes()).ok()?;
-    if matches!(method, http::Method::GET | http::Method::HEAD) {
-        return None;
-    }
-    let found = registry.classify(&method, path).ok().flatten()?;
+    let upper;
+    let method = if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        upper = http::Method::from_bytes(method.as_str().to_ascii_uppercase().as_bytes()).ok()?;
+        if matches!(upper, http::Method::GET | http::Method::HEAD) {
+            return None;
+        }
+        &upper
+    } else {
+        method
+    };
+    let found = registry.classify(method, path).ok().flatten()?;
     Some(found.op.id.as_str())
 }

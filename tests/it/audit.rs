@@ -665,6 +665,16 @@ fn signing_pair(dir: &std::path::Path) -> (std::path::PathBuf, tollgate::audit::
     )
 }
 
+/// `[audit]` signing with `DIR/signing.key` (see [`signing_pair`]), a
+/// checkpoint at every clean stop only, and copies in `DIR/checkpoints`.
+fn signed_config(dir: &std::path::Path) -> String {
+    format!(
+        "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
+        dir.join("signing.key").display().to_string(),
+        dir.join("checkpoints").display().to_string()
+    )
+}
+
 /// A gateway signing its chain's head, after three exchanges and a clean
 /// stop (a final checkpoint), and the public key. (The harness keeps a
 /// SQLite store's directory.)
@@ -672,15 +682,11 @@ pub(crate) async fn signed_log(
     backend: Backend,
     dir: &std::path::Path,
 ) -> (Harness, tollgate::audit::signing::Keys) {
-    let (key, public) = signing_pair(dir);
+    let (_, public) = signing_pair(dir);
     let checkpoints = dir.join("checkpoints");
     let mut h = Harness::setup()
         .backend(backend)
-        .config(&format!(
-            "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
-            key.display().to_string(),
-            checkpoints.display().to_string()
-        ))
+        .config(&signed_config(dir))
         .start()
         .await;
     for _ in 0..3 {
@@ -862,11 +868,7 @@ on_both_backends! {
         rewrite_from(&store, &chain, 3).await;
         let mut next = Harness::setup()
             .store_url(&signed.store_url)
-            .config(&format!(
-                "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
-                dir.path().join("signing.key").display().to_string(),
-                dir.path().join("checkpoints").display().to_string()
-            ))
+            .config(&signed_config(dir.path()))
             .start()
             .await;
         next.shutdown();
@@ -1337,15 +1339,10 @@ on_both_backends! {
     /// and acknowledges again once a checkpoint is confirmed.
     async fn checkpoints_switched_off_from_the_database_stop_the_gateway(backend: Backend) {
         let dir = tempfile::tempdir().expect("dir");
-        let (key, _) = signing_pair(dir.path());
-        let checkpoints = dir.path().join("checkpoints");
+        signing_pair(dir.path());
         let h = Harness::setup()
             .backend(backend)
-            .config(&format!(
-                "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
-                key.display().to_string(),
-                checkpoints.display().to_string()
-            ))
+            .config(&signed_config(dir.path()))
             .start()
             .await;
         exec(&h.store, discard_checkpoints(backend)).await;
@@ -1548,15 +1545,11 @@ on_both_backends! {
     /// often it is retried: nothing is acknowledged until the file is there.
     async fn an_unwritable_checkpoint_directory_stops_acknowledgements(backend: Backend) {
         let dir = tempfile::tempdir().expect("dir");
-        let (key, _) = signing_pair(dir.path());
+        signing_pair(dir.path());
         let checkpoints = dir.path().join("checkpoints");
         let h = Harness::setup()
             .backend(backend)
-            .config(&format!(
-                "[audit]\nsigning_key = {:?}\ncheckpoint_interval = \"1h\"\ncheckpoint_dir = {:?}\n",
-                key.display().to_string(),
-                checkpoints.display().to_string()
-            ))
+            .config(&signed_config(dir.path()))
             .start()
             .await;
         // The directory replaced by a file: no checkpoint file can be written.
